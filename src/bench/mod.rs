@@ -1,0 +1,1 @@
+//! `intxd bench` (issue 6).

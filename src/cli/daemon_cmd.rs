@@ -1,0 +1,53 @@
+//! `intxd run` and `intxd check-config`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use nix::sys::signal::{SigSet, Signal};
+
+use super::{logging, CmdResult};
+use intxd::daemon::{Daemon, DaemonOptions};
+use intxd::systemd::SdNotifier;
+
+pub fn run(config: &Path) -> CmdResult {
+    logging::init("info");
+    // Block the signals the loop reads from its signalfd before any thread
+    // starts, so every thread inherits the mask.
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block()?;
+    let cfg = intxd::config::load(config)?;
+    let mut daemon = Daemon::new(
+        cfg,
+        DaemonOptions {
+            listen_fd: None,
+            handle_signals: true,
+            notifier: Box::new(SdNotifier::from_env()),
+        },
+    )?;
+    daemon.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn check_config(config: &Path) -> CmdResult {
+    let cfg = intxd::config::load(config)?;
+    println!(
+        "{}: ok: {} device(s) from {} file(s); socket {}",
+        config.display(),
+        cfg.devices.len(),
+        cfg.files.len(),
+        cfg.daemon.socket.display()
+    );
+    for d in &cfg.devices {
+        println!(
+            "  {:<16} {:<14} mode {:<6} ({})",
+            d.name,
+            d.pci.to_string(),
+            format!("{:?}", d.mode).to_lowercase(),
+            d.defined_at
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

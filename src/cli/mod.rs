@@ -1,0 +1,131 @@
+//! Command-line parsing and the subcommands' entry points.
+
+mod daemon_cmd;
+mod logging;
+mod soak_cmd;
+mod status_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Level-triggered PCI INTx passthrough to virtual machines.
+#[derive(Parser)]
+#[command(name = "intxd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Run {
+        /// Main config file (drop-ins are read from devices.d/ beside it).
+        #[arg(long, default_value = intxd::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a config (and its drop-ins) without starting anything.
+    CheckConfig {
+        /// Main config file.
+        config: PathBuf,
+    },
+    /// Show every device of a running daemon.
+    Status {
+        /// Control socket.
+        #[arg(long, default_value = "/run/intxd/control.sock")]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire a device's trigger once (the loopback self-test).
+    Trigger {
+        /// Device name.
+        device: String,
+        /// Control socket.
+        #[arg(long, default_value = "/run/intxd/control.sock")]
+        socket: PathBuf,
+    },
+    /// Soak a device: a built-in VMM attaches it and counts every interrupt.
+    Soak(SoakArgs),
+}
+
+/// Arguments of `intxd soak`.
+#[derive(clap::Args, Clone)]
+pub struct SoakArgs {
+    /// Route mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::All)]
+    mode: ModeArg,
+    /// Interrupt-controller flavour of the soak VM.
+    #[arg(long, value_enum, default_value_t = ChipArg::All)]
+    irqchip: ChipArg,
+    /// Cycles per run.
+    #[arg(long, conflicts_with = "duration")]
+    cycles: Option<u64>,
+    /// Seconds per run.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Config for the in-process daemon (default: one emulated device).
+    #[arg(long, conflicts_with = "connect")]
+    config: Option<PathBuf>,
+    /// Drive a running daemon at this socket instead of an in-process one.
+    #[arg(long)]
+    connect: Option<PathBuf>,
+    /// Device to soak (default: the first emulated device in the config).
+    #[arg(long)]
+    device: Option<String>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    Direct,
+    Relay,
+    All,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ChipArg {
+    Kernel,
+    User,
+    All,
+}
+
+/// Parses the command line and runs the subcommand. Errors are printed once,
+/// with their whole chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config } => daemon_cmd::run(&config),
+        Cmd::CheckConfig { config } => daemon_cmd::check_config(&config),
+        Cmd::Status { socket, json } => status_cmd::status(&socket, json),
+        Cmd::Trigger { device, socket } => status_cmd::trigger(&socket, &device),
+        Cmd::Soak(args) => soak_cmd::soak(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("intxd: {}", chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, each once.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A boxed error for the subcommands.
+pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;

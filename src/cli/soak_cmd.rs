@@ -1,0 +1,139 @@
+//! `intxd soak`: every requested mode × irqchip through the daemon's socket.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{logging, ChipArg, CmdResult, ModeArg, SoakArgs};
+use intxd::config::{Config, PciAddr};
+use intxd::route::{Irqchip, Mode};
+use intxd::soak::{run_one, DaemonWiring, InProcessDaemon, RunSpec, SoakReport};
+
+const DEFAULT_CYCLES: u64 = 50_000;
+
+pub fn soak(args: &SoakArgs) -> CmdResult {
+    logging::init("warn");
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Err("/dev/kvm is missing: the soak runs a real KVM guest; load kvm_intel or kvm_amd (or run on a host with hardware virtualisation)".into());
+    }
+    let config = match &args.config {
+        Some(p) => intxd::config::load(p)?,
+        None => intxd::config::load_str("<built-in config>".as_ref(), intxd::config::BUILTIN)?,
+    };
+    let device = pick_device(&config, args.device.as_deref())?;
+    let inproc = match &args.connect {
+        Some(_) => None,
+        None => Some(InProcessDaemon::start(config)?),
+    };
+    let socket = match (&args.connect, &inproc) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => d.socket().to_path_buf(),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    let modes = match args.mode {
+        ModeArg::Direct => vec![Mode::Direct],
+        ModeArg::Relay => vec![Mode::Relay],
+        ModeArg::All => vec![Mode::Direct, Mode::Relay],
+    };
+    let chips = match args.irqchip {
+        ChipArg::Kernel => vec![Irqchip::Kernel],
+        ChipArg::User => vec![Irqchip::User],
+        ChipArg::All => vec![Irqchip::Kernel, Irqchip::User],
+    };
+    let cycles = match (args.cycles, args.duration) {
+        (Some(c), _) => Some(c),
+        (None, Some(_)) => None,
+        (None, None) => Some(DEFAULT_CYCLES),
+    };
+    let duration = args.duration.map(Duration::from_secs_f64);
+    let tty = std::io::stderr().is_terminal() && !args.json;
+    let mut report = SoakReport { runs: Vec::new() };
+    for &mode in &modes {
+        for &irqchip in &chips {
+            let spec = RunSpec {
+                mode,
+                irqchip,
+                cycles,
+                duration,
+                stall: Duration::from_secs(2),
+            };
+            let label = format!("{device} {mode}/{irqchip}");
+            let bar = progress_bar(tty, cycles, &label);
+            let mut last_line = Instant::now();
+            let mut progress = |count: u64, elapsed: Duration| {
+                let rate = count as f64 / elapsed.as_secs_f64().max(1e-9);
+                if let Some(b) = &bar {
+                    b.set_position(count);
+                    b.set_message(format!("{rate:.0}/s"));
+                } else if last_line.elapsed() >= Duration::from_secs(60) {
+                    // Off a terminal (journals, CI logs): one line a minute.
+                    eprintln!(
+                        "intxd soak: {label}: {count} interrupts in {:.0}s ({rate:.0}/s)",
+                        elapsed.as_secs_f64()
+                    );
+                    last_line = Instant::now();
+                }
+            };
+            let mut wiring = DaemonWiring::connect(&socket, &device)?;
+            let run = run_one(&mut wiring, &spec, &mut progress)?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            report.runs.push(run);
+        }
+    }
+    drop(inproc);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+        for r in &report.runs {
+            if !r.is_clean() {
+                println!(
+                    "FAIL {} {}/{}: delivered {} of {} cycles, {} lost, {} spurious",
+                    r.device, r.mode, r.irqchip, r.delivered, r.cycles, r.lost, r.spurious
+                );
+            }
+        }
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn pick_device(config: &Config, name: Option<&str>) -> Result<String, Box<dyn std::error::Error>> {
+    match name {
+        Some(n) => config
+            .device(n)
+            .map(|d| d.name.clone())
+            .ok_or_else(|| format!("no device named `{n}` in the config").into()),
+        None => config
+            .devices
+            .iter()
+            .find(|d| matches!(d.pci, PciAddr::Sim(_)))
+            .map(|d| d.name.clone())
+            .ok_or_else(|| {
+                "the config has no emulated (sim:N) device; name one with --device".into()
+            }),
+    }
+}
+
+fn progress_bar(tty: bool, cycles: Option<u64>, label: &str) -> Option<ProgressBar> {
+    if !tty {
+        return None;
+    }
+    let bar = match cycles {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let style =
+        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(label.to_string());
+    Some(bar)
+}

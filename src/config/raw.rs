@@ -1,0 +1,62 @@
+//! The raw layer: what TOML may say, with `deny_unknown_fields` everywhere
+//! and spans on the values that later checks must point at.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::relay::WatchdogPolicy;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    pub daemon: Option<Spanned<RawDaemon>>,
+    #[serde(default)]
+    pub device: Vec<Spanned<RawDevice>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub socket: Option<String>,
+    pub socket_mode: Option<Spanned<String>>,
+    pub socket_group: Option<String>,
+    pub state_dir: Option<String>,
+    pub devices_dir: Option<String>,
+    pub max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDevice {
+    pub name: Spanned<String>,
+    pub pci: Spanned<String>,
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_uids: Vec<u32>,
+    #[serde(default)]
+    pub allow_gids: Vec<u32>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub relay: Option<RawRelay>,
+    #[serde(default)]
+    pub sim: Option<Spanned<RawSim>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRelay {
+    pub storm_rate: Option<u64>,
+    pub storm_backoff_ms: Option<Spanned<u64>>,
+    pub storm_backoff_max_ms: Option<u64>,
+    pub eoi_timeout_ms: Option<Spanned<u64>>,
+    pub watchdog: Option<WatchdogPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSim {
+    pub after_ack: Option<Spanned<String>>,
+    pub interval_us: Option<u64>,
+}

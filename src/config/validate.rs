@@ -1,0 +1,409 @@
+//! From raw TOML to validated settings: merge the main file and its
+//! drop-ins, check every value, and point at the offending key on failure.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::error::{line_col, ConfigError};
+use super::raw::{RawDevice, RawFile};
+use super::PciAddr;
+use crate::relay::RelayConfig;
+use crate::sim::AckPolicy;
+
+/// The daemon section.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DaemonConfig {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Control socket mode.
+    pub socket_mode: u32,
+    /// Group that owns the control socket.
+    pub socket_group: Option<String>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Most client connections at once.
+    pub max_connections: usize,
+}
+
+/// How a device's route mode is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModePolicy {
+    /// Whatever the VMM asks (`auto` picks direct unless ruled out).
+    Auto,
+    /// Always direct; a VMM that needs relay is refused.
+    Direct,
+    /// Always relay (for accounting, or a kernel without resample).
+    Relay,
+}
+
+/// One `[[device]]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceConfig {
+    /// Name VMMs use.
+    pub name: String,
+    /// PCI address or `sim:N`.
+    #[serde(serialize_with = "display")]
+    pub pci: PciAddr,
+    /// Mode policy.
+    pub mode: ModePolicy,
+    /// uids that may attach (root always may).
+    pub allow_uids: Vec<u32>,
+    /// gids that may attach.
+    pub allow_gids: Vec<u32>,
+    /// Take the function from a host driver even if it looks in use.
+    pub force: bool,
+    /// Relay limits.
+    pub relay: RelayConfig,
+    /// Emulated-device behaviour (only for `sim:N`).
+    pub sim: AckPolicy,
+    /// Where the device was defined (`file:line`).
+    pub defined_at: String,
+}
+
+fn display<S: serde::Serializer>(v: &PciAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// Daemon settings.
+    pub daemon: DaemonConfig,
+    /// Devices, in file order (main file first, then drop-ins by name).
+    pub devices: Vec<DeviceConfig>,
+    /// Files read.
+    pub files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Finds a device by name.
+    pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+}
+
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn err(&self, span: Range<usize>, key: &str, message: String, fix: &str) -> ConfigError {
+        let (line, column) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message,
+            fix: fix.to_string(),
+        }
+    }
+
+    fn parse(&self) -> Result<RawFile, ConfigError> {
+        toml::from_str::<RawFile>(self.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let msg = e.message().trim().to_string();
+            let key = msg
+                .split('`')
+                .nth(1)
+                .filter(|_| msg.starts_with("unknown field") || msg.starts_with("missing field"))
+                .unwrap_or("(toml)")
+                .to_string();
+            let fix = if msg.starts_with("unknown field") {
+                "remove the key or correct its spelling; config/intxd.toml lists every key"
+            } else if msg.starts_with("missing field") {
+                "add the key; config/intxd.toml shows an example"
+            } else if msg.contains("duplicate") {
+                "each key may appear once per table; remove the repeat"
+            } else {
+                "write the value with the type shown in config/intxd.toml"
+            };
+            self.err(span, &key, msg, fix)
+        })
+    }
+}
+
+/// Loads the main config file and the drop-ins in its `devices.d/`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let main = Source {
+        file: path,
+        text: &text,
+    };
+    let raw = main.parse()?;
+    let dir = raw
+        .daemon
+        .as_ref()
+        .and_then(|d| d.get_ref().devices_dir.clone())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("devices.d"));
+    let mut dropins = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    dropins.push(p);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(ConfigError::Read { file: dir, source }),
+    }
+    dropins.sort();
+    let mut texts = Vec::new();
+    for p in &dropins {
+        let t = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+            file: p.clone(),
+            source,
+        })?;
+        texts.push((p.clone(), t));
+    }
+    let extra: Vec<(&Path, &str)> = texts
+        .iter()
+        .map(|(p, t)| (p.as_path(), t.as_str()))
+        .collect();
+    build(main, raw, &extra)
+}
+
+/// Validates config text (no drop-ins), naming `file` in errors.
+pub fn load_str(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    let main = Source { file, text };
+    let raw = main.parse()?;
+    build(main, raw, &[])
+}
+
+fn build(main: Source<'_>, raw: RawFile, dropins: &[(&Path, &str)]) -> Result<Config, ConfigError> {
+    let daemon = daemon_section(&main, &raw)?;
+    let mut files = vec![main.file.to_path_buf()];
+    let mut devices = Vec::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut addrs: HashMap<PciAddr, String> = HashMap::new();
+    for (i, d) in raw.device.iter().enumerate() {
+        devices.push(device(&main, i, d, &mut names, &mut addrs)?);
+    }
+    for (file, text) in dropins {
+        let src = Source { file, text };
+        let raw = src.parse()?;
+        if let Some(d) = &raw.daemon {
+            return Err(src.err(
+                d.span(),
+                "daemon",
+                "a drop-in may only hold [[device]] tables".into(),
+                "move the [daemon] table to the main config file",
+            ));
+        }
+        files.push(file.to_path_buf());
+        for (i, d) in raw.device.iter().enumerate() {
+            devices.push(device(&src, i, d, &mut names, &mut addrs)?);
+        }
+    }
+    Ok(Config {
+        daemon,
+        devices,
+        files,
+    })
+}
+
+fn daemon_section(src: &Source<'_>, raw: &RawFile) -> Result<DaemonConfig, ConfigError> {
+    let mut cfg = DaemonConfig {
+        socket: PathBuf::from("/run/intxd/control.sock"),
+        socket_mode: 0o660,
+        socket_group: None,
+        state_dir: PathBuf::from("/var/lib/intxd"),
+        max_connections: 256,
+    };
+    let Some(d) = &raw.daemon else {
+        return Ok(cfg);
+    };
+    let d = d.get_ref();
+    if let Some(s) = &d.socket {
+        cfg.socket = PathBuf::from(s);
+    }
+    if let Some(m) = &d.socket_mode {
+        cfg.socket_mode = u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|v| *v <= 0o777)
+            .ok_or_else(|| {
+                src.err(
+                    m.span(),
+                    "daemon.socket_mode",
+                    format!("`{}` is not an octal file mode", m.get_ref()),
+                    "write the mode as an octal string, e.g. socket_mode = \"0660\"",
+                )
+            })?;
+    }
+    cfg.socket_group = d.socket_group.clone();
+    if let Some(s) = &d.state_dir {
+        cfg.state_dir = PathBuf::from(s);
+    }
+    if let Some(m) = &d.max_connections {
+        if *m.get_ref() == 0 || *m.get_ref() > 65536 {
+            return Err(src.err(
+                m.span(),
+                "daemon.max_connections",
+                format!("{} is out of range", m.get_ref()),
+                "use a number from 1 to 65536",
+            ));
+        }
+        cfg.max_connections = *m.get_ref() as usize;
+    }
+    Ok(cfg)
+}
+
+fn device(
+    src: &Source<'_>,
+    i: usize,
+    d: &toml::Spanned<RawDevice>,
+    names: &mut HashMap<String, String>,
+    addrs: &mut HashMap<PciAddr, String>,
+) -> Result<DeviceConfig, ConfigError> {
+    let at = |span: Range<usize>| {
+        let (l, _) = line_col(src.text, span.start);
+        format!("{}:{l}", src.file.display())
+    };
+    let raw = d.get_ref();
+    let key = |k: &str| format!("device[{i}].{k}");
+    let name = raw.name.get_ref().clone();
+    if name.is_empty()
+        || name.len() > 32
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(src.err(
+            raw.name.span(),
+            &key("name"),
+            format!("`{name}` is not a valid device name"),
+            "use 1 to 32 characters from a-z, A-Z, 0-9, '-' and '_'",
+        ));
+    }
+    if let Some(prev) = names.get(&name) {
+        return Err(src.err(
+            raw.name.span(),
+            &key("name"),
+            format!("device name `{name}` is already used at {prev}"),
+            "give each [[device]] its own name",
+        ));
+    }
+    let pci: PciAddr = raw.pci.get_ref().parse().map_err(|m| {
+        src.err(
+            raw.pci.span(),
+            &key("pci"),
+            m,
+            "write the address as `lspci -D` prints it (0000:03:00.0), or sim:N for an emulated device",
+        )
+    })?;
+    if let Some(prev) = addrs.get(&pci) {
+        return Err(src.err(
+            raw.pci.span(),
+            &key("pci"),
+            format!("{pci} is already configured at {prev}"),
+            "a PCI function can belong to one [[device]] only; remove the duplicate",
+        ));
+    }
+    let mode = match raw.mode.as_ref().map(|m| m.get_ref().as_str()) {
+        None | Some("auto") => ModePolicy::Auto,
+        Some("direct") => ModePolicy::Direct,
+        Some("relay") => ModePolicy::Relay,
+        Some(other) => {
+            let span = raw.mode.as_ref().map(|m| m.span()).unwrap_or(d.span());
+            return Err(src.err(
+                span,
+                &key("mode"),
+                format!("unknown mode `{other}`"),
+                "use \"auto\", \"direct\" or \"relay\"",
+            ));
+        }
+    };
+    let mut relay = RelayConfig::default();
+    if let Some(r) = &raw.relay {
+        if let Some(v) = r.storm_rate {
+            relay.storm_rate = v;
+        }
+        if let Some(v) = &r.storm_backoff_ms {
+            if *v.get_ref() == 0 {
+                return Err(src.err(
+                    v.span(),
+                    &key("relay.storm_backoff_ms"),
+                    "the back-off must be at least 1 ms".into(),
+                    "use a value from 1 to 60000",
+                ));
+            }
+            relay.storm_backoff_ms = *v.get_ref();
+        }
+        if let Some(v) = r.storm_backoff_max_ms {
+            relay.storm_backoff_max_ms = v;
+        }
+        if let Some(v) = &r.eoi_timeout_ms {
+            if *v.get_ref() < 10 {
+                return Err(src.err(
+                    v.span(),
+                    &key("relay.eoi_timeout_ms"),
+                    format!("{} ms is too short for a guest's EOI", v.get_ref()),
+                    "use at least 10 (the default is 1000)",
+                ));
+            }
+            relay.eoi_timeout_ms = *v.get_ref();
+        }
+        if let Some(w) = r.watchdog {
+            relay.watchdog = w;
+        }
+    }
+    let sim = match &raw.sim {
+        None => AckPolicy::Raise,
+        Some(s) => {
+            if !matches!(pci, PciAddr::Sim(_)) {
+                return Err(src.err(
+                    s.span(),
+                    &key("sim"),
+                    format!(
+                        "[device.sim] only applies to emulated devices, and {pci} is a real one"
+                    ),
+                    "remove the [device.sim] table, or set pci = \"sim:N\"",
+                ));
+            }
+            let s = s.get_ref();
+            let interval = s.interval_us.unwrap_or(100);
+            match s.after_ack.as_ref().map(|a| a.get_ref().as_str()) {
+                None | Some("raise") => AckPolicy::Raise,
+                Some("raise-after") => AckPolicy::RaiseAfter {
+                    interval_us: interval,
+                },
+                Some("stay-low") => AckPolicy::StayLow,
+                Some("ignore") => AckPolicy::Ignore,
+                Some(other) => {
+                    let span = s.after_ack.as_ref().map(|a| a.span()).unwrap_or(0..0);
+                    return Err(src.err(
+                        span,
+                        &key("sim.after_ack"),
+                        format!("unknown ack policy `{other}`"),
+                        "use \"raise\", \"raise-after\", \"stay-low\" or \"ignore\"",
+                    ));
+                }
+            }
+        }
+    };
+    let defined_at = at(d.span());
+    names.insert(name.clone(), defined_at.clone());
+    addrs.insert(pci, defined_at.clone());
+    Ok(DeviceConfig {
+        name,
+        pci,
+        mode,
+        allow_uids: raw.allow_uids.clone(),
+        allow_gids: raw.allow_gids.clone(),
+        force: raw.force,
+        relay,
+        sim,
+        defined_at,
+    })
+}

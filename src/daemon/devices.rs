@@ -1,0 +1,173 @@
+//! The daemon's devices: one slot per configured function, its backend, its
+//! state, its route and its owner.
+
+use serde::Serialize;
+
+use crate::config::{DeviceConfig, ModePolicy, PciAddr};
+use crate::control::proto::{
+    Capabilities, DeviceCounters, DeviceStatus, ErrorCode, ModeRequest, Owner, Reply,
+};
+use crate::route::{Irqchip, Mode, Route};
+use crate::sim::SimHost;
+use crate::vfio::IntxDevice;
+
+/// A device's lifecycle: unbound -> bound -> opened -> attached -> detached
+/// (and back to attached on the next attach).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Configured, not bound to vfio-pci.
+    Unbound,
+    /// Bound to vfio-pci.
+    Bound,
+    /// The VFIO device (or the emulated one) is open.
+    Opened,
+    /// A VMM holds it.
+    Attached,
+    /// Released by its last VMM; ready for the next.
+    Detached,
+    /// Could not be brought up; see the log.
+    Failed,
+}
+
+impl DeviceState {
+    /// Lower-case name, as status shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Unbound => "unbound",
+            DeviceState::Bound => "bound",
+            DeviceState::Opened => "opened",
+            DeviceState::Attached => "attached",
+            DeviceState::Detached => "detached",
+            DeviceState::Failed => "failed",
+        }
+    }
+}
+
+/// A device's owner: which connection, and who is behind it.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder {
+    /// Connection id (unique for the daemon's life).
+    pub conn_id: u64,
+    /// Credentials.
+    pub owner: Owner,
+}
+
+/// One configured device.
+pub struct DeviceSlot {
+    /// Its config.
+    pub cfg: DeviceConfig,
+    /// Its backend, once opened.
+    pub backend: Option<Box<dyn IntxDevice>>,
+    /// Lifecycle state.
+    pub state: DeviceState,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+    /// The live route.
+    pub route: Option<Route>,
+    /// The owner.
+    pub holder: Option<Holder>,
+    /// Attaches so far.
+    pub attaches: u64,
+    /// When the last storm event went out (events are rate-limited).
+    pub last_storm_event: Option<std::time::Instant>,
+    /// Storm log lines suppressed since the last one.
+    pub storms_unlogged: u64,
+}
+
+impl DeviceSlot {
+    /// Opens the backend for `cfg`.
+    pub fn open(cfg: DeviceConfig, sim: &SimHost) -> DeviceSlot {
+        let (backend, state, failure): (Option<Box<dyn IntxDevice>>, _, _) = match cfg.pci {
+            PciAddr::Sim(n) => match sim.add_device(&cfg.name, n, cfg.sim) {
+                Ok(d) => (Some(Box::new(d)), DeviceState::Opened, None),
+                Err(e) => (None, DeviceState::Failed, Some(e.to_string())),
+            },
+            PciAddr::Bdf { .. } => (
+                None,
+                DeviceState::Failed,
+                Some(format!(
+                    "{} {}: real PCI functions need the VFIO backend, which this build does not have yet; use pci = \"sim:N\"",
+                    cfg.name, cfg.pci
+                )),
+            ),
+        };
+        if let Some(f) = &failure {
+            log::error!("{f}");
+        } else {
+            log::info!("{} {}: {}", cfg.name, cfg.pci, state.as_str());
+        }
+        DeviceSlot {
+            cfg,
+            backend,
+            state,
+            failure,
+            route: None,
+            holder: None,
+            attaches: 0,
+            last_storm_event: None,
+            storms_unlogged: 0,
+        }
+    }
+
+    /// `name pci` prefix for log lines.
+    pub fn tag(&self) -> String {
+        format!("{} {}", self.cfg.name, self.cfg.pci)
+    }
+
+    /// The device's entry in `status`.
+    pub fn status(&self) -> DeviceStatus {
+        DeviceStatus {
+            name: self.cfg.name.clone(),
+            pci: self.cfg.pci.to_string(),
+            state: self.state.as_str().to_string(),
+            mode: self.route.as_ref().map(Route::mode),
+            owner: self.holder.map(|h| h.owner),
+            counters: DeviceCounters {
+                host_interrupts: self.backend.as_ref().map(|b| b.host_count()).unwrap_or(0),
+                attaches: self.attaches,
+                relay: self.route.as_ref().and_then(Route::relay_stats),
+                sim: self.backend.as_ref().and_then(|b| b.sim_counters()),
+            },
+        }
+    }
+}
+
+/// Picks the route mode for an attach, with the reason.
+pub fn choose_mode(
+    dev: &DeviceConfig,
+    want: ModeRequest,
+    irqchip: Irqchip,
+    caps: &Capabilities,
+) -> Result<(Mode, String), Reply> {
+    let refuse = |m: String| Reply::error(ErrorCode::ModeUnavailable, format!("{}: {m}", dev.name));
+    match (dev.mode, want) {
+        (ModePolicy::Relay, ModeRequest::Direct) => {
+            return Err(refuse("the device's config says mode = \"relay\"; ask for auto or relay, or change the config".into()))
+        }
+        (ModePolicy::Direct, ModeRequest::Relay) => {
+            return Err(refuse("the device's config says mode = \"direct\"; ask for auto or direct, or change the config".into()))
+        }
+        (ModePolicy::Relay, _) => return Ok((Mode::Relay, "the device's config says mode = \"relay\"".into())),
+        (_, ModeRequest::Relay) => return Ok((Mode::Relay, "the VMM asked for relay".into())),
+        _ => {}
+    }
+    match irqchip {
+        Irqchip::Kernel if caps.irqfd_resample => Ok((
+            Mode::Direct,
+            "in-kernel irqchip with resampling irqfds: VFIO's trigger is the VMM's irqfd and its unmask the resamplefd, so no userspace is on the hot path".into(),
+        )),
+        Irqchip::Kernel => {
+            let why = "this host's KVM lacks KVM_CAP_IRQFD_RESAMPLE, so KVM cannot signal the guest's EOI to VFIO";
+            if want == ModeRequest::Direct || dev.mode == ModePolicy::Direct {
+                Err(refuse(format!("{why}; direct mode is impossible here")))
+            } else {
+                Ok((Mode::Relay, format!("{why}; intxd relays instead")))
+            }
+        }
+        Irqchip::Split | Irqchip::User => Ok((
+            Mode::Direct,
+            format!("{irqchip} irqchip: the VMM's own interrupt controller asserts on the irq eventfd and signals the resample eventfd at EOI, so VFIO can use them directly"),
+        )),
+    }
+}

@@ -1,0 +1,514 @@
+//! The daemon: one `mio` event loop that serves the control socket, carries
+//! relay routes, runs the storm and watchdog timers and pings systemd.
+//!
+//! Everything happens on this one thread, so no state is shared and no lock
+//! is taken on the hot path. The emulated devices' host thread stands in for
+//! the kernel and the hardware, not for the daemon.
+
+mod caps;
+mod conn;
+mod devices;
+mod listener;
+mod requests;
+mod token;
+
+pub use devices::{choose_mode, DeviceState};
+pub use listener::ListenError;
+pub use requests::chain as error_chain;
+pub use token::Tok;
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Waker};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::config::Config;
+use crate::control::proto::{Capabilities, Event};
+use crate::relay::{RelayPath, ResampleOutcome, TimerOutcome};
+use crate::route::RelayRegistrar;
+use crate::sim::{SimError, SimHost};
+use crate::systemd::Notifier;
+use conn::Conn;
+use devices::DeviceSlot;
+
+/// How often the relay timers are checked while an EOI is outstanding.
+const SCAN_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The emulated-device host could not start.
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    /// The event loop failed.
+    #[error("event loop: could not {what}")]
+    Loop {
+        /// The step.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn loop_err(what: &'static str) -> impl FnOnce(io::Error) -> DaemonError {
+    move |source| DaemonError::Loop { what, source }
+}
+
+/// How to start the daemon.
+pub struct DaemonOptions {
+    /// A listening socket handed over (socket activation); else bind the
+    /// configured path.
+    pub listen_fd: Option<OwnedFd>,
+    /// Handle SIGTERM/SIGINT/SIGHUP through a signalfd. The caller must have
+    /// blocked them (before starting any thread).
+    pub handle_signals: bool,
+    /// The service manager.
+    pub notifier: Box<dyn Notifier>,
+}
+
+/// Stops a daemon running on another thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    /// Asks the loop to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Loop figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopStats {
+    /// Returns from `epoll_wait`.
+    pub wakeups: u64,
+}
+
+/// The daemon.
+pub struct Daemon {
+    poll: Poll,
+    events: Events,
+    ready: Vec<(mio::Token, bool, bool, bool)>,
+    listener: OwnedFd,
+    socket_path: Option<PathBuf>,
+    reserve_fd: Option<std::fs::File>,
+    conns: Vec<Option<Conn>>,
+    next_conn_id: u64,
+    devices: Vec<DeviceSlot>,
+    config: Config,
+    caps: Capabilities,
+    stats: LoopStats,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    signals: Option<SignalFd>,
+    notifier: Box<dyn Notifier>,
+    next_scan: Option<Instant>,
+    next_ping: Option<Instant>,
+    last_status: String,
+    started: Instant,
+    // Dropped last: the devices' backends deregister from it.
+    _sim: SimHost,
+}
+
+/// Adds and removes one device's relay eventfds in the loop.
+struct LoopRegistrar<'a> {
+    registry: &'a Registry,
+    slot: usize,
+}
+
+impl RelayRegistrar for LoopRegistrar<'_> {
+    fn register(&mut self, path: &RelayPath) -> io::Result<()> {
+        self.registry.register(
+            &mut SourceFd(&path.trigger.as_raw_fd()),
+            Tok::Trigger(self.slot).token(),
+            Interest::READABLE,
+        )?;
+        if let Err(e) = self.registry.register(
+            &mut SourceFd(&path.resample.as_raw_fd()),
+            Tok::Resample(self.slot).token(),
+            Interest::READABLE,
+        ) {
+            let _ = self
+                .registry
+                .deregister(&mut SourceFd(&path.trigger.as_raw_fd()));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn deregister(&mut self, path: &RelayPath) {
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&path.trigger.as_raw_fd()));
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&path.resample.as_raw_fd()));
+    }
+}
+
+impl Daemon {
+    /// Brings the configured devices up and starts listening. On return the
+    /// daemon can serve: this is when `READY=1` is due.
+    pub fn new(config: Config, opts: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let poll = Poll::new().map_err(loop_err("create the poll"))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), Tok::Waker.token())
+                .map_err(loop_err("create the waker"))?,
+        );
+        let caps = caps::probe();
+        let sim = SimHost::start()?;
+        let devices: Vec<DeviceSlot> = config
+            .devices
+            .iter()
+            .map(|d| DeviceSlot::open(d.clone(), &sim))
+            .collect();
+        let (listener, socket_path) = match opts.listen_fd {
+            Some(fd) => (fd, None),
+            None => (
+                listener::bind_socket(&config.daemon)?,
+                Some(config.daemon.socket.clone()),
+            ),
+        };
+        poll.registry()
+            .register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                Tok::Listener.token(),
+                Interest::READABLE,
+            )
+            .map_err(loop_err("watch the control socket"))?;
+        let signals = if opts.handle_signals {
+            let mut set = SigSet::empty();
+            for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+                set.add(s);
+            }
+            let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+                .map_err(|e| DaemonError::Loop {
+                    what: "create the signalfd",
+                    source: e.into(),
+                })?;
+            poll.registry()
+                .register(
+                    &mut SourceFd(&sfd.as_raw_fd()),
+                    Tok::Signal.token(),
+                    Interest::READABLE,
+                )
+                .map_err(loop_err("watch the signalfd"))?;
+            Some(sfd)
+        } else {
+            None
+        };
+        let next_ping = opts.notifier.watchdog_interval().map(|_| Instant::now());
+        let mut d = Daemon {
+            poll,
+            events: Events::with_capacity(1024),
+            ready: Vec::with_capacity(1024),
+            listener,
+            socket_path,
+            reserve_fd: std::fs::File::open("/dev/null").ok(),
+            conns: Vec::new(),
+            next_conn_id: 1,
+            devices,
+            config,
+            caps,
+            stats: LoopStats::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            signals,
+            notifier: opts.notifier,
+            next_scan: None,
+            next_ping,
+            last_status: String::new(),
+            started: Instant::now(),
+            _sim: sim,
+        };
+        let status = d.status_line();
+        d.notifier.ready(&status);
+        d.last_status = status;
+        log::info!(
+            "intxd {} ready: {} devices, socket {}",
+            env!("CARGO_PKG_VERSION"),
+            d.devices.len(),
+            d.config.daemon.socket.display()
+        );
+        Ok(d)
+    }
+
+    /// A handle that stops the loop from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            stop: Arc::clone(&self.stop),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    /// Loop figures.
+    pub fn loop_stats(&self) -> LoopStats {
+        self.stats
+    }
+
+    /// Host capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    /// Runs until stopped (SIGTERM, SIGINT or a [`StopHandle`]), then
+    /// detaches every device.
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        while !self.stop.load(Ordering::SeqCst) {
+            self.turn(None)?;
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    /// One turn of the loop: wait (at most `timeout`), handle what is ready,
+    /// run due timers.
+    pub fn turn(&mut self, timeout: Option<Duration>) -> Result<(), DaemonError> {
+        let now = Instant::now();
+        let mut wait = timeout;
+        for due in [self.next_scan, self.next_ping].into_iter().flatten() {
+            let left = due.saturating_duration_since(now);
+            wait = Some(wait.map_or(left, |w| w.min(left)));
+        }
+        match self.poll.poll(&mut self.events, wait) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => {
+                return Err(DaemonError::Loop {
+                    what: "wait for events",
+                    source: e,
+                })
+            }
+        }
+        self.stats.wakeups += 1;
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| {
+            (
+                e.token(),
+                e.is_readable(),
+                e.is_writable(),
+                e.is_read_closed() || e.is_error(),
+            )
+        }));
+        let now = Instant::now();
+        for &(token, readable, writable, closed) in &ready {
+            match Tok::from_token(token) {
+                Some(Tok::Trigger(i)) => self.on_trigger(i, now),
+                Some(Tok::Resample(i)) => self.on_resample(i, now),
+                Some(Tok::Conn(i)) => self.on_conn(i, readable || closed, writable),
+                Some(Tok::Listener) => self.accept_all(),
+                Some(Tok::Signal) => self.on_signal(),
+                Some(Tok::Waker) => {}
+                None => log::debug!("ignoring an event for unknown token {token:?}"),
+            }
+        }
+        self.ready = ready;
+        if self.next_scan.is_some_and(|t| Instant::now() >= t) {
+            self.scan(Instant::now());
+        }
+        if let (Some(t), Some(iv)) = (self.next_ping, self.notifier.watchdog_interval()) {
+            if Instant::now() >= t {
+                self.notifier.watchdog();
+                self.next_ping = Some(Instant::now() + iv);
+                self.update_status();
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn on_trigger(&mut self, i: usize, now: Instant) {
+        let Some(path) = self
+            .devices
+            .get_mut(i)
+            .and_then(|d| d.route.as_mut())
+            .and_then(|r| r.relay_mut())
+        else {
+            return;
+        };
+        match path.on_trigger(now) {
+            Ok(_) => {
+                if self.next_scan.is_none() {
+                    self.next_scan = Some(now + SCAN_INTERVAL);
+                }
+            }
+            Err(e) => log::error!(
+                "{}: relay could not signal the VMM's irq eventfd: {e}",
+                self.devices[i].tag()
+            ),
+        }
+    }
+
+    #[inline]
+    fn on_resample(&mut self, i: usize, now: Instant) {
+        let Some(path) = self
+            .devices
+            .get_mut(i)
+            .and_then(|d| d.route.as_mut())
+            .and_then(|r| r.relay_mut())
+        else {
+            return;
+        };
+        match path.on_resample(now) {
+            Ok(ResampleOutcome::Backoff(until)) => {
+                let storms = path.stats().storms;
+                self.next_scan = Some(self.next_scan.map_or(until, |t| t.min(until)));
+                self.storm_limited(i, until.saturating_duration_since(now), storms, now);
+            }
+            Ok(_) => {}
+            Err(e) => log::error!(
+                "{}: relay could not unmask INTx: {e}",
+                self.devices[i].tag()
+            ),
+        }
+    }
+
+    fn storm_limited(&mut self, i: usize, backoff: Duration, storms: u64, now: Instant) {
+        let dev = &mut self.devices[i];
+        // One log line and one event per device per second at most.
+        if dev
+            .last_storm_event
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            dev.storms_unlogged += 1;
+            return;
+        }
+        log::warn!(
+            "{}: interrupt storm above {}/s; INTx held masked for {} ms ({} more limited since the last report)",
+            dev.tag(),
+            dev.cfg.relay.storm_rate,
+            backoff.as_millis(),
+            dev.storms_unlogged
+        );
+        dev.storms_unlogged = 0;
+        dev.last_storm_event = Some(now);
+        let ev = Event::StormLimited {
+            device: dev.cfg.name.clone(),
+            rate_limit: dev.cfg.relay.storm_rate,
+            backoff_ms: backoff.as_millis() as u64,
+            storms,
+        };
+        self.send_event(i, &ev);
+    }
+
+    /// Relay timers: storm back-offs that ended, overdue EOIs.
+    fn scan(&mut self, now: Instant) {
+        let mut next: Option<Instant> = None;
+        let mut fired = Vec::new();
+        for (i, dev) in self.devices.iter_mut().enumerate() {
+            let tag = dev.tag();
+            let Some(path) = dev.route.as_mut().and_then(|r| r.relay_mut()) else {
+                continue;
+            };
+            match path.on_timer(now) {
+                Ok(TimerOutcome::Watchdog(waited, rearmed)) => fired.push((i, waited, rearmed)),
+                Ok(_) => {}
+                Err(e) => log::error!("{tag}: relay timer could not unmask INTx: {e}"),
+            }
+            let due = path
+                .next_deadline()
+                .or_else(|| path.eoi_pending().then(|| now + SCAN_INTERVAL));
+            if let Some(d) = due {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        self.next_scan = next;
+        for (i, waited, rearmed) in fired {
+            let dev = &self.devices[i];
+            log::warn!(
+                "{}: no EOI from the guest for {} ms; {}",
+                dev.tag(),
+                waited.as_millis(),
+                if rearmed {
+                    "re-armed INTx with an unmask"
+                } else {
+                    "INTx left masked (watchdog = \"log\")"
+                }
+            );
+            let ev = Event::EoiWatchdog {
+                device: dev.cfg.name.clone(),
+                waited_ms: waited.as_millis() as u64,
+                rearmed,
+            };
+            self.send_event(i, &ev);
+        }
+    }
+
+    fn on_signal(&mut self) {
+        let Some(sfd) = self.signals.as_mut() else {
+            return;
+        };
+        while let Ok(Some(info)) = sfd.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
+                    log::info!("signal {}: stopping", info.ssi_signo);
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+                Ok(Signal::SIGHUP) => {
+                    log::warn!("SIGHUP: reload is not supported yet; restart the daemon to apply config changes");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let attached = self.devices.iter().filter(|d| d.route.is_some()).count();
+        let storms: u64 = self
+            .devices
+            .iter()
+            .filter_map(|d| d.route.as_ref().and_then(|r| r.relay_stats()))
+            .map(|s| s.storms)
+            .sum();
+        format!(
+            "{} devices, {} attached, {} storms",
+            self.devices.len(),
+            attached,
+            storms
+        )
+    }
+
+    fn update_status(&mut self) {
+        let s = self.status_line();
+        if s != self.last_status {
+            self.notifier.status(&s);
+            self.last_status = s;
+        }
+    }
+
+    /// Detaches every device and closes every connection.
+    pub fn shutdown(&mut self) {
+        self.notifier.stopping();
+        for i in 0..self.devices.len() {
+            self.detach_device(i, "the daemon is stopping");
+        }
+        for i in 0..self.conns.len() {
+            self.close_conn(i);
+        }
+        log::info!("stopped");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

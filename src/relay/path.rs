@@ -1,0 +1,203 @@
+//! One relay route's data path and its figures.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::storm::StormLimiter;
+use super::watchdog::{EoiWatchdog, Overdue};
+use super::RelayConfig;
+use crate::sim::model::{new_latency_histogram, percentiles_us};
+
+/// Figures of one relay route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RelayStats {
+    /// Interrupts carried to the VMM (trigger wakeups that found a count).
+    pub relayed: u64,
+    /// EOIs carried back (resample wakeups that found a count).
+    pub eois: u64,
+    /// Times the storm limiter held the line masked.
+    pub storms: u64,
+    /// Times the EOI watchdog fired.
+    pub watchdog_fires: u64,
+    /// read/write syscalls made on the hot path.
+    pub syscalls: u64,
+    /// Interrupt-to-EOI latency p50, microseconds.
+    pub latency_p50_us: f64,
+    /// Interrupt-to-EOI latency p99, microseconds.
+    pub latency_p99_us: f64,
+    /// Interrupt-to-EOI latency max, microseconds.
+    pub latency_max_us: f64,
+}
+
+/// What to do after a resample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResampleOutcome {
+    /// Nothing was pending (a stale wakeup).
+    Idle,
+    /// Unmasked.
+    Unmasked,
+    /// The storm limiter holds the line masked until then.
+    Backoff(Instant),
+}
+
+/// What a timer check did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerOutcome {
+    /// Nothing due.
+    Idle,
+    /// A storm back-off ended; unmasked.
+    BackoffEnded,
+    /// The EOI watchdog fired after this wait; `true` if it re-armed.
+    Watchdog(Duration, bool),
+}
+
+/// The relay between VFIO's eventfds (ours) and the VMM's.
+pub struct RelayPath {
+    /// VFIO's trigger eventfd: readable when the device fired.
+    pub trigger: EventFd,
+    /// VFIO's unmask eventfd: written to unmask.
+    pub unmask: EventFd,
+    /// The VMM's irq eventfd (its KVM irqfd, or its userspace chip's input).
+    pub irq: EventFd,
+    /// The VMM's resample eventfd: readable at the guest's EOI.
+    pub resample: EventFd,
+    storm: StormLimiter,
+    watchdog: EoiWatchdog,
+    backoff_until: Option<Instant>,
+    relayed: u64,
+    eois: u64,
+    syscalls: u64,
+    latency_ns: Histogram<u64>,
+}
+
+impl RelayPath {
+    /// A relay over these four eventfds.
+    pub fn new(
+        trigger: EventFd,
+        unmask: EventFd,
+        irq: EventFd,
+        resample: EventFd,
+        cfg: &RelayConfig,
+        now: Instant,
+    ) -> Self {
+        RelayPath {
+            trigger,
+            unmask,
+            irq,
+            resample,
+            storm: StormLimiter::new(
+                cfg.storm_rate,
+                Duration::from_millis(cfg.storm_backoff_ms),
+                Duration::from_millis(cfg.storm_backoff_max_ms),
+                now,
+            ),
+            watchdog: EoiWatchdog::new(cfg.eoi_timeout(), cfg.watchdog),
+            backoff_until: None,
+            relayed: 0,
+            eois: 0,
+            syscalls: 0,
+            latency_ns: new_latency_histogram(),
+        }
+    }
+
+    /// The trigger fired: drain it and signal the VMM.
+    #[inline]
+    pub fn on_trigger(&mut self, now: Instant) -> io::Result<bool> {
+        self.syscalls += 1;
+        match self.trigger.read() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.syscalls += 1;
+        self.irq.write(1)?;
+        self.relayed += 1;
+        self.watchdog.armed(now);
+        Ok(true)
+    }
+
+    /// The guest EOI'd: drain the resample and unmask, unless a storm holds
+    /// the line masked.
+    #[inline]
+    pub fn on_resample(&mut self, now: Instant) -> io::Result<ResampleOutcome> {
+        self.syscalls += 1;
+        match self.resample.read() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ResampleOutcome::Idle),
+            Err(e) => return Err(e),
+        }
+        self.eois += 1;
+        if let Some(sent) = self.watchdog.eoi() {
+            let ns = now.saturating_duration_since(sent).as_nanos() as u64;
+            self.latency_ns.saturating_record(ns.max(1));
+        }
+        if self.backoff_until.is_some() {
+            return Ok(ResampleOutcome::Backoff(self.backoff_until.unwrap_or(now)));
+        }
+        if let Some(until) = self.storm.admit(now) {
+            self.backoff_until = Some(until);
+            return Ok(ResampleOutcome::Backoff(until));
+        }
+        self.do_unmask()?;
+        Ok(ResampleOutcome::Unmasked)
+    }
+
+    /// Checks the back-off and the EOI watchdog at `now`.
+    pub fn on_timer(&mut self, now: Instant) -> io::Result<TimerOutcome> {
+        if let Some(until) = self.backoff_until {
+            if now >= until {
+                self.backoff_until = None;
+                self.do_unmask()?;
+                return Ok(TimerOutcome::BackoffEnded);
+            }
+            return Ok(TimerOutcome::Idle);
+        }
+        match self.watchdog.check(now) {
+            Overdue::No => Ok(TimerOutcome::Idle),
+            Overdue::Report(waited) => Ok(TimerOutcome::Watchdog(waited, false)),
+            Overdue::Rearm(waited) => {
+                self.do_unmask()?;
+                Ok(TimerOutcome::Watchdog(waited, true))
+            }
+        }
+    }
+
+    /// When the next timer check is due, if one is.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.backoff_until
+    }
+
+    /// Whether an EOI is outstanding (the watchdog has something to watch).
+    pub fn eoi_pending(&self) -> bool {
+        self.watchdog.pending()
+    }
+
+    /// Whether the storm limiter currently holds the line masked.
+    pub fn backing_off(&self) -> bool {
+        self.backoff_until.is_some()
+    }
+
+    /// The route's figures.
+    pub fn stats(&self) -> RelayStats {
+        let (p50, p99, max) = percentiles_us(&self.latency_ns);
+        RelayStats {
+            relayed: self.relayed,
+            eois: self.eois,
+            storms: self.storm.engaged,
+            watchdog_fires: self.watchdog.fired,
+            syscalls: self.syscalls,
+            latency_p50_us: p50,
+            latency_p99_us: p99,
+            latency_max_us: max,
+        }
+    }
+
+    fn do_unmask(&mut self) -> io::Result<()> {
+        self.syscalls += 1;
+        self.unmask.write(1)
+    }
+}

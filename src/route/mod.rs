@@ -1,0 +1,65 @@
+//! One device's INTx wiring, direct or relay, as ordered steps with undo.
+//!
+//! The order, and why (see `docs/interrupts.md`):
+//!
+//! | # | direct | relay | why |
+//! |---|---|---|---|
+//! | 1 | — | register our trigger and the VMM's resample with the loop | nothing may fire before someone listens |
+//! | 2 | enable INTx, trigger = VMM irq fd | enable INTx, trigger = our trigger fd | vfio-pci refuses mask/unmask while INTx is off |
+//! | 3 | mask | mask | a known state: no cycle can start before the unmask path exists |
+//! | 4 | unmask fd = VMM resample fd | unmask fd = our unmask fd | an EOI must never land before it can unmask |
+//! | 5 | unmask | unmask | arm: a line already high fires now |
+//!
+//! A failed step undoes every step before it, in reverse. Teardown disables
+//! INTx first (which drops both eventfds in the kernel, so no signal reaches a
+//! VMM fd afterwards), then leaves the loop, then closes our fds; it is
+//! idempotent.
+
+mod steps;
+
+pub use steps::{attach, RelayRegistrar, Route, RouteError, Step};
+
+use serde::{Deserialize, Serialize};
+
+/// How a route carries interrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Kernel only: VFIO trigger = irqfd, VFIO unmask = resamplefd.
+    Direct,
+    /// intxd's loop carries each interrupt across.
+    Relay,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Direct => "direct",
+            Mode::Relay => "relay",
+        })
+    }
+}
+
+/// Where the VMM's interrupt controller lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Irqchip {
+    /// In-kernel irqchip (`KVM_CREATE_IRQCHIP`): the VMM's fds are a KVM
+    /// irqfd with `KVM_IRQFD_FLAG_RESAMPLE`.
+    Kernel,
+    /// x86 split irqchip (LAPIC in KVM, IOAPIC in the VMM).
+    Split,
+    /// The whole interrupt controller is in the VMM, which asserts on the
+    /// irq fd and signals the resample fd at the guest's EOI.
+    User,
+}
+
+impl std::fmt::Display for Irqchip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Irqchip::Kernel => "kernel",
+            Irqchip::Split => "split",
+            Irqchip::User => "user",
+        })
+    }
+}

@@ -1,0 +1,402 @@
+//! One emulated function: its state and the [`IntxDevice`] handle the daemon
+//! holds.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::host::{drain, lock, token, Shared, Slot, KIND_UNMASK};
+use super::line::IntxLine;
+use super::model::{percentiles_us, AckPolicy, DeviceModel, Next};
+use crate::util::fd::dup_eventfd;
+use crate::vfio::{DeviceFacts, IntxDevice, IntxError, IntxInfo, IntxOp, SimCounters};
+
+/// PCI ids the emulated function reports (QEMU's edu device, which it models).
+pub const SIM_VENDOR: u16 = 0x1234;
+/// See [`SIM_VENDOR`].
+pub const SIM_DEVICE: u16 = 0x11e8;
+
+/// The state of one emulated function, shared with the host thread.
+pub(crate) struct SimState {
+    pub(super) name: String,
+    pub(super) line: IntxLine,
+    pub(super) model: DeviceModel,
+    ack: EventFd,
+    doorbell: EventFd,
+    unmask: Option<EventFd>,
+    faults: HashMap<IntxOp, i32>,
+    gone: bool,
+}
+
+impl SimState {
+    pub(super) fn new(name: &str, ack: EventFd, doorbell: EventFd, policy: AckPolicy) -> Self {
+        SimState {
+            name: name.to_string(),
+            line: IntxLine::default(),
+            model: DeviceModel::new(policy),
+            ack,
+            doorbell,
+            unmask: None,
+            faults: HashMap::new(),
+            gone: false,
+        }
+    }
+
+    /// Carries out what the model asked for.
+    pub(super) fn apply(&mut self, next: Next, now: Instant) -> Next {
+        match next {
+            Next::RaiseNow => {
+                self.model.raised_now(now);
+                self.line.set_level(true);
+                Next::Idle
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn drain_acks(&mut self, now: Instant) -> Next {
+        let n = drain(&self.ack);
+        let mut pending = Next::Idle;
+        for _ in 0..n {
+            let (lower, next) = self.model.ack(now);
+            if lower {
+                self.line.set_level(false);
+            }
+            match self.apply(next, now) {
+                Next::Idle => {}
+                later => pending = later,
+            }
+        }
+        pending
+    }
+
+    pub(super) fn drain_doorbell(&mut self, now: Instant) -> Next {
+        let n = drain(&self.doorbell);
+        if n == 0 {
+            return Next::Idle;
+        }
+        let next = self.model.ring(n);
+        self.apply(next, now)
+    }
+
+    pub(super) fn drain_unmask(&mut self) {
+        let signalled = self.unmask.as_ref().map(drain).unwrap_or(0);
+        if signalled > 0 {
+            // Like vfio's virqfd: one handler call per wakeup, however many
+            // writes were folded into the counter.
+            self.line.unmask();
+        }
+    }
+
+    fn check(&mut self, op: IntxOp) -> Result<(), IntxError> {
+        if self.gone {
+            return Err(IntxError::Gone {
+                device: self.name.clone(),
+            });
+        }
+        if let Some(errno) = self.faults.get(&op) {
+            return Err(IntxError::Action {
+                device: self.name.clone(),
+                op,
+                source: io::Error::from_raw_os_error(*errno),
+            });
+        }
+        Ok(())
+    }
+
+    fn einval(&self, op: IntxOp) -> IntxError {
+        // vfio-pci answers EINVAL to every INTx action but enable while INTx
+        // is disabled (`!is_intx(vdev)`).
+        IntxError::Action {
+            device: self.name.clone(),
+            op,
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        }
+    }
+}
+
+/// The daemon's handle on one emulated function; implements [`IntxDevice`].
+pub struct SimDevice {
+    name: String,
+    index: u32,
+    slot: usize,
+    state: Slot,
+    host: Arc<Shared>,
+    registry: Arc<Registry>,
+    ack: EventFd,
+    doorbell: EventFd,
+    unmask_raw: Option<RawFd>,
+}
+
+impl SimDevice {
+    pub(super) fn new(
+        name: &str,
+        index: u32,
+        slot: usize,
+        state: Slot,
+        host: Arc<Shared>,
+        registry: Arc<Registry>,
+        ack: EventFd,
+        doorbell: EventFd,
+    ) -> Self {
+        SimDevice {
+            name: name.to_string(),
+            index,
+            slot,
+            state,
+            host,
+            registry,
+            ack,
+            doorbell,
+            unmask_raw: None,
+        }
+    }
+
+    fn deregister_all(&self) {
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&self.ack.as_raw_fd()));
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&self.doorbell.as_raw_fd()));
+        if let Some(fd) = self.unmask_raw {
+            let _ = self.registry.deregister(&mut SourceFd(&fd));
+        }
+    }
+
+    /// Makes every later call of `op` fail with `errno` (fault injection).
+    pub fn inject_fault(&self, op: IntxOp, errno: i32) {
+        lock(&self.state).faults.insert(op, errno);
+    }
+
+    /// Clears every injected fault.
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
+    }
+
+    /// Surprise removal: the function disappears. INTx stops and every later
+    /// call fails with [`IntxError::Gone`].
+    pub fn surprise_remove(&self) {
+        let mut st = lock(&self.state);
+        st.gone = true;
+        st.line.disable();
+        st.unmask = None;
+    }
+
+    /// Drives the line directly (the device model's view), for tests.
+    pub fn set_level(&self, high: bool) {
+        let mut st = lock(&self.state);
+        if high {
+            st.model.raised_now(Instant::now());
+        }
+        st.line.set_level(high);
+    }
+
+    /// Rings the doorbell from inside the daemon (what a VMM does with the
+    /// doorbell eventfd it receives at attach).
+    pub fn ring(&self, cycles: u64) -> io::Result<()> {
+        self.doorbell.write(cycles)
+    }
+
+    /// Snapshot of (enabled, masked, level, has trigger fd, has unmask fd).
+    pub fn line_state(&self) -> LineState {
+        let st = lock(&self.state);
+        LineState {
+            enabled: st.line.enabled(),
+            masked: st.line.masked(),
+            level: st.line.level(),
+            has_unmask_fd: st.unmask.is_some(),
+        }
+    }
+
+    /// Changes what the device does after an ack.
+    pub fn set_policy(&self, policy: AckPolicy) {
+        lock(&self.state).model.policy = policy;
+    }
+
+    /// Cycles requested by the doorbell but not raised yet.
+    pub fn budget(&self) -> u64 {
+        lock(&self.state).model.budget()
+    }
+}
+
+/// What a test can observe of the emulated line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineState {
+    /// INTx enabled.
+    pub enabled: bool,
+    /// INTx masked.
+    pub masked: bool,
+    /// Device line level.
+    pub level: bool,
+    /// An unmask eventfd is set.
+    pub has_unmask_fd: bool,
+}
+
+impl IntxDevice for SimDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> IntxInfo {
+        IntxInfo {
+            count: 1,
+            eventfd: true,
+            maskable: true,
+            automasked: true,
+        }
+    }
+
+    fn facts(&self) -> DeviceFacts {
+        DeviceFacts {
+            pci: format!("sim:{}", self.index),
+            vendor: SIM_VENDOR,
+            device: SIM_DEVICE,
+            pin: 1,
+            intx: self.info(),
+            shared_line: false,
+            pci_2_3: true,
+        }
+    }
+
+    fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError> {
+        let mut st = lock(&self.state);
+        st.check(IntxOp::SetTrigger)?;
+        let fd = fd.try_clone().map_err(|source| IntxError::Action {
+            device: self.name.clone(),
+            op: IntxOp::SetTrigger,
+            source,
+        })?;
+        if !st.line.enabled() {
+            // A new enable starts a new session of hardware-side counters.
+            st.model.reset_counters();
+            st.line.triggers = 0;
+            st.line.unmasks = 0;
+            st.line.refires = 0;
+            st.line.loopbacks = 0;
+        }
+        st.line.enable(fd);
+        Ok(())
+    }
+
+    fn set_unmask(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError> {
+        let mut st = lock(&self.state);
+        st.check(IntxOp::SetUnmask)?;
+        if !st.line.enabled() {
+            return Err(st.einval(IntxOp::SetUnmask));
+        }
+        let err = |source| IntxError::Action {
+            device: self.name.clone(),
+            op: IntxOp::SetUnmask,
+            source,
+        };
+        if let Some(old) = self.unmask_raw.take() {
+            let _ = self.registry.deregister(&mut SourceFd(&old));
+        }
+        st.unmask = None;
+        if let Some(fd) = fd {
+            let fd = fd.try_clone().map_err(err)?;
+            let raw = fd.as_raw_fd();
+            self.registry
+                .register(
+                    &mut SourceFd(&raw),
+                    token(self.slot, KIND_UNMASK),
+                    Interest::READABLE,
+                )
+                .map_err(err)?;
+            self.unmask_raw = Some(raw);
+            st.unmask = Some(fd);
+        }
+        Ok(())
+    }
+
+    fn mask(&mut self) -> Result<(), IntxError> {
+        let mut st = lock(&self.state);
+        st.check(IntxOp::Mask)?;
+        if !st.line.enabled() {
+            return Err(st.einval(IntxOp::Mask));
+        }
+        st.line.mask();
+        Ok(())
+    }
+
+    fn unmask(&mut self) -> Result<(), IntxError> {
+        let mut st = lock(&self.state);
+        st.check(IntxOp::Unmask)?;
+        if !st.line.enabled() {
+            return Err(st.einval(IntxOp::Unmask));
+        }
+        st.line.unmask();
+        Ok(())
+    }
+
+    fn loopback(&mut self) -> Result<(), IntxError> {
+        let mut st = lock(&self.state);
+        st.check(IntxOp::Loopback)?;
+        if !st.line.enabled() {
+            return Err(st.einval(IntxOp::Loopback));
+        }
+        st.line.loopback();
+        Ok(())
+    }
+
+    fn disable(&mut self) -> Result<(), IntxError> {
+        let mut st = lock(&self.state);
+        if let Some(old) = self.unmask_raw.take() {
+            let _ = self.registry.deregister(&mut SourceFd(&old));
+        }
+        st.unmask = None;
+        st.line.disable();
+        if st.gone {
+            return Err(IntxError::Gone {
+                device: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn host_count(&self) -> u64 {
+        lock(&self.state).line.triggers
+    }
+
+    fn vmm_fds(&self) -> io::Result<Vec<OwnedFd>> {
+        Ok(vec![dup_eventfd(&self.ack)?, dup_eventfd(&self.doorbell)?])
+    }
+
+    fn sim_counters(&self) -> Option<SimCounters> {
+        let st = lock(&self.state);
+        let (p50, p99, max) = percentiles_us(&st.model.latency_ns);
+        Some(SimCounters {
+            raised: st.model.raised,
+            acked: st.model.acked,
+            spurious_acks: st.model.spurious_acks,
+            triggers: st.line.triggers,
+            unmasks: st.line.unmasks,
+            refires: st.line.refires,
+            loopbacks: st.line.loopbacks,
+            latency_p50_us: p50,
+            latency_p99_us: p99,
+            latency_max_us: max,
+        })
+    }
+
+    fn is_gone(&self) -> bool {
+        lock(&self.state).gone
+    }
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        self.deregister_all();
+        let mut d = self.host.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = d.get_mut(self.slot) {
+            *s = None;
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The soak's figures: one [`RunReport`] per run, a table or JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::{Irqchip, Mode};
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Route mode the daemon chose.
+    pub mode: Mode,
+    /// Interrupt-controller flavour.
+    pub irqchip: Irqchip,
+    /// Device name.
+    pub device: String,
+    /// Why the daemon chose the mode.
+    pub mode_reason: String,
+    /// Cycles the device was asked for.
+    pub cycles: u64,
+    /// Interrupts the guest's ISR counted.
+    pub delivered: u64,
+    /// Trigger signals on the host side.
+    pub triggered: u64,
+    /// EOIs carried back (resamples).
+    pub eois: u64,
+    /// Cycles the device raised that the guest never acked.
+    pub lost: u64,
+    /// Acks that found the device's line low.
+    pub spurious: u64,
+    /// Storms the relay limited.
+    pub storms: u64,
+    /// Run time, seconds.
+    pub elapsed_s: f64,
+    /// Delivered interrupts per second.
+    pub rate_per_s: f64,
+    /// Raise-to-ack latency.
+    pub latency_us: Latency,
+    /// Daemon event-loop wakeups during the run.
+    pub loop_wakeups: u64,
+    /// Those wakeups divided by the delivered interrupts.
+    pub loop_wakeups_per_irq: f64,
+}
+
+impl RunReport {
+    /// Whether the run was exact: nothing lost or spurious and the guest's
+    /// count equal to the device's.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.spurious == 0 && self.delivered == self.cycles
+    }
+}
+
+/// All runs of one `intxd soak`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SoakReport {
+    /// The runs, in order.
+    pub runs: Vec<RunReport>,
+}
+
+impl SoakReport {
+    /// Whether every run was clean.
+    pub fn is_clean(&self) -> bool {
+        self.runs.iter().all(RunReport::is_clean)
+    }
+
+    /// A fixed-width summary table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<7} {:<7} {:<8} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>10} {:>8} {:>8} {:>9} {:>9}\n",
+            "mode", "irqchip", "device", "cycles", "delivered", "triggered", "eois", "lost", "spur",
+            "rate/s", "p50 us", "p99 us", "max us", "wakeup/irq"
+        );
+        for r in &self.runs {
+            out.push_str(&format!(
+                "{:<7} {:<7} {:<8} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>10.0} {:>8.1} {:>8.1} {:>9.1} {:>9.4}\n",
+                r.mode.to_string(),
+                r.irqchip.to_string(),
+                r.device,
+                r.cycles,
+                r.delivered,
+                r.triggered,
+                r.eois,
+                r.lost,
+                r.spurious,
+                r.rate_per_s,
+                r.latency_us.p50,
+                r.latency_us.p99,
+                r.latency_us.max,
+                r.loop_wakeups_per_irq
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,257 @@
+//! One soak run: a VM, the device attached to it, N cycles, the figures.
+
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::report::{Latency, RunReport};
+use super::vcpu::{UserChipFds, VcpuRunner};
+use super::vm::{GuestRam, SoakVm, VmError};
+use super::wiring::{Attached, Snapshot, Wiring};
+use crate::control::client::ClientError;
+use crate::route::{Irqchip, Mode};
+use crate::util::fd::new_eventfd;
+
+/// Errors of the soak.
+#[derive(Debug, thiserror::Error)]
+pub enum SoakError {
+    /// The VM could not be built.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The daemon refused or the socket failed.
+    #[error("the daemon's control socket")]
+    Client(#[source] ClientError),
+    /// The daemon answered something unexpected.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Local set-up failed.
+    #[error("set-up: {0}")]
+    Setup(String),
+    /// The vCPU thread failed.
+    #[error("vCPU: {0}")]
+    Vcpu(String),
+    /// The guest never finished its set-up.
+    #[error("the soak guest did not come up within 5 s")]
+    GuestNotReady,
+}
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Route mode to ask for.
+    pub mode: Mode,
+    /// Interrupt controller flavour.
+    pub irqchip: Irqchip,
+    /// Cycles to run (with `duration`: at most this many).
+    pub cycles: Option<u64>,
+    /// How long to run.
+    pub duration: Option<Duration>,
+    /// How long without progress counts as a hang.
+    pub stall: Duration,
+}
+
+/// A VM with the device attached and its vCPU running.
+pub struct Session<'w> {
+    wiring: &'w mut dyn Wiring,
+    runner: Option<VcpuRunner>,
+    /// The attach result.
+    pub attached: Attached,
+    vm: SoakVm,
+    _irq: EventFd,
+    _resample: EventFd,
+}
+
+impl<'w> Session<'w> {
+    /// Builds the VM, attaches the device through `wiring`, and starts the
+    /// vCPU once the guest is ready.
+    pub fn start(
+        wiring: &'w mut dyn Wiring,
+        irqchip: Irqchip,
+        mode: Mode,
+    ) -> Result<Session<'w>, SoakError> {
+        let mut vm = SoakVm::new(irqchip)?;
+        let ev = |e: std::io::Error| SoakError::Setup(format!("eventfd: {e}"));
+        let irq = new_eventfd().map_err(ev)?;
+        let resample = new_eventfd().map_err(ev)?;
+        if irqchip == Irqchip::Kernel {
+            // The VMM registers its own irqfd: KVM refuses VM ioctls from any
+            // other process, intxd included.
+            vm.register_irqfd(&irq, &resample)?;
+        }
+        let attached = wiring.attach(irqchip, mode, &irq, &resample)?;
+        if let Err(e) = vm.bind_ack(&attached.ack) {
+            let _ = wiring.detach();
+            return Err(e.into());
+        }
+        let chip = match irqchip {
+            Irqchip::Kernel => None,
+            _ => Some(UserChipFds {
+                irq: irq.try_clone().map_err(ev)?,
+                resample: resample.try_clone().map_err(ev)?,
+            }),
+        };
+        let vcpu = vm
+            .vcpu
+            .take()
+            .ok_or_else(|| SoakError::Vcpu("no vCPU".into()))?;
+        let runner = VcpuRunner::start(vcpu, chip).map_err(|e| SoakError::Vcpu(e.to_string()))?;
+        let session = Session {
+            wiring,
+            runner: Some(runner),
+            attached,
+            vm,
+            _irq: irq,
+            _resample: resample,
+        };
+        let t0 = Instant::now();
+        while !session.ram().ready() {
+            if t0.elapsed() > Duration::from_secs(5) {
+                return Err(SoakError::GuestNotReady);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(session)
+    }
+
+    /// Guest RAM (the ISR's count, the ack switch).
+    pub fn ram(&self) -> &GuestRam {
+        &self.vm.ram
+    }
+
+    /// Asks the device for `n` more cycles.
+    pub fn ring(&self, n: u64) -> Result<(), SoakError> {
+        self.attached
+            .doorbell
+            .write(n)
+            .map_err(|e| SoakError::Setup(format!("doorbell write: {e}")))
+    }
+
+    /// Current figures from the wiring.
+    pub fn snapshot(&mut self) -> Result<Snapshot, SoakError> {
+        self.wiring.snapshot()
+    }
+
+    /// Waits until the guest has counted `target` interrupts or nothing has
+    /// moved for `stall`. Returns the count.
+    pub fn wait_count(&self, target: u64, stall: Duration) -> u64 {
+        let mut last = u64::from(self.ram().count());
+        let mut moved = Instant::now();
+        while last < target && moved.elapsed() < stall {
+            std::thread::sleep(Duration::from_micros(500));
+            let c = u64::from(self.ram().count());
+            if c != last {
+                last = c;
+                moved = Instant::now();
+            }
+        }
+        last
+    }
+
+    /// Stops the vCPU and detaches.
+    pub fn finish(mut self) -> Result<(), SoakError> {
+        let vcpu = self.runner.take().map(VcpuRunner::stop).unwrap_or(Ok(()));
+        let detach = self.wiring.detach();
+        vcpu.map_err(SoakError::Vcpu)?;
+        detach
+    }
+
+    /// The userspace chip's counters (injected, eois).
+    pub fn chip_eois(&self) -> u64 {
+        self.runner
+            .as_ref()
+            .map(|r| r.chip.eois.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+}
+
+/// Runs `spec` through `wiring`. `progress` is called about every 100 ms with
+/// the guest's count and the elapsed time.
+pub fn run_one(
+    wiring: &mut dyn Wiring,
+    spec: &RunSpec,
+    progress: &mut dyn FnMut(u64, Duration),
+) -> Result<RunReport, SoakError> {
+    let device = wiring.device().to_string();
+    let mut s = Session::start(wiring, spec.irqchip, spec.mode)?;
+    let before = s.snapshot()?;
+    let limit = spec.cycles.unwrap_or(u64::MAX);
+    // Keep the device's budget ahead of the guest so it never idles, but
+    // bounded, so a duration run ends with nothing outstanding.
+    let chunk = if spec.duration.is_some() {
+        1 << 16
+    } else {
+        limit
+    };
+    let t0 = Instant::now();
+    let mut requested = chunk.min(limit);
+    s.ring(requested)?;
+    let mut last_progress = Instant::now();
+    let mut last = 0u64;
+    let mut moved = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_micros(500));
+        let count = u64::from(s.ram().count());
+        if count != last {
+            last = count;
+            moved = Instant::now();
+        }
+        if last_progress.elapsed() >= Duration::from_millis(100) {
+            progress(count, t0.elapsed());
+            last_progress = Instant::now();
+        }
+        let time_up = spec.duration.is_some_and(|d| t0.elapsed() >= d);
+        if !time_up && requested < limit && requested - count < chunk / 2 {
+            let more = chunk.min(limit - requested);
+            s.ring(more)?;
+            requested += more;
+        }
+        if count >= requested && (time_up || requested >= limit) {
+            break;
+        }
+        if moved.elapsed() >= spec.stall {
+            break;
+        }
+    }
+    let elapsed = t0.elapsed();
+    // Let anything spurious show up before the final count.
+    std::thread::sleep(Duration::from_millis(20));
+    let delivered = u64::from(s.ram().count());
+    progress(delivered, elapsed);
+    let after = s.snapshot()?;
+    let chip_eois = s.chip_eois();
+    let mode = s.attached.mode;
+    let reason = s.attached.reason.clone();
+    s.finish()?;
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    let acked = d(after.sim.acked, before.sim.acked);
+    let eois = if mode == Mode::Relay {
+        d(after.relay_eois, before.relay_eois)
+    } else if spec.irqchip == Irqchip::Kernel {
+        d(after.sim.unmasks, before.sim.unmasks)
+    } else {
+        chip_eois
+    };
+    let wakeups = d(after.loop_wakeups, before.loop_wakeups);
+    Ok(RunReport {
+        mode,
+        irqchip: spec.irqchip,
+        device,
+        mode_reason: reason,
+        cycles: requested,
+        delivered,
+        triggered: d(after.sim.triggers, before.sim.triggers),
+        eois,
+        lost: requested.saturating_sub(acked),
+        spurious: d(after.sim.spurious_acks, before.sim.spurious_acks),
+        storms: d(after.storms, before.storms),
+        elapsed_s: elapsed.as_secs_f64(),
+        rate_per_s: delivered as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency_us: Latency {
+            p50: after.sim.latency_p50_us,
+            p99: after.sim.latency_p99_us,
+            max: after.sim.latency_max_us,
+        },
+        loop_wakeups: wakeups,
+        loop_wakeups_per_irq: wakeups as f64 / delivered.max(1) as f64,
+    })
+}

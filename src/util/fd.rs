@@ -1,0 +1,87 @@
+//! Ownership conversions between `vmm_sys_util::eventfd::EventFd` and
+//! `std::os::fd::OwnedFd`, and the fd-kind check used on every received fd.
+//!
+//! `EventFd` predates the I/O-safety types and only offers raw fds, so the
+//! conversions need `unsafe`; they are kept here, in one place.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Moves an `EventFd` into an `OwnedFd`.
+pub fn eventfd_into_owned(ev: EventFd) -> OwnedFd {
+    // SAFETY: `into_raw_fd` gives up ownership of an open fd, which the
+    // `OwnedFd` takes over; nothing else refers to it.
+    unsafe { OwnedFd::from_raw_fd(ev.into_raw_fd()) }
+}
+
+/// Moves an `OwnedFd` (already checked to be an eventfd) into an `EventFd`.
+pub fn owned_into_eventfd(fd: OwnedFd) -> EventFd {
+    // SAFETY: `into_raw_fd` gives up ownership of an open fd, which the
+    // `EventFd` takes over; nothing else refers to it.
+    unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Borrows an `EventFd` as a `BorrowedFd` for APIs that take `AsFd`.
+pub fn borrow_eventfd(ev: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: the fd stays open for as long as `ev` is borrowed.
+    unsafe { BorrowedFd::borrow_raw(ev.as_raw_fd()) }
+}
+
+/// A fresh duplicate of an eventfd, as an `OwnedFd`.
+pub fn dup_eventfd(ev: &EventFd) -> io::Result<OwnedFd> {
+    Ok(eventfd_into_owned(ev.try_clone()?))
+}
+
+/// A new non-blocking, close-on-exec eventfd.
+pub fn new_eventfd() -> io::Result<EventFd> {
+    // vmm-sys-util always adds EFD_CLOEXEC.
+    EventFd::new(EFD_NONBLOCK)
+}
+
+/// What kind of file an fd is, from its `/proc/self/fd` link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdKind {
+    /// `anon_inode:[eventfd]`.
+    EventFd,
+    /// `anon_inode:kvm-vm`: a KVM VM fd.
+    KvmVm,
+    /// `anon_inode:kvm-vcpu:N`.
+    KvmVcpu,
+    /// Anything else, with its link text (`pipe:[..]`, `socket:[..]`, a path).
+    Other(String),
+}
+
+impl FdKind {
+    /// Reads the kind of `fd` from `/proc/self/fd`.
+    pub fn of(fd: RawFd) -> io::Result<FdKind> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+        let text = link.to_string_lossy().into_owned();
+        Ok(match text.as_str() {
+            "anon_inode:[eventfd]" => FdKind::EventFd,
+            "anon_inode:kvm-vm" => FdKind::KvmVm,
+            t if t.starts_with("anon_inode:kvm-vcpu") => FdKind::KvmVcpu,
+            _ => FdKind::Other(text),
+        })
+    }
+
+    /// A short description for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            FdKind::EventFd => "an eventfd".into(),
+            FdKind::KvmVm => "a KVM VM fd".into(),
+            FdKind::KvmVcpu => "a KVM vCPU fd".into(),
+            FdKind::Other(t) => format!("`{t}`"),
+        }
+    }
+}
+
+/// Whether `fd` has close-on-exec set.
+pub fn is_cloexec(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: only used on fds the caller holds open; the borrow ends here.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = nix::fcntl::fcntl(b, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;
+    Ok(flags & libc::FD_CLOEXEC != 0)
+}

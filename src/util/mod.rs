@@ -1,0 +1,4 @@
+//! Small helpers shared by several modules: fd ownership and process figures.
+
+pub mod fd;
+pub mod proc;

@@ -1,0 +1,161 @@
+//! The INTx device trait: what vfio-pci lets userspace do with a level line.
+
+use std::os::fd::OwnedFd;
+
+use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::EventFd;
+
+/// One INTx action, named after the `VFIO_DEVICE_SET_IRQS` call it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntxOp {
+    /// `ACTION_TRIGGER|DATA_EVENTFD`: enable INTx with a trigger eventfd.
+    SetTrigger,
+    /// `ACTION_UNMASK|DATA_EVENTFD`: the eventfd whose write unmasks INTx.
+    SetUnmask,
+    /// `ACTION_MASK|DATA_NONE`.
+    Mask,
+    /// `ACTION_UNMASK|DATA_NONE`.
+    Unmask,
+    /// `ACTION_TRIGGER|DATA_NONE`: loopback, fire the trigger without masking.
+    Loopback,
+    /// `count = 0`: disable INTx and drop both eventfds.
+    Disable,
+}
+
+impl IntxOp {
+    /// The action as the VFIO ioctl spells it, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            IntxOp::SetTrigger => "set the INTx trigger eventfd (VFIO_IRQ_SET_ACTION_TRIGGER)",
+            IntxOp::SetUnmask => "set the INTx unmask eventfd (VFIO_IRQ_SET_ACTION_UNMASK)",
+            IntxOp::Mask => "mask INTx (VFIO_IRQ_SET_ACTION_MASK)",
+            IntxOp::Unmask => "unmask INTx (VFIO_IRQ_SET_ACTION_UNMASK)",
+            IntxOp::Loopback => "fire the INTx trigger (VFIO_IRQ_SET_DATA_NONE|ACTION_TRIGGER)",
+            IntxOp::Disable => "disable INTx (VFIO_DEVICE_SET_IRQS count=0)",
+        }
+    }
+}
+
+/// A failed INTx action. The device and the action are always named, because
+/// `vfio-ioctls` drops the errno of its IRQ calls and a bare errno says nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum IntxError {
+    /// The kernel (or the emulated device) refused an action.
+    #[error("{device}: could not {}", .op.describe())]
+    Action {
+        /// Device name from the config.
+        device: String,
+        /// What was attempted.
+        op: IntxOp,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device has gone away (surprise removal).
+    #[error("{device}: the device is gone")]
+    Gone {
+        /// Device name from the config.
+        device: String,
+    },
+}
+
+/// What `VFIO_DEVICE_GET_IRQ_INFO` says about the INTx index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntxInfo {
+    /// Number of INTx vectors (0 when the function has no INTx pin).
+    pub count: u32,
+    /// `VFIO_IRQ_INFO_EVENTFD`.
+    pub eventfd: bool,
+    /// `VFIO_IRQ_INFO_MASKABLE`.
+    pub maskable: bool,
+    /// `VFIO_IRQ_INFO_AUTOMASKED`: the kernel masks INTx when it fires.
+    pub automasked: bool,
+}
+
+/// Identity facts the attach reply hands a VMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    /// PCI address, or `sim:N`.
+    pub pci: String,
+    /// PCI vendor id.
+    pub vendor: u16,
+    /// PCI device id.
+    pub device: u16,
+    /// INTx pin (1 = INTA# .. 4 = INTD#).
+    pub pin: u8,
+    /// INTx info from VFIO.
+    pub intx: IntxInfo,
+    /// Whether the host line is shared with another device.
+    pub shared_line: bool,
+    /// Whether the function masks INTx itself (PCI 2.3 DisINTx).
+    pub pci_2_3: bool,
+}
+
+/// Counters that only the emulated device can give (the hardware side).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimCounters {
+    /// Times the device raised its line.
+    pub raised: u64,
+    /// Acks that lowered a high line.
+    pub acked: u64,
+    /// Acks that found the line already low (the guest took an interrupt the
+    /// device did not raise).
+    pub spurious_acks: u64,
+    /// Trigger signals (what `/proc/interrupts` would count on a real host).
+    pub triggers: u64,
+    /// Unmask requests (eventfd or call).
+    pub unmasks: u64,
+    /// Unmasks that found the line still high and re-fired the trigger.
+    pub refires: u64,
+    /// Loopback triggers.
+    pub loopbacks: u64,
+    /// Raise-to-ack latency, 50th percentile, microseconds.
+    pub latency_p50_us: f64,
+    /// Raise-to-ack latency, 99th percentile, microseconds.
+    pub latency_p99_us: f64,
+    /// Raise-to-ack latency, maximum, microseconds.
+    pub latency_max_us: f64,
+}
+
+/// A PCI function's INTx as VFIO exposes it. Each method is one
+/// `VFIO_DEVICE_SET_IRQS` call on `VFIO_PCI_INTX_IRQ_INDEX`.
+///
+/// vfio-pci's contract, which every implementation keeps:
+/// - when the line rises while unmasked, INTx is masked and the trigger
+///   eventfd is signalled once (`AUTOMASKED`);
+/// - an unmask (by the unmask eventfd or by call) while the line is still high
+///   leaves INTx masked and signals the trigger again; with the line low it
+///   unmasks;
+/// - a loopback trigger signals the trigger eventfd without masking;
+/// - disable stops all signalling and drops both eventfds.
+pub trait IntxDevice: Send {
+    /// Device name from the config, for messages.
+    fn name(&self) -> &str;
+    /// `VFIO_DEVICE_GET_IRQ_INFO` for the INTx index.
+    fn info(&self) -> IntxInfo;
+    /// The function's identity.
+    fn facts(&self) -> DeviceFacts;
+    /// Enable INTx with `fd` as its trigger. Must come before the others.
+    fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError>;
+    /// Set (`Some`) or remove (`None`) the unmask eventfd.
+    fn set_unmask(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError>;
+    /// Mask INTx.
+    fn mask(&mut self) -> Result<(), IntxError>;
+    /// Unmask INTx (re-fires if the line is still high).
+    fn unmask(&mut self) -> Result<(), IntxError>;
+    /// Loopback trigger.
+    fn loopback(&mut self) -> Result<(), IntxError>;
+    /// Disable INTx, dropping both eventfds. Idempotent.
+    fn disable(&mut self) -> Result<(), IntxError>;
+    /// Host-side interrupt count (`/proc/interrupts` for a real device).
+    fn host_count(&self) -> u64;
+    /// The fds a VMM needs to drive the device: the VFIO device fd and the
+    /// container fd for a real device; the ack and doorbell eventfds for the
+    /// emulated one. Each is a fresh duplicate.
+    fn vmm_fds(&self) -> std::io::Result<Vec<OwnedFd>>;
+    /// Hardware-side counters, where the backend has them.
+    fn sim_counters(&self) -> Option<SimCounters>;
+    /// Whether the device has been removed underneath us.
+    fn is_gone(&self) -> bool;
+}
