@@ -5,7 +5,7 @@
 //! backend), [`sim`] (the emulated INTx function), [`route`] (one device's
 //! wiring, direct or relay), [`relay`] (the userspace hot path), [`daemon`]
 //! (the event loop), [`control`] (the socket protocol and the Rust client),
-//! [`systemd`] (notify), [`soak`] (the built-in VMM) and [`bench`].
+//! [`systemd`] (notify), [`soak`] (the built-in VMM) and [`bench`](mod@bench).
 
 pub mod bench;
 pub mod config;

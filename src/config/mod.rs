@@ -1,6 +1,6 @@
 //! The configuration: `/etc/intxd/intxd.toml` plus drop-ins in
 //! `devices.d/*.toml`, in three layers (as zincati does): raw TOML with
-//! `deny_unknown_fields` ([`raw`]), merged files, and validated settings
+//! `deny_unknown_fields` (`raw.rs`), merged files, and validated settings
 //! ([`Config`]). Every mistake names the file, the line and column, the key
 //! and the fix.
 

@@ -166,17 +166,13 @@ impl Client {
             return Ok(Some(e));
         }
         let deadline = Instant::now() + timeout;
-        loop {
-            match self.recv_one(deadline) {
-                Ok((Incoming::Event(e), _)) => return Ok(Some(e)),
-                Ok((Incoming::Reply(r), _)) => {
-                    return Err(ClientError::Io(io::Error::other(format!(
-                        "unexpected reply with no request outstanding: {r:?}"
-                    ))))
-                }
-                Err(ClientError::Timeout(_)) => return Ok(None),
-                Err(e) => return Err(e),
-            }
+        match self.recv_one(deadline) {
+            Ok((Incoming::Event(e), _)) => Ok(Some(e)),
+            Ok((Incoming::Reply(r), _)) => Err(ClientError::Io(io::Error::other(format!(
+                "unexpected reply with no request outstanding: {r:?}"
+            )))),
+            Err(ClientError::Timeout(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

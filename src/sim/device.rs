@@ -135,6 +135,8 @@ pub struct SimDevice {
 }
 
 impl SimDevice {
+    // The host hands over every part it created for the device at once.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         name: &str,
         index: u32,

@@ -232,8 +232,5 @@ fn run(mut poll: Poll, shared: Arc<Shared>) {
 
 /// Reads an eventfd's counter; 0 when it was not signalled.
 pub(super) fn drain(ev: &EventFd) -> u64 {
-    match ev.read() {
-        Ok(n) => n,
-        Err(_) => 0,
-    }
+    ev.read().unwrap_or_default()
 }

@@ -57,6 +57,7 @@ pub struct Session<'w> {
     /// The attach result.
     pub attached: Attached,
     vm: SoakVm,
+    detached: bool,
     _irq: EventFd,
     _resample: EventFd,
 }
@@ -100,6 +101,7 @@ impl<'w> Session<'w> {
             runner: Some(runner),
             attached,
             vm,
+            detached: false,
             _irq: irq,
             _resample: resample,
         };
@@ -147,10 +149,20 @@ impl<'w> Session<'w> {
         last
     }
 
+    /// Detaches while the guest keeps running (interrupts in flight).
+    pub fn detach_in_flight(&mut self) -> Result<(), SoakError> {
+        self.detached = true;
+        self.wiring.detach()
+    }
+
     /// Stops the vCPU and detaches.
     pub fn finish(mut self) -> Result<(), SoakError> {
         let vcpu = self.runner.take().map(VcpuRunner::stop).unwrap_or(Ok(()));
-        let detach = self.wiring.detach();
+        let detach = if self.detached {
+            Ok(())
+        } else {
+            self.wiring.detach()
+        };
         vcpu.map_err(SoakError::Vcpu)?;
         detach
     }

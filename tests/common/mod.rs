@@ -1,0 +1,147 @@
+//! Helpers shared by the integration tests: a real daemon process on a
+//! temporary socket, and the KVM check that fails loudly.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use intxd::control::client::Client;
+use intxd::control::proto::{DeviceStatus, Reply};
+
+/// Fails the test when `/dev/kvm` is missing: these tests need a real KVM,
+/// and a missing one must never pass as a skip.
+pub fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: this test runs real KVM guests and cannot be skipped (CI={})",
+        std::env::var("CI").unwrap_or_default()
+    );
+}
+
+/// The `intxd` binary built for these tests.
+pub fn intxd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_intxd"))
+}
+
+/// A daemon process with its own config and socket.
+pub struct DaemonProc {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+impl DaemonProc {
+    /// Starts `intxd run` with `devices` (TOML `[[device]]` tables) and
+    /// waits until its socket answers.
+    pub fn start(devices: &str) -> DaemonProc {
+        Self::start_with(devices, "", &[])
+    }
+
+    /// Like [`start`], with extra `[daemon]` keys and environment.
+    pub fn start_with(devices: &str, daemon_extra: &str, env: &[(&str, &str)]) -> DaemonProc {
+        let dir = tempfile::Builder::new()
+            .prefix("intxd-test-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("control.sock");
+        let config = dir.path().join("intxd.toml");
+        let text = format!(
+            "[daemon]\nsocket = \"{}\"\nsocket_mode = \"0666\"\n{daemon_extra}\n{devices}",
+            socket.display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut cmd = Command::new(intxd_bin());
+        cmd.arg("run").arg("--config").arg(&config);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn intxd run");
+        let d = DaemonProc {
+            child,
+            dir,
+            socket,
+            config,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(mut c) = Client::connect(&self.socket) {
+                if c.hello("test").is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the daemon did not come up on {}", self.socket.display());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A connected client that has said hello.
+    pub fn client(&self) -> Client {
+        let mut c = Client::connect(&self.socket).expect("connect");
+        c.hello("test").expect("hello");
+        c
+    }
+
+    /// The daemon's open fds.
+    pub fn fd_count(&self) -> usize {
+        intxd::util::proc::fd_count(Some(self.pid())).expect("count fds")
+    }
+
+    /// One device's status.
+    pub fn device(&self, name: &str) -> DeviceStatus {
+        let mut c = self.client();
+        match c.status().expect("status") {
+            Reply::Status { devices, .. } => devices
+                .into_iter()
+                .find(|d| d.name == name)
+                .expect("device in status"),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and returns its stderr.
+    pub fn stop(mut self) -> String {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"));
+        let o = out.wait_with_output().expect("wait");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `f` holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    f()
+}
+
+/// One emulated device that anyone may attach.
+pub fn sim_device(name: &str, n: u32) -> String {
+    format!("[[device]]\nname = \"{name}\"\npci = \"sim:{n}\"\n")
+}
