@@ -114,7 +114,7 @@ fn teardown_with_interrupts_in_flight_stops_them_and_frees_everything() {
     let d = DaemonProc::start(&sim_device("sim0", 0));
     for mode in [Mode::Direct, Mode::Relay] {
         let mut w = DaemonWiring::connect(&d.socket, "sim0").unwrap();
-        let fds_before = d.fd_count();
+        let fds_before = d.settled_fd_count();
         let mut s = Session::start(&mut w, Irqchip::Kernel, mode).unwrap();
         s.ring(u64::from(u32::MAX)).unwrap();
         assert!(

@@ -48,6 +48,22 @@ enum Cmd {
         #[arg(long, default_value = "/run/intxd/control.sock")]
         socket: PathBuf,
     },
+    /// Attach a device with fresh eventfds, as a VMM with its own irqchip
+    /// would, print the reply, hold it, then detach (checks permissions and
+    /// availability from a shell).
+    Attach {
+        /// Device name.
+        device: String,
+        /// Control socket.
+        #[arg(long, default_value = "/run/intxd/control.sock")]
+        socket: PathBuf,
+        /// Mode to ask for.
+        #[arg(long, default_value = "auto")]
+        mode: String,
+        /// Seconds to hold the device before detaching.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+    },
     /// Soak a device: a built-in VMM attaches it and counts every interrupt.
     Soak(SoakArgs),
 }
@@ -104,6 +120,12 @@ pub fn main() -> ExitCode {
         Cmd::CheckConfig { config } => daemon_cmd::check_config(&config),
         Cmd::Status { socket, json } => status_cmd::status(&socket, json),
         Cmd::Trigger { device, socket } => status_cmd::trigger(&socket, &device),
+        Cmd::Attach {
+            device,
+            socket,
+            mode,
+            hold,
+        } => status_cmd::attach(&socket, &device, &mode, hold),
         Cmd::Soak(args) => soak_cmd::soak(&args),
     };
     match result {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::CmdResult;
 use intxd::control::client::Client;
-use intxd::control::proto::Reply;
+use intxd::control::proto::{ModeRequest, Reply};
 
 pub fn status(socket: &Path, json: bool) -> CmdResult {
     let mut c = Client::connect(socket)?;
@@ -59,5 +59,21 @@ pub fn trigger(socket: &Path, device: &str) -> CmdResult {
     c.hello("intxd-trigger")?;
     c.trigger(device)?;
     println!("{device}: trigger fired");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn attach(socket: &Path, device: &str, mode: &str, hold: f64) -> CmdResult {
+    let mode = match mode {
+        "auto" => ModeRequest::Auto,
+        "direct" => ModeRequest::Direct,
+        "relay" => ModeRequest::Relay,
+        other => return Err(format!("--mode {other}: use auto, direct or relay").into()),
+    };
+    let mut att = intxd::control::client::attach_user_irqchip(socket, device, mode)?;
+    println!("{}", serde_json::to_string(&att.reply)?);
+    if hold > 0.0 {
+        std::thread::sleep(std::time::Duration::from_secs_f64(hold));
+    }
+    att.client.detach(device)?;
     Ok(ExitCode::SUCCESS)
 }

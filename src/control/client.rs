@@ -143,6 +143,21 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.wait(PollFlags::POLLOUT, deadline)?;
                 }
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)) =>
+                {
+                    // The daemon refused us and hung up (too many
+                    // connections, out of fds): its reason may be waiting.
+                    if let Ok((Incoming::Reply(Reply::Error { error }), _)) =
+                        self.recv_one(deadline)
+                    {
+                        return Err(ClientError::Refused {
+                            code: error.code,
+                            message: error.message,
+                        });
+                    }
+                    return Err(ClientError::Io(e));
+                }
                 Err(e) => return Err(ClientError::Io(e)),
             }
         }
@@ -194,6 +209,7 @@ impl Client {
     }
 
     fn recv_one(&mut self, deadline: Instant) -> Result<(Incoming, Vec<OwnedFd>), ClientError> {
+        let mut reset_seen = false;
         loop {
             self.wait(PollFlags::POLLIN, deadline)?;
             match wire::recv(self.sock.as_raw_fd()) {
@@ -203,6 +219,12 @@ impl Client {
                 }
                 Ok(None) => return Err(ClientError::Closed),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // A peer that closed with our packet unread reports
+                // ECONNRESET once, ahead of what it sent before closing
+                // (a refusal with its reason): read on once.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) && !reset_seen => {
+                    reset_seen = true;
+                }
                 Err(e) => return Err(ClientError::Io(e)),
             }
         }

@@ -496,6 +496,13 @@ impl Daemon {
     pub fn shutdown(&mut self) {
         self.notifier.stopping();
         for i in 0..self.devices.len() {
+            if self.devices[i].holder.is_some() {
+                let ev = Event::DeviceGone {
+                    device: self.devices[i].cfg.name.clone(),
+                    reason: "the daemon is stopping; the device has been detached".into(),
+                };
+                self.send_event(i, &ev);
+            }
             self.detach_device(i, "the daemon is stopping");
         }
         for i in 0..self.conns.len() {

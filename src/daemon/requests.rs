@@ -445,6 +445,9 @@ impl Daemon {
             for e in route.teardown(b.as_mut(), &mut reg) {
                 log::warn!("{}", chain(&e));
             }
+            if let Err(e) = b.reset() {
+                log::warn!("{}", chain(&e));
+            }
         }
         dev.holder = None;
         dev.state = DeviceState::Detached;

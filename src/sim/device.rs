@@ -363,6 +363,18 @@ impl IntxDevice for SimDevice {
         Ok(())
     }
 
+    fn reset(&mut self) -> Result<(), IntxError> {
+        let mut st = lock(&self.state);
+        st.check(IntxOp::Reset)?;
+        // Doorbells and acks the last owner left unread are part of its
+        // session, not the next one's.
+        drain(&st.doorbell);
+        drain(&st.ack);
+        st.model.reset();
+        st.line.set_level(false);
+        Ok(())
+    }
+
     fn host_count(&self) -> u64 {
         lock(&self.state).line.triggers
     }

@@ -79,6 +79,14 @@ impl DeviceModel {
         self.latency_ns.reset();
     }
 
+    /// A device reset: no pending cycles, line low, no timer.
+    pub fn reset(&mut self) {
+        self.budget = 0;
+        self.high = false;
+        self.raised_at = None;
+        self.timer_pending = false;
+    }
+
     /// Cycles requested but not raised yet.
     pub fn budget(&self) -> u64 {
         self.budget

@@ -21,6 +21,8 @@ pub enum IntxOp {
     Loopback,
     /// `count = 0`: disable INTx and drop both eventfds.
     Disable,
+    /// `VFIO_DEVICE_RESET`: the function's own reset.
+    Reset,
 }
 
 impl IntxOp {
@@ -33,6 +35,7 @@ impl IntxOp {
             IntxOp::Unmask => "unmask INTx (VFIO_IRQ_SET_ACTION_UNMASK)",
             IntxOp::Loopback => "fire the INTx trigger (VFIO_IRQ_SET_DATA_NONE|ACTION_TRIGGER)",
             IntxOp::Disable => "disable INTx (VFIO_DEVICE_SET_IRQS count=0)",
+            IntxOp::Reset => "reset the device (VFIO_DEVICE_RESET)",
         }
     }
 }
@@ -148,6 +151,9 @@ pub trait IntxDevice: Send {
     fn loopback(&mut self) -> Result<(), IntxError>;
     /// Disable INTx, dropping both eventfds. Idempotent.
     fn disable(&mut self) -> Result<(), IntxError>;
+    /// `VFIO_DEVICE_RESET`: the device forgets what its last owner asked of
+    /// it (the daemon resets on detach, so the next VMM starts clean).
+    fn reset(&mut self) -> Result<(), IntxError>;
     /// Host-side interrupt count (`/proc/interrupts` for a real device).
     fn host_count(&self) -> u64;
     /// The fds a VMM needs to drive the device: the VFIO device fd and the

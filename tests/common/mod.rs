@@ -45,6 +45,12 @@ impl DaemonProc {
             .prefix("intxd-test-")
             .tempdir()
             .expect("tempdir");
+        // Other uids (the authorization tests) must reach the socket.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
         let socket = dir.path().join("control.sock");
         let config = dir.path().join("intxd.toml");
         let text = format!(
@@ -96,6 +102,20 @@ impl DaemonProc {
     /// The daemon's open fds.
     pub fn fd_count(&self) -> usize {
         intxd::util::proc::fd_count(Some(self.pid())).expect("count fds")
+    }
+
+    /// The daemon's open fds once connections that just closed are gone
+    /// (the same count over 100 ms).
+    pub fn settled_fd_count(&self) -> usize {
+        let mut last = self.fd_count();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.fd_count();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 
     /// One device's status.
