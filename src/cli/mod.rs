@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands' entry points.
 
+mod bench_cmd;
 mod daemon_cmd;
 mod logging;
 mod soak_cmd;
@@ -66,6 +67,24 @@ enum Cmd {
     },
     /// Soak a device: a built-in VMM attaches it and counts every interrupt.
     Soak(SoakArgs),
+    /// Measure intxd against the bare kernel path (ratios) and at scale.
+    Bench {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Cycles per run.
+        #[arg(long, default_value_t = 100_000)]
+        cycles: u64,
+        /// Rounds of baseline, direct, relay/kernel, relay/user.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Device counts for the scale part (comma-separated; "" skips it).
+        #[arg(long, default_value = "1,16,64,256")]
+        scale: String,
+        /// Seconds per scale step.
+        #[arg(long, default_value_t = 2.0)]
+        scale_secs: f64,
+    },
 }
 
 /// Arguments of `intxd soak`.
@@ -127,6 +146,13 @@ pub fn main() -> ExitCode {
             hold,
         } => status_cmd::attach(&socket, &device, &mode, hold),
         Cmd::Soak(args) => soak_cmd::soak(&args),
+        Cmd::Bench {
+            json,
+            cycles,
+            rounds,
+            scale,
+            scale_secs,
+        } => bench_cmd::bench(json, cycles, rounds, &scale, scale_secs),
     };
     match result {
         Ok(code) => code,

@@ -212,7 +212,7 @@ impl Client {
         let mut reset_seen = false;
         loop {
             self.wait(PollFlags::POLLIN, deadline)?;
-            match wire::recv(self.sock.as_raw_fd()) {
+            match wire::recv_limited(self.sock.as_raw_fd(), wire::MAX_REPLY) {
                 Ok(Some(p)) => {
                     let msg = Incoming::decode(&p.data).map_err(ClientError::Decode)?;
                     return Ok((msg, p.fds));

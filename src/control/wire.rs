@@ -8,6 +8,9 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 
 /// Largest packet, bytes. Larger ones are refused with `too_large`.
 pub const MAX_MESSAGE: usize = 16 * 1024;
+/// Largest reply a client accepts. Replies are not bounded by
+/// [`MAX_MESSAGE`]: `status` grows with the number of devices.
+pub const MAX_REPLY: usize = 1 << 20;
 /// Most fds one packet may carry.
 pub const MAX_FDS: usize = 4;
 /// The receive buffer holds room for the kernel's own limit (`SCM_MAX_FD`),
@@ -27,9 +30,16 @@ pub struct Packet {
     pub ctrl_truncated: bool,
 }
 
-/// Receives one packet. `Ok(None)` means the peer closed the connection.
+/// Receives one request-sized packet. `Ok(None)` means the peer closed the
+/// connection.
 pub fn recv(fd: RawFd) -> io::Result<Option<Packet>> {
-    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    recv_limited(fd, MAX_MESSAGE)
+}
+
+/// Receives one packet of at most `limit` bytes (longer ones are cut and
+/// flagged `truncated`).
+pub fn recv_limited(fd: RawFd, limit: usize) -> io::Result<Option<Packet>> {
+    let mut buf = vec![0u8; limit + 1];
     let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let (bytes, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -57,8 +67,8 @@ pub fn recv(fd: RawFd) -> io::Result<Option<Packet>> {
     if bytes == 0 && fds.is_empty() && peer_closed(fd) {
         return Ok(None);
     }
-    let truncated = flags.contains(MsgFlags::MSG_TRUNC) || bytes > MAX_MESSAGE;
-    buf.truncate(bytes.min(MAX_MESSAGE));
+    let truncated = flags.contains(MsgFlags::MSG_TRUNC) || bytes > limit;
+    buf.truncate(bytes.min(limit));
     Ok(Some(Packet {
         data: buf,
         fds,

@@ -357,15 +357,26 @@ impl Daemon {
 
     #[inline]
     fn on_resample(&mut self, i: usize, now: Instant) {
-        let Some(path) = self
-            .devices
-            .get_mut(i)
-            .and_then(|d| d.route.as_mut())
-            .and_then(|r| r.relay_mut())
-        else {
+        let Some(dev) = self.devices.get_mut(i) else {
             return;
         };
-        match path.on_resample(now) {
+        let (Some(path), Some(backend)) = (
+            dev.route.as_mut().and_then(|r| r.relay_mut()),
+            dev.backend.as_mut(),
+        ) else {
+            return;
+        };
+        let mut unmask = || {
+            backend
+                .unmask()
+                .map_err(|e| io::Error::other(requests::chain(&e)))
+        };
+        match path.on_resample(now, &mut unmask) {
+            Ok(ResampleOutcome::Refired) => {
+                if self.next_scan.is_none() {
+                    self.next_scan = Some(now + SCAN_INTERVAL);
+                }
+            }
             Ok(ResampleOutcome::Backoff(until)) => {
                 let storms = path.stats().storms;
                 self.next_scan = Some(self.next_scan.map_or(until, |t| t.min(until)));

@@ -65,6 +65,10 @@ impl Daemon {
     }
 
     fn add_conn(&mut self, sock: OwnedFd) {
+        // A status reply grows with the device count; room for a large one.
+        // The kernel caps this at net.core.wmem_max, which suffices for a
+        // few hundred devices.
+        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBuf, &(1 << 20));
         let peer = match Peer::of(&sock) {
             Ok(p) => p,
             Err(e) => {

@@ -3,14 +3,13 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::storm::StormLimiter;
 use super::watchdog::{EoiWatchdog, Overdue};
 use super::RelayConfig;
-use crate::sim::model::{new_latency_histogram, percentiles_us};
+use crate::sim::model::{new_latency_histogram, percentiles_us, LatencyHistogram};
 
 /// Figures of one relay route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +39,9 @@ pub enum ResampleOutcome {
     Idle,
     /// Unmasked.
     Unmasked,
+    /// Unmasked; the line was still high and its next interrupt has already
+    /// gone to the VMM.
+    Refired,
     /// The storm limiter holds the line masked until then.
     Backoff(Instant),
 }
@@ -71,7 +73,7 @@ pub struct RelayPath {
     relayed: u64,
     eois: u64,
     syscalls: u64,
-    latency_ns: Histogram<u64>,
+    latency_ns: LatencyHistogram,
 }
 
 impl RelayPath {
@@ -122,8 +124,18 @@ impl RelayPath {
 
     /// The guest EOI'd: drain the resample and unmask, unless a storm holds
     /// the line masked.
+    ///
+    /// `unmask` is the device's unmask call (`VFIO_DEVICE_SET_IRQS`
+    /// `ACTION_UNMASK|DATA_NONE`). It is synchronous: when the line is still
+    /// high, vfio-pci signals the trigger before the call returns, so the
+    /// next interrupt is read and carried in this same wakeup instead of the
+    /// next one.
     #[inline]
-    pub fn on_resample(&mut self, now: Instant) -> io::Result<ResampleOutcome> {
+    pub fn on_resample(
+        &mut self,
+        now: Instant,
+        unmask: &mut dyn FnMut() -> io::Result<()>,
+    ) -> io::Result<ResampleOutcome> {
         self.syscalls += 1;
         match self.resample.read() {
             Ok(_) => {}
@@ -142,7 +154,11 @@ impl RelayPath {
             self.backoff_until = Some(until);
             return Ok(ResampleOutcome::Backoff(until));
         }
-        self.do_unmask()?;
+        self.syscalls += 1;
+        unmask()?;
+        if self.on_trigger(now)? {
+            return Ok(ResampleOutcome::Refired);
+        }
         Ok(ResampleOutcome::Unmasked)
     }
 

@@ -334,6 +334,11 @@ impl IntxDevice for SimDevice {
         if !st.line.enabled() {
             return Err(st.einval(IntxOp::Unmask));
         }
+        // An ack the guest wrote before its EOI reaches the device before
+        // this unmask does (as a posted write the guest flushed would).
+        if let Next::RaiseAt(t) = st.drain_acks(Instant::now()) {
+            self.host.start_timer(t, self.slot);
+        }
         st.line.unmask();
         Ok(())
     }

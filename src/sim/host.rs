@@ -48,14 +48,28 @@ pub(super) type Slot = Arc<Mutex<SimState>>;
 
 pub(super) struct Shared {
     pub(super) devices: Mutex<Vec<Option<Slot>>>,
+    /// Raise-after timers started outside the host thread (by an unmask
+    /// call that processed an ack first).
+    pub(super) new_timers: Mutex<Vec<(Instant, usize)>>,
+    pub(super) waker: Waker,
     stop: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Hands a raise-after timer to the host thread.
+    pub(super) fn start_timer(&self, at: Instant, index: usize) {
+        self.new_timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((at, index));
+        let _ = self.waker.wake();
+    }
 }
 
 /// The emulated-device host: one thread serving every [`SimDevice`].
 pub struct SimHost {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
-    waker: Waker,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -76,6 +90,8 @@ impl SimHost {
         let waker = Waker::new(poll.registry(), WAKER).map_err(SimError::Start)?;
         let shared = Arc::new(Shared {
             devices: Mutex::new(Vec::new()),
+            new_timers: Mutex::new(Vec::new()),
+            waker,
             stop: std::sync::atomic::AtomicBool::new(false),
         });
         let s2 = Arc::clone(&shared);
@@ -87,7 +103,6 @@ impl SimHost {
         Ok(SimHost {
             shared,
             registry,
-            waker,
             thread: Some(thread),
         })
     }
@@ -158,7 +173,7 @@ impl Drop for SimHost {
         self.shared
             .stop
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = self.waker.wake();
+        let _ = self.shared.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -186,6 +201,14 @@ fn run(mut poll: Poll, shared: Arc<Shared>) {
         }
         if shared.stop.load(std::sync::atomic::Ordering::SeqCst) {
             return;
+        }
+        for t in shared
+            .new_timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            timers.push(Reverse(t));
         }
         let now = Instant::now();
         for ev in events.iter() {

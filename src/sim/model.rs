@@ -52,7 +52,7 @@ pub struct DeviceModel {
     /// Acks that found the line low.
     pub spurious_acks: u64,
     /// Raise-to-ack latency, nanoseconds.
-    pub latency_ns: Histogram<u64>,
+    pub latency_ns: LatencyHistogram,
 }
 
 impl DeviceModel {
@@ -155,13 +155,19 @@ impl DeviceModel {
     }
 }
 
-/// A latency histogram from 1 ns to 60 s with 3 significant digits.
-pub fn new_latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid")
+/// Latency histogram: nanoseconds, 1 µs to 60 s, 2 significant digits (1%),
+/// 32-bit counts: about 10 KB, so a daemon with hundreds of routes stays
+/// small. Counts saturate after 4 billion samples in one bucket.
+pub type LatencyHistogram = Histogram<u32>;
+
+/// A new [`LatencyHistogram`].
+pub fn new_latency_histogram() -> LatencyHistogram {
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 2)
+        .expect("constant histogram bounds are valid")
 }
 
 /// p50, p99 and max of a nanosecond histogram, in microseconds.
-pub fn percentiles_us(h: &Histogram<u64>) -> (f64, f64, f64) {
+pub fn percentiles_us(h: &LatencyHistogram) -> (f64, f64, f64) {
     if h.is_empty() {
         return (0.0, 0.0, 0.0);
     }

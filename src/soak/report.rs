@@ -50,6 +50,10 @@ pub struct RunReport {
     pub loop_wakeups: u64,
     /// Those wakeups divided by the delivered interrupts.
     pub loop_wakeups_per_irq: f64,
+    /// Relay only: hot-path read/write syscalls plus `epoll_wait` returns,
+    /// per relayed interrupt (0 in direct mode).
+    #[serde(default)]
+    pub relay_syscalls_per_irq: f64,
 }
 
 impl RunReport {

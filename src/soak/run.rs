@@ -265,5 +265,13 @@ pub fn run_one(
         },
         loop_wakeups: wakeups,
         loop_wakeups_per_irq: wakeups as f64 / delivered.max(1) as f64,
+        relay_syscalls_per_irq: {
+            let relayed = d(after.relayed, before.relayed);
+            if relayed == 0 {
+                0.0
+            } else {
+                (d(after.relay_syscalls, before.relay_syscalls) + wakeups) as f64 / relayed as f64
+            }
+        },
     })
 }

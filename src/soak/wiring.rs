@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub relay_eois: u64,
     /// Storms limited.
     pub storms: u64,
+    /// Interrupts the relay carried (0 in direct mode).
+    pub relayed: u64,
+    /// Hot-path syscalls the relay made (0 in direct mode).
+    pub relay_syscalls: u64,
     /// Daemon pid, when there is a daemon.
     pub daemon_pid: Option<u32>,
 }
@@ -129,6 +133,8 @@ impl Wiring for DaemonWiring {
             loop_wakeups: daemon.loop_wakeups,
             relay_eois: dev.counters.relay.as_ref().map(|r| r.eois).unwrap_or(0),
             storms: dev.counters.relay.as_ref().map(|r| r.storms).unwrap_or(0),
+            relayed: dev.counters.relay.as_ref().map(|r| r.relayed).unwrap_or(0),
+            relay_syscalls: dev.counters.relay.as_ref().map(|r| r.syscalls).unwrap_or(0),
             daemon_pid: Some(daemon.pid),
         })
     }

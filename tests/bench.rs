@@ -1,0 +1,78 @@
+//! `intxd bench --json` runs end to end and reports every figure. (Timing
+//! is never asserted: benchmarks print figures; tests check behaviour.)
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+#[test]
+fn bench_json_is_complete_and_every_run_exact() {
+    common::require_kvm();
+    let out = std::process::Command::new(common::intxd_bin())
+        .args([
+            "bench",
+            "--json",
+            "--cycles",
+            "3000",
+            "--rounds",
+            "1",
+            "--scale",
+            "1,4",
+            "--scale-secs",
+            "0.3",
+        ])
+        .output()
+        .unwrap();
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["baseline", "direct", "relay-kernel", "relay-user"]);
+    for x in v["variants"].as_array().unwrap() {
+        for k in [
+            "rate_per_s",
+            "p50_us",
+            "p99_us",
+            "max_us",
+            "loop_wakeups_per_irq",
+            "vol_ctxt_switches_per_irq",
+            "cpu_us_per_irq",
+            "syscalls_per_irq",
+        ] {
+            assert!(x[k].is_number(), "{k} in {x}");
+        }
+        assert_eq!(x["clean"], true, "{x}");
+        assert!(x["rate_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(
+        v["variants"][0]["loop_wakeups_per_irq"], 0.0,
+        "the baseline runs no intxd code"
+    );
+    assert!(
+        v["variants"][2]["loop_wakeups_per_irq"].as_f64().unwrap() > 0.0,
+        "the relay wakes its loop"
+    );
+    for k in [
+        "direct_over_baseline",
+        "relay_kernel_over_direct",
+        "relay_user_over_direct",
+    ] {
+        assert!(v["ratios"][k].as_f64().unwrap() > 0.0, "{k}");
+    }
+    let scale = v["scale"].as_array().unwrap();
+    assert_eq!(scale.len(), 2);
+    assert_eq!(scale[1]["devices"], 4);
+    assert_eq!(scale[1]["fds_back_to_baseline"], true, "{}", scale[1]);
+    assert!(scale[1]["irqs_per_s"].as_f64().unwrap() > 0.0);
+    assert!(scale[1]["rss_mib"].as_f64().unwrap() > 0.0);
+    assert!(scale[1]["attach_ms_p99"].as_f64().unwrap() > 0.0);
+}
