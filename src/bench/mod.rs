@@ -2,12 +2,14 @@
 //! ratios from interleaved rounds (these machines are shared and noisy; an
 //! absolute figure does not carry from one run to the next), and scale.
 //!
+//! - [`bare`]: the baseline's device, in a process of its own;
 //! - [`proc_daemon`]: a daemon in a child process, so its event-loop thread
 //!   can be measured from `/proc` on its own;
 //! - [`rounds`]: baseline, direct, relay/kernel, relay/user, interleaved;
 //! - [`scale`]: N relay routes, each held by its own client;
 //! - [`report`]: the figures, as a table or JSON.
 
+pub mod bare;
 pub mod proc_daemon;
 pub mod report;
 pub mod rounds;

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use super::bare::BareDevice;
 use super::proc_daemon::DaemonProcess;
 use super::{BenchError, BenchOptions};
 use crate::route::{Irqchip, Mode};
-use crate::soak::{run_one, BaselineWiring, DaemonWiring, RunReport, RunSpec};
+use crate::soak::{run_one, DaemonWiring, RunReport, RunSpec};
 
 /// The four variants, in round order.
 pub const VARIANTS: [&str; 4] = ["baseline", "direct", "relay-kernel", "relay-user"];
@@ -46,7 +47,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<Sa
             };
             let before = daemon.loop_thread();
             let run = if variant == "baseline" {
-                let mut w = BaselineWiring::new()?;
+                let mut w = BareDevice::start(&opts.exe)?;
                 run_one(&mut w, &spec, &mut |_, _| {})?
             } else {
                 let mut w = DaemonWiring::connect(&daemon.socket, "sim0")?;

@@ -67,6 +67,12 @@ enum Cmd {
     },
     /// Soak a device: a built-in VMM attaches it and counts every interrupt.
     Soak(SoakArgs),
+    /// The benchmark's baseline device process (internal).
+    #[command(hide = true)]
+    BenchDevice {
+        /// The bench's socket.
+        socket: PathBuf,
+    },
     /// Measure intxd against the bare kernel path (ratios) and at scale.
     Bench {
         /// Print JSON.
@@ -146,6 +152,9 @@ pub fn main() -> ExitCode {
             hold,
         } => status_cmd::attach(&socket, &device, &mode, hold),
         Cmd::Soak(args) => soak_cmd::soak(&args),
+        Cmd::BenchDevice { socket } => intxd::bench::bare::serve(&socket)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| e.into()),
         Cmd::Bench {
             json,
             cycles,

@@ -4,8 +4,8 @@
 //! - [`guest`]: the real-mode guest (its bytes and what they do);
 //! - [`vm`]: the KVM VM, guest RAM and `KVM_INTERRUPT`;
 //! - [`vcpu`]: the vCPU thread, with the kernel or the userspace irqchip;
-//! - [`wiring`]: how the device reaches the VM (through the daemon's socket,
-//!   or wired straight with no intxd code, the benchmark's baseline);
+//! - [`wiring`]: how the device reaches the VM (through the daemon's socket;
+//!   the benchmark's baseline wires it straight, in `bench::bare`);
 //! - [`run`]: one run (mode × irqchip) and its figures;
 //! - [`report`]: the summary table and the JSON.
 
@@ -20,4 +20,4 @@ pub mod wiring;
 pub use inproc::InProcessDaemon;
 pub use report::{Latency, RunReport, SoakReport};
 pub use run::{run_one, RunSpec, Session, SoakError};
-pub use wiring::{Attached, BaselineWiring, DaemonWiring, Snapshot, Wiring};
+pub use wiring::{Attached, DaemonWiring, Snapshot, Wiring};

@@ -8,9 +8,8 @@ use super::run::SoakError;
 use crate::control::client::Client;
 use crate::control::proto::{ModeRequest, Reply};
 use crate::route::{Irqchip, Mode};
-use crate::sim::{AckPolicy, SimDevice, SimHost};
 use crate::util::fd::owned_into_eventfd;
-use crate::vfio::{IntxDevice, SimCounters};
+use crate::vfio::SimCounters;
 
 /// What an attach gave the VMM.
 pub struct Attached {
@@ -148,68 +147,5 @@ impl Wiring for DaemonWiring {
 
     fn device(&self) -> &str {
         &self.device
-    }
-}
-
-/// The benchmark's baseline: the emulated device's eventfds wired straight to
-/// the VM (trigger = irqfd, unmask = resamplefd), no daemon, no route code.
-pub struct BaselineWiring {
-    _host: SimHost,
-    dev: SimDevice,
-}
-
-impl BaselineWiring {
-    /// A private emulated device.
-    pub fn new() -> Result<BaselineWiring, SoakError> {
-        let host = SimHost::start().map_err(|e| SoakError::Setup(e.to_string()))?;
-        let dev = host
-            .add_device("baseline", 0, AckPolicy::Raise)
-            .map_err(|e| SoakError::Setup(e.to_string()))?;
-        Ok(BaselineWiring { _host: host, dev })
-    }
-}
-
-impl Wiring for BaselineWiring {
-    fn attach(
-        &mut self,
-        _irqchip: Irqchip,
-        _mode: Mode,
-        irq: &EventFd,
-        resample: &EventFd,
-    ) -> Result<Attached, SoakError> {
-        let e = |e: crate::vfio::IntxError| SoakError::Setup(e.to_string());
-        self.dev.set_trigger(irq).map_err(e)?;
-        self.dev.set_unmask(Some(resample)).map_err(e)?;
-        let mut fds = self
-            .dev
-            .vmm_fds()
-            .map_err(|e| SoakError::Setup(e.to_string()))?
-            .into_iter();
-        let (Some(ack), Some(doorbell)) = (fds.next(), fds.next()) else {
-            return Err(SoakError::Setup("the emulated device gave no fds".into()));
-        };
-        Ok(Attached {
-            mode: Mode::Direct,
-            reason: "baseline: wired straight, no intxd code".into(),
-            ack: owned_into_eventfd(ack),
-            doorbell: owned_into_eventfd(doorbell),
-        })
-    }
-
-    fn snapshot(&mut self) -> Result<Snapshot, SoakError> {
-        Ok(Snapshot {
-            sim: self.dev.sim_counters().unwrap_or_default(),
-            ..Snapshot::default()
-        })
-    }
-
-    fn detach(&mut self) -> Result<(), SoakError> {
-        self.dev
-            .disable()
-            .map_err(|e| SoakError::Setup(e.to_string()))
-    }
-
-    fn device(&self) -> &str {
-        "baseline"
     }
 }
