@@ -10,4 +10,5 @@
 pub mod auth;
 pub mod client;
 pub mod proto;
+pub mod validate;
 pub mod wire;

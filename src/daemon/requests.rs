@@ -11,10 +11,9 @@ use super::conn::{Conn, Outgoing, SendState};
 use super::devices::{choose_mode, DeviceState, Holder};
 use super::{Daemon, Tok};
 use crate::control::auth::Peer;
-use crate::control::proto::{
-    decode_request, DaemonStatus, ErrorCode, Event, FdRole, Owner, Reply, Request,
-};
-use crate::control::wire::{self, Packet, MAX_FDS};
+use crate::control::proto::{DaemonStatus, ErrorCode, Event, Owner, Reply, Request};
+use crate::control::validate::{validate, PacketMeta};
+use crate::control::wire::{self, Packet};
 use crate::route;
 use crate::util::fd::{owned_into_eventfd, FdKind};
 use crate::PROTOCOL_VERSION;
@@ -160,53 +159,25 @@ impl Daemon {
     }
 
     fn handle_packet(&mut self, i: usize, p: Packet) -> (Reply, Vec<OwnedFd>) {
-        let err = |code, m: String| (Reply::error(code, m), Vec::new());
-        // Every path below drops `p.fds` unless a route adopts them, which
-        // closes every fd a refused request carried.
-        if p.truncated {
-            return err(
-                ErrorCode::TooLarge,
-                format!(
-                    "the packet is larger than {} bytes and was dropped",
-                    wire::MAX_MESSAGE
-                ),
-            );
-        }
-        if p.ctrl_truncated {
-            return err(
-                ErrorCode::Truncated,
-                "the packet's control data was cut; its fds were closed".into(),
-            );
-        }
-        if p.fds.len() > MAX_FDS {
-            return err(
-                ErrorCode::BadFdCount,
-                format!(
-                    "{} fds in one packet; at most {MAX_FDS}; all were closed",
-                    p.fds.len()
-                ),
-            );
-        }
-        let req = match decode_request(&p.data) {
-            Ok(r) => r,
-            Err(body) => return (Reply::Error { error: body }, Vec::new()),
+        // Every refusal drops `p.fds`, which closes every fd the packet
+        // carried; only a route that is wired adopts them.
+        let kinds: Vec<FdKind> = p
+            .fds
+            .iter()
+            .map(|f| FdKind::of(f.as_raw_fd()).unwrap_or(FdKind::Other("unreadable".into())))
+            .collect();
+        let meta = PacketMeta {
+            data: &p.data,
+            truncated: p.truncated,
+            ctrl_truncated: p.ctrl_truncated,
+            fd_kinds: &kinds,
+            hello_done: self.conns[i].as_ref().is_some_and(|c| c.hello),
         };
-        let hello = self.conns[i].as_ref().is_some_and(|c| c.hello);
-        if !hello && !matches!(req, Request::Hello { .. }) {
-            return err(
-                ErrorCode::HelloRequired,
-                "say hello first: {\"op\":\"hello\",\"version\":1}".into(),
-            );
-        }
-        if !matches!(req, Request::Attach { .. }) && !p.fds.is_empty() {
-            return err(
-                ErrorCode::BadFdCount,
-                format!(
-                    "this request takes no fds, and {} came with it; they were closed",
-                    p.fds.len()
-                ),
-            );
-        }
+        let req = match validate(&meta) {
+            Ok(r) => r,
+            Err(error) => return (Reply::Error { error }, Vec::new()),
+        };
+        let err = |code, m: String| (Reply::error(code, m), Vec::new());
         match req {
             Request::Hello { version, client } => {
                 if version < 1 {
@@ -238,8 +209,8 @@ impl Daemon {
                 device,
                 irqchip,
                 mode,
-                fds,
-            } => self.attach(i, &device, irqchip, mode, &fds, p.fds),
+                ..
+            } => self.attach(i, &device, irqchip, mode, p.fds),
             Request::Detach { device } => (self.detach_request(i, &device), Vec::new()),
             Request::Status {} => (self.status_reply(), Vec::new()),
             Request::Trigger { device } => (self.trigger(i, &device), Vec::new()),
@@ -265,42 +236,10 @@ impl Daemon {
         name: &str,
         irqchip: route::Irqchip,
         want: crate::control::proto::ModeRequest,
-        roles: &[FdRole],
         fds: Vec<OwnedFd>,
     ) -> (Reply, Vec<OwnedFd>) {
         let fail = |r: Reply| (r, Vec::new());
-        // Check the fds before anything else, so every refusal closes them.
-        let kinds: Vec<FdKind> = fds
-            .iter()
-            .map(|f| FdKind::of(f.as_raw_fd()).unwrap_or(FdKind::Other("unreadable".into())))
-            .collect();
-        if roles.contains(&FdRole::Vm) || kinds.contains(&FdKind::KvmVm) {
-            return fail(Reply::error(
-                ErrorCode::VmFdRefused,
-                "a KVM VM fd was sent; KVM refuses VM ioctls (KVM_IRQFD included) from any process but the VM's creator, so intxd never takes one: register KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE yourself and send its two eventfds",
-            ));
-        }
-        if roles != [FdRole::Irq, FdRole::Resample] || fds.len() != 2 {
-            return fail(Reply::error(
-                ErrorCode::BadFdCount,
-                format!(
-                    "attach takes exactly two fds, declared as \"fds\": [\"irq\", \"resample\"]; got {} fds declared as {:?}; all were closed",
-                    fds.len(),
-                    roles
-                ),
-            ));
-        }
-        for (role, kind) in ["irq", "resample"].iter().zip(&kinds) {
-            if *kind != FdKind::EventFd {
-                return fail(Reply::error(
-                    ErrorCode::BadFdKind,
-                    format!(
-                        "the {role} fd must be an eventfd, and it is {}; all fds were closed",
-                        kind.describe()
-                    ),
-                ));
-            }
-        }
+        // The fds' count and kinds were checked in `validate`.
         let di = match self.find(name) {
             Ok(d) => d,
             Err(r) => return fail(r),
