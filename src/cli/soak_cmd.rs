@@ -22,7 +22,11 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         Some(p) => intxd::config::load(p)?,
         None => intxd::config::load_str("<built-in config>".as_ref(), intxd::config::BUILTIN)?,
     };
-    let device = pick_device(&config, args.device.as_deref())?;
+    let device = match (&args.connect, &args.device) {
+        // A running daemon has its own config; let it judge the name.
+        (Some(_), Some(d)) => d.clone(),
+        _ => pick_device(&config, args.device.as_deref())?,
+    };
     let inproc = match &args.connect {
         Some(_) => None,
         None => Some(InProcessDaemon::start(config)?),

@@ -14,7 +14,8 @@ pub use pci_addr::PciAddr;
 pub use validate::{load, load_str, Config, DaemonConfig, DeviceConfig, ModePolicy};
 
 /// The built-in config used by `intxd soak` and `intxd bench` without
-/// `--config`: one emulated device that anyone on the machine may attach.
+/// `--config`: one emulated device. (The in-process daemon of the soak and
+/// the bench adds the calling user to its allow list.)
 pub const BUILTIN: &str = r#"
 [daemon]
 socket = "/run/intxd/control.sock"

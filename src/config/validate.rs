@@ -115,13 +115,13 @@ impl Source<'_> {
                 .unwrap_or("(toml)")
                 .to_string();
             let fix = if msg.starts_with("unknown field") {
-                "remove the key or correct its spelling; config/intxd.toml lists every key"
+                "remove the key or correct its spelling; docs/configuration.md lists every key"
             } else if msg.starts_with("missing field") {
-                "add the key; config/intxd.toml shows an example"
+                "add the key; docs/configuration.md shows an example"
             } else if msg.contains("duplicate") {
                 "each key may appear once per table; remove the repeat"
             } else {
-                "write the value with the type shown in config/intxd.toml"
+                "write the value with the type shown in docs/configuration.md"
             };
             self.err(span, &key, msg, fix)
         })
@@ -330,11 +330,11 @@ fn device(
             relay.storm_rate = v;
         }
         if let Some(v) = &r.storm_backoff_ms {
-            if *v.get_ref() == 0 {
+            if *v.get_ref() == 0 || *v.get_ref() > 60_000 {
                 return Err(src.err(
                     v.span(),
                     &key("relay.storm_backoff_ms"),
-                    "the back-off must be at least 1 ms".into(),
+                    format!("{} ms is out of range", v.get_ref()),
                     "use a value from 1 to 60000",
                 ));
             }

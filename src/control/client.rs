@@ -325,9 +325,11 @@ pub fn attach_kernel_irqchip(
     let resample = new_eventfd().map_err(ClientError::Io)?;
     vm.register_irqfd_with_resample(&irq, &resample, gsi)
         .map_err(|source| ClientError::Irqfd { gsi, source })?;
+    // Keep copies so a failed attach can take the irqfd off the VM again.
+    let (irq2, gsi2) = (irq.try_clone().map_err(ClientError::Io)?, gsi);
     let attached = attach_pair(socket, device, Irqchip::Kernel, mode, irq, resample);
-    if let Err(e) = &attached {
-        log::debug!("attach failed; the irqfd stays registered on the caller's VM: {e}");
+    if attached.is_err() {
+        let _ = vm.unregister_irqfd(&irq2, gsi2);
     }
     attached
 }

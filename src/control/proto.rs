@@ -125,6 +125,9 @@ pub struct DeviceStatus {
     /// Owner while attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// Why the device is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     /// Counters.
     pub counters: DeviceCounters,
 }

@@ -73,6 +73,8 @@ pub struct DeviceSlot {
     pub last_storm_event: Option<std::time::Instant>,
     /// Storm log lines suppressed since the last one.
     pub storms_unlogged: u64,
+    /// When the last watchdog event went out.
+    pub last_watchdog_event: Option<std::time::Instant>,
 }
 
 impl DeviceSlot {
@@ -107,6 +109,7 @@ impl DeviceSlot {
             attaches: 0,
             last_storm_event: None,
             storms_unlogged: 0,
+            last_watchdog_event: None,
         }
     }
 
@@ -123,6 +126,7 @@ impl DeviceSlot {
             state: self.state.as_str().to_string(),
             mode: self.route.as_ref().map(Route::mode),
             owner: self.holder.map(|h| h.owner),
+            failure: self.failure.clone(),
             counters: DeviceCounters {
                 host_interrupts: self.backend.as_ref().map(|b| b.host_count()).unwrap_or(0),
                 attaches: self.attaches,

@@ -58,6 +58,20 @@ pub fn bind_socket(cfg: &DaemonConfig) -> Result<OwnedFd, ListenError> {
     .map_err(|e| err("create the socket", e.into()))?;
     let addr = UnixAddr::new(path.as_path()).map_err(|e| err("use the path", e.into()))?;
     bind(sock.as_raw_fd(), &addr).map_err(|e| err("bind", e.into()))?;
+    finish_socket(cfg, &sock).inspect_err(|_| {
+        // Leave nothing behind for the next start to trip over.
+        let _ = std::fs::remove_file(path);
+    })?;
+    Ok(sock)
+}
+
+fn finish_socket(cfg: &DaemonConfig, sock: &OwnedFd) -> Result<(), ListenError> {
+    let path = &cfg.socket;
+    let err = |what, source: io::Error| ListenError::Io {
+        path: path.clone(),
+        what,
+        source,
+    };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode))
         .map_err(|e| err("set the socket's mode", e))?;
     if let Some(g) = &cfg.socket_group {
@@ -67,9 +81,7 @@ pub fn bind_socket(cfg: &DaemonConfig) -> Result<OwnedFd, ListenError> {
         nix::unistd::chown(path.as_path(), None, Some(group.gid))
             .map_err(|e| err("give the socket to its group", e.into()))?;
     }
-    listen(&sock, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
-        .map_err(|e| err("listen", e.into()))?;
-    Ok(sock)
+    listen(sock, Backlog::new(128).unwrap_or(Backlog::MAXCONN)).map_err(|e| err("listen", e.into()))
 }
 
 fn clear_stale(path: &Path) -> Result<(), ListenError> {

@@ -441,7 +441,15 @@ impl Daemon {
         }
         self.next_scan = next;
         for (i, waited, rearmed) in fired {
-            let dev = &self.devices[i];
+            let dev = &mut self.devices[i];
+            // Like storms: one line and one event per device per second.
+            if dev
+                .last_watchdog_event
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+            {
+                continue;
+            }
+            dev.last_watchdog_event = Some(now);
             log::warn!(
                 "{}: no EOI from the guest for {} ms; {}",
                 dev.tag(),

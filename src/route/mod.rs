@@ -10,9 +10,10 @@
 //! | 4 | unmask fd = VMM resample fd | unmask fd = our unmask fd | an EOI must never land before it can unmask |
 //! | 5 | unmask | unmask | arm: a line already high fires now |
 //!
-//! A failed step undoes every step before it, in reverse. Teardown disables
-//! INTx first (which drops both eventfds in the kernel, so no signal reaches a
-//! VMM fd afterwards), then leaves the loop, then closes our fds; it is
+//! A failed step undoes every step before it, in reverse. Teardown is the
+//! same reverse walk over the completed steps: remove the unmask eventfd,
+//! disable INTx (which drops the trigger in the kernel, so no signal reaches
+//! a VMM fd afterwards), leave the event loop, close our fds. It is
 //! idempotent.
 
 mod steps;

@@ -29,6 +29,13 @@ impl InProcessDaemon {
         config.daemon.socket = socket.clone();
         config.daemon.socket_mode = 0o600;
         config.daemon.socket_group = None;
+        // The socket is private to this user, who may attach every device.
+        let me = nix::unistd::getuid().as_raw();
+        for d in &mut config.devices {
+            if !d.allow_uids.contains(&me) {
+                d.allow_uids.push(me);
+            }
+        }
         let mut daemon = Daemon::new(
             config,
             DaemonOptions {

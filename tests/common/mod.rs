@@ -161,7 +161,7 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// One emulated device that anyone may attach.
+/// One emulated device (empty allow lists: root only; the tests run as root).
 pub fn sim_device(name: &str, n: u32) -> String {
     format!("[[device]]\nname = \"{name}\"\npci = \"sim:{n}\"\n")
 }
