@@ -17,14 +17,24 @@ pub fn run(config: &Path) -> CmdResult {
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         set.add(s);
     }
+    set.add(Signal::SIGUSR2);
     set.thread_block()?;
     let cfg = intxd::config::load(config)?;
+    let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let fdstore: Box<dyn intxd::systemd::FdStore> = if under_systemd {
+        Box::new(intxd::systemd::SdFdStore)
+    } else {
+        Box::new(intxd::systemd::NoFdStore)
+    };
     let mut daemon = Daemon::new(
         cfg,
         DaemonOptions {
-            listen_fd: None,
+            inherited: intxd::systemd::Inherited::from_env()?,
             handle_signals: true,
             notifier: Box::new(SdNotifier::from_env()),
+            fdstore,
+            config_path: Some(config.to_path_buf()),
+            test_hooks: std::env::var_os("INTXD_TEST_HOOKS").is_some_and(|v| v == "1"),
         },
     )?;
     daemon.run()?;

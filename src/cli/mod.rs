@@ -67,6 +67,13 @@ enum Cmd {
     },
     /// Soak a device: a built-in VMM attaches it and counts every interrupt.
     Soak(SoakArgs),
+    /// Serve emulated devices from a process of their own, so that they
+    /// outlive daemon restarts as VFIO devices do (`[daemon] sim_host`).
+    SimHost {
+        /// Socket to listen on.
+        #[arg(long, default_value = "/run/intxd/sim.sock")]
+        socket: PathBuf,
+    },
     /// The benchmark's baseline device process (internal).
     #[command(hide = true)]
     BenchDevice {
@@ -152,6 +159,12 @@ pub fn main() -> ExitCode {
             hold,
         } => status_cmd::attach(&socket, &device, &mode, hold),
         Cmd::Soak(args) => soak_cmd::soak(&args),
+        Cmd::SimHost { socket } => {
+            logging::init("info");
+            intxd::sim::remote::serve(&socket)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| e.into())
+        }
         Cmd::BenchDevice { socket } => intxd::bench::bare::serve(&socket)
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| e.into()),

@@ -23,6 +23,7 @@ pub(super) struct RawDaemon {
     pub state_dir: Option<String>,
     pub devices_dir: Option<String>,
     pub max_connections: Option<Spanned<u64>>,
+    pub sim_host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

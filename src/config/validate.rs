@@ -26,6 +26,9 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Most client connections at once.
     pub max_connections: usize,
+    /// Serve `sim:N` devices from `intxd sim-host` at this socket instead of
+    /// in-process (so they outlive a daemon restart, as VFIO does).
+    pub sim_host: Option<PathBuf>,
 }
 
 /// How a device's route mode is chosen.
@@ -220,6 +223,7 @@ fn daemon_section(src: &Source<'_>, raw: &RawFile) -> Result<DaemonConfig, Confi
         socket_group: None,
         state_dir: PathBuf::from("/var/lib/intxd"),
         max_connections: 256,
+        sim_host: None,
     };
     let Some(d) = &raw.daemon else {
         return Ok(cfg);
@@ -242,6 +246,7 @@ fn daemon_section(src: &Source<'_>, raw: &RawFile) -> Result<DaemonConfig, Confi
             })?;
     }
     cfg.socket_group = d.socket_group.clone();
+    cfg.sim_host = d.sim_host.as_ref().map(PathBuf::from);
     if let Some(s) = &d.state_dir {
         cfg.state_dir = PathBuf::from(s);
     }

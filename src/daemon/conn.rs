@@ -34,6 +34,8 @@ pub struct Conn {
     pub outbox: VecDeque<Outgoing>,
     /// Whether WRITABLE interest is registered.
     pub want_write: bool,
+    /// Whether the connection is parked in systemd's fd store.
+    pub parked: bool,
 }
 
 /// What a send attempt did.

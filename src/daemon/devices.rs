@@ -8,6 +8,10 @@ use crate::control::proto::{
     Capabilities, DeviceCounters, DeviceStatus, ErrorCode, ModeRequest, Owner, Reply,
 };
 use crate::route::{Irqchip, Mode, Route};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use crate::sim::remote::RemoteSim;
 use crate::sim::SimHost;
 use crate::vfio::IntxDevice;
 
@@ -28,6 +32,9 @@ pub enum DeviceState {
     Detached,
     /// Could not be brought up; see the log.
     Failed,
+    /// Dropped from the config by a reload (the slot stays, so the event
+    /// loop's tokens for other devices keep their meaning).
+    Removed,
 }
 
 impl DeviceState {
@@ -40,6 +47,7 @@ impl DeviceState {
             DeviceState::Attached => "attached",
             DeviceState::Detached => "detached",
             DeviceState::Failed => "failed",
+            DeviceState::Removed => "removed",
         }
     }
 }
@@ -65,6 +73,8 @@ pub struct DeviceSlot {
     pub failure: Option<String>,
     /// The live route.
     pub route: Option<Route>,
+    /// The VMM's irqchip while attached.
+    pub irqchip: Option<Irqchip>,
     /// The owner.
     pub holder: Option<Holder>,
     /// Attaches so far.
@@ -78,14 +88,37 @@ pub struct DeviceSlot {
 }
 
 impl DeviceSlot {
-    /// Opens the backend for `cfg`.
-    pub fn open(cfg: DeviceConfig, sim: &SimHost) -> DeviceSlot {
-        let (backend, state, failure): (Option<Box<dyn IntxDevice>>, _, _) = match cfg.pci {
-            PciAddr::Sim(n) => match sim.add_device(&cfg.name, n, cfg.sim) {
+    /// Opens the backend for `cfg`: an emulated device in the sim host at
+    /// `sim_host` (adopting `parked`, the connection a previous daemon left
+    /// in the fd store, if there is one), or in this process.
+    pub fn open(
+        cfg: DeviceConfig,
+        sim: &SimHost,
+        sim_host: Option<&Path>,
+        parked: Option<OwnedFd>,
+    ) -> DeviceSlot {
+        let (backend, state, failure): (Option<Box<dyn IntxDevice>>, _, _) = match (cfg.pci, sim_host, parked) {
+            (PciAddr::Sim(n), Some(_), Some(fd)) => {
+                (Some(Box::new(RemoteSim::adopt(fd, &cfg.name, n))), DeviceState::Opened, None)
+            }
+            (PciAddr::Sim(n), Some(path), None) => match RemoteSim::open(path, &cfg.name, n, cfg.sim) {
+                Ok(d) => (Some(Box::new(d)), DeviceState::Opened, None),
+                Err(e) => (
+                    None,
+                    DeviceState::Failed,
+                    Some(format!(
+                        "{} {}: cannot open it in the sim host at {}: {e}; is `intxd sim-host` running there?",
+                        cfg.name,
+                        cfg.pci,
+                        path.display()
+                    )),
+                ),
+            },
+            (PciAddr::Sim(n), None, _) => match sim.add_device(&cfg.name, n, cfg.sim) {
                 Ok(d) => (Some(Box::new(d)), DeviceState::Opened, None),
                 Err(e) => (None, DeviceState::Failed, Some(e.to_string())),
             },
-            PciAddr::Bdf { .. } => (
+            (PciAddr::Bdf { .. }, _, _) => (
                 None,
                 DeviceState::Failed,
                 Some(format!(
@@ -105,6 +138,7 @@ impl DeviceSlot {
             state,
             failure,
             route: None,
+            irqchip: None,
             holder: None,
             attaches: 0,
             last_storm_event: None,

@@ -9,7 +9,10 @@ mod caps;
 mod conn;
 mod devices;
 mod listener;
+mod persist;
+mod reload;
 mod requests;
+mod restart;
 mod token;
 
 pub use devices::{choose_mode, DeviceState};
@@ -34,7 +37,7 @@ use crate::control::proto::{Capabilities, Event};
 use crate::relay::{RelayPath, ResampleOutcome, TimerOutcome};
 use crate::route::RelayRegistrar;
 use crate::sim::{SimError, SimHost};
-use crate::systemd::Notifier;
+use crate::systemd::{FdStore, Inherited, NoFdStore, NoNotifier, Notifier};
 use conn::Conn;
 use devices::DeviceSlot;
 
@@ -67,14 +70,34 @@ fn loop_err(what: &'static str) -> impl FnOnce(io::Error) -> DaemonError {
 
 /// How to start the daemon.
 pub struct DaemonOptions {
-    /// A listening socket handed over (socket activation); else bind the
-    /// configured path.
-    pub listen_fd: Option<OwnedFd>,
+    /// The fds systemd passed: the control socket (`control`, socket
+    /// activation) and what a previous daemon parked in the fd store. Without
+    /// a `control` fd the daemon binds the configured path itself.
+    pub inherited: Inherited,
     /// Handle SIGTERM/SIGINT/SIGHUP through a signalfd. The caller must have
     /// blocked them (before starting any thread).
     pub handle_signals: bool,
     /// The service manager.
     pub notifier: Box<dyn Notifier>,
+    /// systemd's fd store.
+    pub fdstore: Box<dyn FdStore>,
+    /// The config file, re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Test-only hooks (SIGUSR2 stalls the loop, to test the watchdog).
+    pub test_hooks: bool,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            inherited: Inherited::default(),
+            handle_signals: false,
+            notifier: Box::new(NoNotifier),
+            fdstore: Box::new(NoFdStore),
+            config_path: None,
+            test_hooks: false,
+        }
+    }
 }
 
 /// Stops a daemon running on another thread.
@@ -117,6 +140,10 @@ pub struct Daemon {
     waker: Arc<Waker>,
     signals: Option<SignalFd>,
     notifier: Box<dyn Notifier>,
+    fdstore: Box<dyn FdStore>,
+    state_file: Option<persist::StateFile>,
+    config_path: Option<PathBuf>,
+    test_hooks: bool,
     next_scan: Option<Instant>,
     next_ping: Option<Instant>,
     last_status: String,
@@ -172,12 +199,22 @@ impl Daemon {
         );
         let caps = caps::probe();
         let sim = SimHost::start()?;
+        let mut inherited = opts.inherited;
+        let record = restart::take_record(&mut inherited);
         let devices: Vec<DeviceSlot> = config
             .devices
             .iter()
-            .map(|d| DeviceSlot::open(d.clone(), &sim))
+            .map(|d| {
+                // A device whose route outlived the last daemon comes back
+                // through the fd that kept it open, never by a new open.
+                let parked = record
+                    .as_ref()
+                    .filter(|(_, r)| r.routes.iter().any(|x| x.device == d.name))
+                    .and_then(|_| inherited.take(&persist::route_fd_name(&d.name, "dev")));
+                DeviceSlot::open(d.clone(), &sim, config.daemon.sim_host.as_deref(), parked)
+            })
             .collect();
-        let (listener, socket_path) = match opts.listen_fd {
+        let (listener, socket_path) = match inherited.take("control") {
             Some(fd) => (fd, None),
             None => (
                 listener::bind_socket(&config.daemon)?,
@@ -195,6 +232,9 @@ impl Daemon {
             let mut set = SigSet::empty();
             for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
                 set.add(s);
+            }
+            if opts.test_hooks {
+                set.add(Signal::SIGUSR2);
             }
             let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
                 .map_err(|e| DaemonError::Loop {
@@ -230,12 +270,17 @@ impl Daemon {
             waker,
             signals,
             notifier: opts.notifier,
+            fdstore: opts.fdstore,
+            state_file: None,
+            config_path: opts.config_path,
+            test_hooks: opts.test_hooks,
             next_scan: None,
             next_ping,
             last_status: String::new(),
             started: Instant::now(),
             _sim: sim,
         };
+        d.adopt(record, inherited);
         let status = d.status_line();
         d.notifier.ready(&status);
         d.last_status = status;
@@ -473,14 +518,20 @@ impl Daemon {
         let Some(sfd) = self.signals.as_mut() else {
             return;
         };
+        let mut got = Vec::new();
         while let Ok(Some(info)) = sfd.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
+            got.push(info.ssi_signo);
+        }
+        for signo in got {
+            match Signal::try_from(signo as i32) {
                 Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
-                    log::info!("signal {}: stopping", info.ssi_signo);
+                    log::info!("signal {signo}: stopping");
                     self.stop.store(true, Ordering::SeqCst);
                 }
-                Ok(Signal::SIGHUP) => {
-                    log::warn!("SIGHUP: reload is not supported yet; restart the daemon to apply config changes");
+                Ok(Signal::SIGHUP) => self.reload(),
+                Ok(Signal::SIGUSR2) if self.test_hooks => {
+                    log::warn!("test hook: stalling the event loop (INTXD_TEST_HOOKS=1)");
+                    std::thread::sleep(Duration::from_secs(3600));
                 }
                 _ => {}
             }
@@ -495,12 +546,12 @@ impl Daemon {
             .filter_map(|d| d.route.as_ref().and_then(|r| r.relay_stats()))
             .map(|s| s.storms)
             .sum();
-        format!(
-            "{} devices, {} attached, {} storms",
-            self.devices.len(),
-            attached,
-            storms
-        )
+        let n = self
+            .devices
+            .iter()
+            .filter(|d| d.state != DeviceState::Removed)
+            .count();
+        format!("{n} devices, {attached} attached, {storms} storms")
     }
 
     fn update_status(&mut self) {
@@ -526,6 +577,10 @@ impl Daemon {
         }
         for i in 0..self.conns.len() {
             self.close_conn(i);
+        }
+        // Nothing stays pinned in systemd after a clean stop.
+        if self.state_file.take().is_some() {
+            self.fdstore.remove("state");
         }
         log::info!("stopped");
     }

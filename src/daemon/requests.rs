@@ -111,6 +111,7 @@ impl Daemon {
             hello: false,
             outbox: Default::default(),
             want_write: false,
+            parked: false,
         };
         self.next_conn_id += 1;
         log::debug!(
@@ -188,6 +189,7 @@ impl Daemon {
                         ),
                     );
                 }
+                self.park_conn(i);
                 if let Some(c) = self.conns[i].as_mut() {
                     c.hello = true;
                     log::debug!(
@@ -218,11 +220,17 @@ impl Daemon {
     }
 
     fn find(&self, name: &str) -> Result<usize, Reply> {
+        let live = |d: &&super::devices::DeviceSlot| d.state != DeviceState::Removed;
         self.devices
             .iter()
-            .position(|d| d.cfg.name == name)
+            .position(|d| d.cfg.name == name && d.state != DeviceState::Removed)
             .ok_or_else(|| {
-                let known: Vec<&str> = self.devices.iter().map(|d| d.cfg.name.as_str()).collect();
+                let known: Vec<&str> = self
+                    .devices
+                    .iter()
+                    .filter(live)
+                    .map(|d| d.cfg.name.as_str())
+                    .collect();
                 Reply::error(
                     ErrorCode::UnknownDevice,
                     format!("no device named `{name}`; configured: {}", known.join(", ")),
@@ -327,6 +335,7 @@ impl Daemon {
             vec!["vfio_device".to_string(), "vfio_container".to_string()]
         };
         dev.route = Some(route);
+        dev.irqchip = Some(irqchip);
         dev.state = DeviceState::Attached;
         dev.attaches += 1;
         dev.holder = Some(Holder {
@@ -350,6 +359,8 @@ impl Daemon {
             facts,
             fds: roles,
         };
+        self.park_route(di);
+        self.save_state();
         self.update_status();
         (reply, device_fds)
     }
@@ -384,6 +395,7 @@ impl Daemon {
         let Some(mut route) = dev.route.take() else {
             return;
         };
+        dev.irqchip = None;
         if let Some(b) = dev.backend.as_mut() {
             for e in route.teardown(b.as_mut(), &mut reg) {
                 log::warn!("{}", chain(&e));
@@ -395,6 +407,8 @@ impl Daemon {
         dev.holder = None;
         dev.state = DeviceState::Detached;
         log::info!("{}: detached ({why})", dev.tag());
+        self.unpark_route(di);
+        self.save_state();
         self.update_status();
     }
 
@@ -430,7 +444,12 @@ impl Daemon {
                 connections: self.conns.iter().filter(|c| c.is_some()).count(),
                 fds: crate::util::proc::fd_count(None).unwrap_or(0),
             },
-            devices: self.devices.iter().map(|d| d.status()).collect(),
+            devices: self
+                .devices
+                .iter()
+                .filter(|d| d.state != DeviceState::Removed)
+                .map(|d| d.status())
+                .collect(),
         }
     }
 
@@ -542,6 +561,10 @@ impl Daemon {
             .collect();
         for di in held {
             self.detach_device(di, &format!("its VMM (pid {}) disconnected", conn.peer.pid));
+        }
+        if conn.parked {
+            self.fdstore.remove(&super::persist::conn_fd_name(conn.id));
+            self.save_state();
         }
         log::debug!("connection {} closed", conn.id);
     }

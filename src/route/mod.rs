@@ -18,7 +18,7 @@
 
 mod steps;
 
-pub use steps::{attach, RelayRegistrar, Route, RouteError, Step};
+pub use steps::{attach, AdoptedFds, RelayRegistrar, Route, RouteError, Step};
 
 use serde::{Deserialize, Serialize};
 

@@ -7,7 +7,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::Mode;
 use crate::relay::{RelayConfig, RelayPath, RelayStats};
-use crate::util::fd::new_eventfd;
+use std::os::fd::BorrowedFd;
+
+use crate::util::fd::{borrow_eventfd, new_eventfd};
 use crate::vfio::{IntxDevice, IntxError};
 
 /// One setup step, in the order they run.
@@ -292,4 +294,82 @@ impl Route {
     pub fn direct_fds(&self) -> Option<(&EventFd, &EventFd)> {
         self.direct.as_ref().map(|(a, b)| (a, b))
     }
+
+    /// Every eventfd the route holds, by role (`irq`, `resample`, and for a
+    /// relay `trigger` and `unmask`), for systemd's fd store.
+    pub fn fds(&self) -> Vec<(&'static str, BorrowedFd<'_>)> {
+        match (&self.direct, &self.relay) {
+            (Some((irq, resample)), _) => vec![
+                ("irq", borrow_eventfd(irq)),
+                ("resample", borrow_eventfd(resample)),
+            ],
+            (_, Some(p)) => vec![
+                ("irq", borrow_eventfd(&p.irq)),
+                ("resample", borrow_eventfd(&p.resample)),
+                ("trigger", borrow_eventfd(&p.trigger)),
+                ("unmask", borrow_eventfd(&p.unmask)),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Rebuilds a route that a previous daemon wired and that is still live
+    /// in the kernel (its fds came back from systemd's fd store): every step
+    /// counts as done and nothing touches the device. A relay must still be
+    /// registered with the event loop; the caller then re-arms the line with
+    /// one unmask.
+    pub fn adopt(device: &str, fds: AdoptedFds, cfg: &RelayConfig) -> Route {
+        let (direct, relay, done) = match fds.relay {
+            None => (
+                Some((fds.irq, fds.resample)),
+                None,
+                vec![
+                    Step::EnableTrigger,
+                    Step::Mask,
+                    Step::SetUnmask,
+                    Step::Unmask,
+                ],
+            ),
+            Some((trigger, unmask)) => (
+                None,
+                Some(RelayPath::new(
+                    trigger,
+                    unmask,
+                    fds.irq,
+                    fds.resample,
+                    cfg,
+                    Instant::now(),
+                )),
+                vec![
+                    Step::CreateEventfds,
+                    Step::RegisterRelay,
+                    Step::EnableTrigger,
+                    Step::Mask,
+                    Step::SetUnmask,
+                    Step::Unmask,
+                ],
+            ),
+        };
+        Route {
+            device: device.to_string(),
+            mode: if relay.is_some() {
+                Mode::Relay
+            } else {
+                Mode::Direct
+            },
+            done,
+            direct,
+            relay,
+        }
+    }
+}
+
+/// The fds of a route that outlived its daemon.
+pub struct AdoptedFds {
+    /// The VMM's irq eventfd.
+    pub irq: EventFd,
+    /// The VMM's resample eventfd.
+    pub resample: EventFd,
+    /// A relay's own trigger and unmask eventfds.
+    pub relay: Option<(EventFd, EventFd)>,
 }

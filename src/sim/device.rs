@@ -408,6 +408,11 @@ impl IntxDevice for SimDevice {
     fn is_gone(&self) -> bool {
         lock(&self.state).gone
     }
+
+    fn store_fds(&self) -> Vec<(&'static str, std::os::fd::BorrowedFd<'_>)> {
+        // This emulation lives in the daemon and dies with it.
+        Vec::new()
+    }
 }
 
 impl Drop for SimDevice {

@@ -18,6 +18,7 @@ mod device;
 mod host;
 pub mod line;
 pub mod model;
+pub mod remote;
 
 pub use device::{LineState, SimDevice, SIM_DEVICE, SIM_VENDOR};
 pub use host::{SimError, SimHost};

@@ -7,7 +7,6 @@ use std::thread::JoinHandle;
 use super::run::SoakError;
 use crate::config::Config;
 use crate::daemon::{Daemon, DaemonError, DaemonOptions, StopHandle};
-use crate::systemd::NoNotifier;
 
 /// A daemon running on a thread of this process.
 pub struct InProcessDaemon {
@@ -36,15 +35,8 @@ impl InProcessDaemon {
                 d.allow_uids.push(me);
             }
         }
-        let mut daemon = Daemon::new(
-            config,
-            DaemonOptions {
-                listen_fd: None,
-                handle_signals: false,
-                notifier: Box::new(NoNotifier),
-            },
-        )
-        .map_err(|e| SoakError::Setup(crate::daemon::error_chain(&e)))?;
+        let mut daemon = Daemon::new(config, DaemonOptions::default())
+            .map_err(|e| SoakError::Setup(crate::daemon::error_chain(&e)))?;
         let stop = daemon.stop_handle();
         let thread = std::thread::Builder::new()
             .name("intxd-daemon".into())

@@ -1,5 +1,11 @@
-//! systemd integration behind one narrow trait: readiness, status,
-//! stopping and watchdog pings (`sd_notify`), through the `sd-notify` crate.
+//! systemd integration behind narrow traits: readiness, status, stopping,
+//! reload and watchdog pings ([`Notifier`]), the fd store ([`FdStore`]) and
+//! the fds systemd passes at start ([`Inherited`]), all through the
+//! `sd-notify` crate.
+
+mod fdstore;
+
+pub use fdstore::{FdStore, Inherited, NoFdStore, SdFdStore};
 
 use std::time::Duration;
 
@@ -15,6 +21,8 @@ pub trait Notifier: Send {
     fn watchdog(&mut self);
     /// How often the watchdog wants a ping, if it does.
     fn watchdog_interval(&self) -> Option<Duration>;
+    /// `RELOADING=1` (with `MONOTONIC_USEC`).
+    fn reloading(&mut self);
 }
 
 /// Talks to `$NOTIFY_SOCKET` when systemd set one; silent otherwise.
@@ -62,6 +70,12 @@ impl Notifier for SdNotifier {
     fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }
+    fn reloading(&mut self) {
+        match sd_notify::NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[sd_notify::NotifyState::Reloading, now]),
+            Err(_) => self.send(&[sd_notify::NotifyState::Reloading]),
+        }
+    }
 }
 
 /// No service manager (in-process daemons, tests).
@@ -75,4 +89,5 @@ impl Notifier for NoNotifier {
     fn watchdog_interval(&self) -> Option<Duration> {
         None
     }
+    fn reloading(&mut self) {}
 }

@@ -164,4 +164,9 @@ pub trait IntxDevice: Send {
     fn sim_counters(&self) -> Option<SimCounters>;
     /// Whether the device has been removed underneath us.
     fn is_gone(&self) -> bool;
+    /// The fds that keep the device open (the VFIO device and container fds;
+    /// the sim host connection), named, for systemd's fd store: parked
+    /// there, they keep a live route alive across a daemon restart. Empty
+    /// when the device cannot outlive the daemon (an in-process emulation).
+    fn store_fds(&self) -> Vec<(&'static str, std::os::fd::BorrowedFd<'_>)>;
 }

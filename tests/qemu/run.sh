@@ -1,0 +1,85 @@
+#!/bin/bash
+# tests/qemu/run.sh CACHE_DIR INITRD [TIMEOUT_SECS]
+#
+# Boots the guest kernel from prepare.sh with INITRD (from mkinitrd.sh) under QEMU TCG:
+#   q35 + emulated Intel IOMMU with interrupt remapping + the "edu" PCI device (INTx pin A),
+#   -cpu max (AuthenticAMD with SVM+NPT under TCG, so kvm_amd gives the guest /dev/kvm).
+# The serial console goes to stdout and to a log file (lines prefixed with host seconds since
+# QEMU started). Exits with the guest script's exit code, parsed from "INTXD-QEMU-RESULT: <n>".
+# Exit codes of its own: 124 timeout, 125 no result line (QEMU error, kernel panic, /init crash),
+# 126 bad usage / missing files.
+#
+# Environment (all optional):
+#   INTXD_QEMU_LOG        log file (default: INITRD with .log instead of .cpio.gz)
+#   INTXD_QEMU_ACCEL      tcg (default) | kvm   (kvm adds kernel-irqchip=split, -cpu host)
+#   INTXD_QEMU_CPU        default: max under tcg, host under kvm
+#   INTXD_QEMU_SMP        default 1 (as fast as 2 on a 2-core host under TCG, see README)
+#   INTXD_QEMU_MEM        default 1024 (MiB; 512 boots equally fast)
+#   INTXD_QEMU_APPEND     extra kernel command line (e.g. vfio_iommu_type1.allow_unsafe_interrupts=1)
+#   INTXD_QEMU_ARGS       extra QEMU arguments (word-split)
+set -uo pipefail
+export LC_ALL=C   # EPOCHREALTIME must use "." as the decimal point
+shopt -s extglob
+
+usage() { echo "usage: $0 CACHE_DIR INITRD [TIMEOUT_SECS]" >&2; exit 126; }
+[ $# -ge 2 ] || usage
+CACHE=$1 INITRD=$2 TMO=${3:-150}
+[ -f "$CACHE/env" ] || { echo "run: $CACHE/env missing: run tests/qemu/prepare.sh $CACHE first" >&2; exit 126; }
+# shellcheck disable=SC1091
+. "$CACHE/env"
+[ -f "$INITRD" ] || { echo "run: no initrd $INITRD" >&2; exit 126; }
+[[ $TMO =~ ^[0-9]+$ ]] || usage
+LOG=${INTXD_QEMU_LOG:-${INITRD%.cpio.gz}.log}
+[ "$LOG" != "$INITRD" ] || LOG=$INITRD.log
+
+ACCEL=${INTXD_QEMU_ACCEL:-tcg}
+MACHINE=q35
+if [ "$ACCEL" = kvm ]; then
+    MACHINE=q35,kernel-irqchip=split   # intremap=on with the KVM accelerator needs a split irqchip
+    CPU=${INTXD_QEMU_CPU:-host}
+else
+    CPU=${INTXD_QEMU_CPU:-max}
+fi
+APPEND="console=ttyS0 intel_iommu=on panic=-1 loglevel=4 edd=off ${INTXD_QEMU_APPEND:-}"
+# shellcheck disable=SC2206
+EXTRA=(${INTXD_QEMU_ARGS:-})
+CMD=("$QEMU" -machine "$MACHINE" -accel "$ACCEL" -cpu "$CPU"
+     -smp "${INTXD_QEMU_SMP:-1}" -m "${INTXD_QEMU_MEM:-1024}"
+     -nodefaults -no-user-config -nographic -serial stdio -no-reboot
+     -device intel-iommu,intremap=on -device edu
+     -kernel "$VMLINUZ" -initrd "$INITRD" -append "$APPEND" "${EXTRA[@]}")
+
+echo "run: ${CMD[*]}" >&2
+echo "run: timeout ${TMO}s, log $LOG" >&2
+mkdir -p "$(dirname "$LOG")"
+: > "$LOG"
+RCFILE=$(mktemp); trap 'rm -f "$RCFILE"' EXIT
+
+T0=${EPOCHREALTIME/./}
+elapsed() { local us=$(( ${EPOCHREALTIME/./} - T0 )); printf '%3d.%02d' $((us / 1000000)) $((us % 1000000 / 10000)); }
+RESULT= RESULT_AT=
+while IFS= read -r line || [ -n "$line" ]; do
+    line=${line//$'\r'/}
+    line=${line//$'\e'\[*([0-9;?])[a-zA-Z]/}   # SeaBIOS' terminal control sequences
+    el=$(elapsed)
+    printf '[%s] %s\n' "$el" "$line"
+    printf '[%s] %s\n' "$el" "$line" >> "$LOG"
+    if [[ $line =~ INTXD-QEMU-RESULT:\ ([0-9]+) ]]; then
+        RESULT=${BASH_REMATCH[1]} RESULT_AT=${el##* }
+    fi
+done < <(timeout -k 5 "$TMO" "${CMD[@]}" </dev/null 2>&1; echo $? > "$RCFILE")
+TOTAL=$(elapsed); TOTAL=${TOTAL##* }
+QRC=$(cat "$RCFILE" 2>/dev/null); QRC=${QRC:-?}
+
+if [ -n "$RESULT" ]; then
+    echo "run: guest result $RESULT at ${RESULT_AT}s after QEMU start; QEMU exited ($QRC) after ${TOTAL}s" | tee -a "$LOG" >&2
+    [ "$QRC" = 0 ] || echo "run: WARNING: QEMU exit status $QRC after the result line (poweroff failed?)" | tee -a "$LOG" >&2
+    exit "$RESULT"
+fi
+if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
+    echo "run: TIMEOUT: no INTXD-QEMU-RESULT line within ${TMO}s; QEMU killed (log: $LOG)" | tee -a "$LOG" >&2
+    exit 124
+fi
+echo "run: FAILED: QEMU exited ($QRC) after ${TOTAL}s without an INTXD-QEMU-RESULT line" \
+     "(kernel panic, /init crash or QEMU error; see $LOG)" | tee -a "$LOG" >&2
+exit 125
