@@ -84,6 +84,21 @@ fn finish_socket(cfg: &DaemonConfig, sock: &OwnedFd) -> Result<(), ListenError> 
     listen(sock, Backlog::new(128).unwrap_or(Backlog::MAXCONN)).map_err(|e| err("listen", e.into()))
 }
 
+/// Takes over a listening socket from systemd. systemd hands it over in
+/// blocking mode, and the loop drains `accept` until `EAGAIN`.
+pub fn adopt_listener(fd: OwnedFd) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    let kind = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)?;
+    if kind != SockType::SeqPacket {
+        return Err(io::Error::other(format!(
+            "the socket systemd passed is {kind:?}, not SOCK_SEQPACKET; use ListenSequentialPacket= in intxd.socket"
+        )));
+    }
+    Ok(fd)
+}
+
 fn clear_stale(path: &Path) -> Result<(), ListenError> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {

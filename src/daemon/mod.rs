@@ -215,7 +215,11 @@ impl Daemon {
             })
             .collect();
         let (listener, socket_path) = match inherited.take("control") {
-            Some(fd) => (fd, None),
+            Some(fd) => (
+                listener::adopt_listener(fd)
+                    .map_err(loop_err("use the control socket from systemd"))?,
+                None,
+            ),
             None => (
                 listener::bind_socket(&config.daemon)?,
                 Some(config.daemon.socket.clone()),

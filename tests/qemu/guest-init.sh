@@ -7,7 +7,7 @@
 #   <module>.<param>=<value>   forwarded to insmod (busybox insmod does not read /proc/cmdline)
 #   intxd.shell=1              start a shell on the console after the test (interactive debugging)
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-export HOME=/root
+export HOME=/root TERM=dumb   # the serial console is a tty; keep TUI output (progress bars) plain
 umask 022
 
 mount -t proc proc /proc
@@ -68,7 +68,7 @@ fi
 
 if grep -qw 'intxd.shell=1' /proc/cmdline; then
     say "intxd.shell=1: starting a shell; exit it to power off"
-    setsid cttyhack sh
+    TERM=vt100 setsid cttyhack sh
 fi
 
 # keep kernel messages from interleaving with the result line on the serial console

@@ -17,6 +17,8 @@
 #   INTXD_QEMU_MEM        default 1024 (MiB; 512 boots equally fast)
 #   INTXD_QEMU_APPEND     extra kernel command line (e.g. vfio_iommu_type1.allow_unsafe_interrupts=1)
 #   INTXD_QEMU_ARGS       extra QEMU arguments (word-split)
+#   INTXD_QEMU_INTERACTIVE=1  no timeout/log: console on this terminal and a guest shell after
+#                         the test (intxd.shell=1); Ctrl-A X quits QEMU
 set -uo pipefail
 export LC_ALL=C   # EPOCHREALTIME must use "." as the decimal point
 shopt -s extglob
@@ -50,6 +52,14 @@ CMD=("$QEMU" -machine "$MACHINE" -accel "$ACCEL" -cpu "$CPU"
      -kernel "$VMLINUZ" -initrd "$INITRD" -append "$APPEND" "${EXTRA[@]}")
 
 echo "run: ${CMD[*]}" >&2
+if [ "${INTXD_QEMU_INTERACTIVE:-0}" = 1 ]; then
+    # debugging: the console on this terminal, a shell after the test (Ctrl-A X quits QEMU)
+    for i in "${!CMD[@]}"; do
+        [ "${CMD[$i]}" = stdio ] && CMD[$i]=mon:stdio
+        [ "${CMD[$i]}" = "$APPEND" ] && CMD[$i]="$APPEND intxd.shell=1"
+    done
+    exec "${CMD[@]}"
+fi
 echo "run: timeout ${TMO}s, log $LOG" >&2
 mkdir -p "$(dirname "$LOG")"
 : > "$LOG"

@@ -1,0 +1,477 @@
+//! intxd under a real systemd (PID 1 of private namespaces, tests/systemd/):
+//! socket activation, readiness and status, restart without losing an
+//! interrupt in direct and relay mode, the watchdog, reload and clean stop.
+//! The units under test are the shipped ones in systemd/, with a drop-in
+//! each that points them at this build and at private socket paths.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{intxd_bin, require_kvm, wait_until};
+use intxd::control::client::{attach_user_irqchip, Client};
+use intxd::control::proto::{ModeRequest, Reply};
+use intxd::route::{Irqchip, Mode};
+use intxd::soak::{DaemonWiring, Session};
+
+const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/systemd");
+
+/// One private systemd with intxd's units installed.
+struct Sd {
+    state: PathBuf,
+    units: PathBuf,
+    socket: PathBuf,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sd {
+    fn start(devices: &str) -> Sd {
+        require_kvm();
+        // Not under /tmp: the service has PrivateTmp=yes.
+        let dir = tempfile::Builder::new()
+            .prefix("sd-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let (state, units) = (dir.path().join("state"), dir.path().join("units"));
+        let (socket, sim, config) = (
+            dir.path().join("control.sock"),
+            dir.path().join("sim.sock"),
+            dir.path().join("intxd.toml"),
+        );
+        std::fs::create_dir_all(&units).unwrap();
+        for u in ["intxd.service", "intxd.socket", "intxd-sim.service"] {
+            std::fs::copy(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("systemd")
+                    .join(u),
+                units.join(u),
+            )
+            .unwrap();
+        }
+        let bin = intxd_bin();
+        let dropin = |unit: &str, text: String| {
+            let d = units.join(format!("{unit}.d"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("test.conf"), text).unwrap();
+        };
+        dropin(
+            "intxd.service",
+            format!(
+                "[Service]\nExecStart=\nExecStart={} run --config {}\nEnvironment=INTXD_TEST_HOOKS=1 RUST_LOG=info\nWatchdogSec=2s\n",
+                bin.display(),
+                config.display()
+            ),
+        );
+        dropin(
+            "intxd.socket",
+            format!("[Socket]\nListenSequentialPacket=\nListenSequentialPacket={}\nSocketGroup=\nSocketMode=0666\n", socket.display()),
+        );
+        dropin(
+            "intxd-sim.service",
+            format!(
+                "[Service]\nExecStart=\nExecStart={} sim-host --socket {}\nReadWritePaths={}\n",
+                bin.display(),
+                sim.display(),
+                dir.path().display()
+            ),
+        );
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nsocket = \"{}\"\nsim_host = \"{}\"\n{devices}",
+                socket.display(),
+                sim.display()
+            ),
+        )
+        .unwrap();
+        let sd = Sd {
+            state,
+            units,
+            socket,
+            config,
+            _dir: dir,
+        };
+        let up = sd.script("up.sh").output().unwrap();
+        assert!(
+            up.status.success(),
+            "systemd did not come up: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        sd.ctl(&["systemctl", "start", "intxd-sim.service", "intxd.socket"]);
+        assert!(
+            wait_until(Duration::from_secs(5), || sd
+                .dir()
+                .join("sim.sock")
+                .exists()),
+            "sim host socket"
+        );
+        sd
+    }
+
+    fn dir(&self) -> &Path {
+        self.socket.parent().unwrap()
+    }
+
+    fn script(&self, name: &str) -> Command {
+        let mut c = Command::new(Path::new(HARNESS).join(name));
+        c.env("H", &self.state).env("UNITS", &self.units);
+        c
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = self.script("ctl.sh").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    fn show(&self, prop: &str) -> String {
+        self.ctl(&["systemctl", "show", "-P", prop, "intxd.service"])
+            .trim()
+            .to_string()
+    }
+
+    fn journal(&self, args: &[&str]) -> String {
+        let mut a = vec![
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-u",
+            "intxd.service",
+        ];
+        a.extend_from_slice(args);
+        self.ctl(&a)
+    }
+
+    fn client(&self) -> Client {
+        let mut c = Client::connect(&self.socket).unwrap();
+        if let Err(e) = c.hello("systemd-test") {
+            panic!(
+                "hello: {e}\n{}",
+                self.ctl(&["journalctl", "--no-pager", "-o", "cat"])
+            );
+        }
+        c
+    }
+
+    /// Waits until the service runs with a main pid other than `old`.
+    fn wait_restarted(&self, old: &str, limit: Duration) -> bool {
+        wait_until(limit, || {
+            let pid = self.show("MainPID");
+            pid != old && pid != "0" && self.show("SubState") == "running"
+        })
+    }
+}
+
+impl Drop for Sd {
+    fn drop(&mut self) {
+        let _ = self.script("down.sh").status();
+    }
+}
+
+#[test]
+fn the_first_connection_activates_the_service_which_reports_ready_and_status() {
+    let sd = Sd::start("[[device]]\nname = \"sim0\"\npci = \"sim:0\"\n");
+    assert_eq!(
+        sd.show("ActiveState"),
+        "inactive",
+        "socket-activated: not started yet"
+    );
+
+    let mut c = sd.client();
+
+    assert!(matches!(c.status().unwrap(), Reply::Status { .. }));
+    assert_eq!(sd.show("ActiveState"), "active", "READY=1 came");
+    assert_eq!(sd.show("StatusText"), "1 devices, 0 attached, 0 storms");
+    let log = sd.journal(&[]);
+    assert!(log.contains("ready: 1 devices"), "{log}");
+}
+
+/// What happened to the guest's count around a daemon kill.
+struct Gap {
+    /// From the kill until systemd reported the new daemon running.
+    restart: Duration,
+    /// Interrupts the guest took between the kill and the restart.
+    during_restart: u64,
+    /// The longest time the count stood still.
+    longest_stall: Duration,
+}
+
+/// Kills the daemon with SIGKILL mid-soak, watching the guest's count every
+/// 200 µs, and checks that the soak then finishes exactly on its old
+/// connection.
+fn restart_mid_soak(mode: Mode) -> Gap {
+    let sd = Sd::start("[[device]]\nname = \"sim0\"\npci = \"sim:0\"\n");
+    let mut w = DaemonWiring::connect(&sd.socket, "sim0").unwrap();
+    let mut s = Session::start(&mut w, Irqchip::Kernel, mode).unwrap();
+    let total: u64 = 150_000;
+    s.ring(total).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || s.ram().count() > 20_000),
+        "{mode}: cycling"
+    );
+    assert!(
+        sd.show("NFileDescriptorStore").parse::<u32>().unwrap() >= 4,
+        "{mode}: fds parked"
+    );
+    let pid = sd.show("MainPID");
+
+    let ram = s.ram();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (samples, restart, c0, c1) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut v = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                v.push((Instant::now(), ram.count()));
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            v
+        });
+        let (c0, t0) = (u64::from(ram.count()), Instant::now());
+        sd.ctl(&["systemctl", "kill", "-s", "KILL", "intxd.service"]);
+        assert!(
+            sd.wait_restarted(&pid, Duration::from_secs(10)),
+            "{mode}: systemd restarted the daemon"
+        );
+        let (c1, restart) = (u64::from(ram.count()), t0.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (sampler.join().unwrap(), restart, c0, c1)
+    });
+    let mut longest_stall = Duration::ZERO;
+    let mut since = samples[0];
+    for &(t, c) in &samples {
+        if c != since.1 {
+            since = (t, c);
+        }
+        longest_stall = longest_stall.max(t - since.0);
+    }
+    let reached = s.wait_count(total, Duration::from_secs(5));
+    let after = s.snapshot().unwrap();
+
+    assert_eq!(reached, total, "{mode}: every cycle delivered");
+    assert_eq!(after.sim.acked, total, "{mode}: 0 lost");
+    assert_eq!(after.sim.spurious_acks, 0);
+    assert_eq!(sd.show("NRestarts"), "1");
+    s.finish().unwrap();
+    let log = sd.journal(&[]);
+    assert!(
+        log.contains(&format!("restart: {mode} route taken back")),
+        "{log}"
+    );
+    let gap = Gap {
+        restart,
+        during_restart: c1 - c0,
+        longest_stall,
+    };
+    eprintln!(
+        "{mode} restart: daemon back after {:.0} ms; {} interrupts delivered meanwhile; longest stall {:.1} ms; {total} cycles, 0 lost",
+        gap.restart.as_secs_f64() * 1e3,
+        gap.during_restart,
+        gap.longest_stall.as_secs_f64() * 1e3
+    );
+    gap
+}
+
+#[test]
+fn a_direct_route_keeps_cycling_while_the_daemon_restarts() {
+    let gap = restart_mid_soak(Mode::Direct);
+    assert!(
+        gap.during_restart > 0,
+        "the kernel path delivered interrupts while no daemon ran"
+    );
+    assert!(
+        gap.longest_stall < gap.restart / 2,
+        "no stall as long as the restart"
+    );
+}
+
+#[test]
+fn a_relay_route_waits_masked_and_delivers_everything_after_the_restart() {
+    let gap = restart_mid_soak(Mode::Relay);
+    // Nothing moves while no daemon relays: the count stands still for most
+    // of the restart, and resumes with every interrupt once it is back.
+    assert!(
+        gap.longest_stall >= gap.restart / 3,
+        "relay interrupts waited: stall {:?} of {:?}",
+        gap.longest_stall,
+        gap.restart
+    );
+}
+
+#[test]
+fn a_stalled_event_loop_is_restarted_by_the_watchdog() {
+    let sd = Sd::start("[[device]]\nname = \"sim0\"\npci = \"sim:0\"\n");
+    let _c = sd.client();
+    let pid = sd.show("MainPID");
+
+    sd.ctl(&[
+        "systemctl",
+        "kill",
+        "-s",
+        "USR2",
+        "--kill-who=main",
+        "intxd.service",
+    ]);
+
+    assert!(
+        sd.wait_restarted(&pid, Duration::from_secs(10)),
+        "restarted"
+    );
+    let log = sd.ctl(&["journalctl", "--no-pager", "-o", "cat"]);
+    assert!(log.contains("test hook: stalling the event loop"), "{log}");
+    assert!(log.contains("Watchdog timeout"), "{log}");
+}
+
+#[test]
+fn reload_adds_and_removes_devices_while_another_soaks_undisturbed() {
+    let dev = |n: &str, i: u32| format!("[[device]]\nname = \"{n}\"\npci = \"sim:{i}\"\n");
+    let sd = Sd::start(&(dev("sim0", 0) + &dev("old", 1)));
+    let mut w = DaemonWiring::connect(&sd.socket, "sim0").unwrap();
+    let mut s = Session::start(&mut w, Irqchip::Kernel, Mode::Direct).unwrap();
+    s.ring(60_000).unwrap();
+    let head = std::fs::read_to_string(&sd.config).unwrap();
+    let head = &head[..head.find("[[device]]").unwrap()];
+
+    std::fs::write(
+        &sd.config,
+        format!("{head}{}{}", dev("sim0", 0), dev("new", 2)),
+    )
+    .unwrap();
+    sd.ctl(&["systemctl", "reload", "intxd.service"]);
+    std::fs::write(
+        &sd.config,
+        format!(
+            "{head}{}mode = \"relay\"\n{}",
+            dev("sim0", 0),
+            dev("new", 2)
+        ),
+    )
+    .unwrap();
+    sd.ctl(&["systemctl", "reload", "intxd.service"]);
+
+    let names = |c: &mut Client| match c.status().unwrap() {
+        Reply::Status { devices, .. } => devices
+            .into_iter()
+            .map(|d| (d.name, d.state))
+            .collect::<Vec<_>>(),
+        _ => panic!(),
+    };
+    let mut c = sd.client();
+    assert!(wait_until(Duration::from_secs(5), || names(&mut c)
+        .iter()
+        .any(|(n, _)| n == "new")));
+    let now = names(&mut c);
+    assert!(!now.iter().any(|(n, _)| n == "old"), "{now:?}");
+    assert!(now.contains(&("sim0".into(), "attached".into())), "{now:?}");
+    assert_eq!(
+        s.wait_count(60_000, Duration::from_secs(5)),
+        60_000,
+        "the soak went on undisturbed"
+    );
+    let snap = s.snapshot().unwrap();
+    assert_eq!((snap.sim.acked, snap.sim.spurious_acks), (60_000, 0));
+    s.finish().unwrap();
+    let errors = sd.journal(&["-p", "err"]);
+    assert!(
+        errors.contains("sim0 sim:0: reload: the device is attached; its config change is refused"),
+        "{errors}"
+    );
+    assert!(sd
+        .journal(&[])
+        .contains("reload: 1 added, 1 removed, 0 changed, 0 refused"));
+}
+
+#[test]
+fn a_clean_stop_releases_every_device_and_empties_the_fd_store() {
+    let sd = Sd::start("[[device]]\nname = \"sim0\"\npci = \"sim:0\"\nmode = \"relay\"\n");
+    let mut att = attach_user_irqchip(&sd.socket, "sim0", ModeRequest::Auto).unwrap();
+    let parked: u32 = sd.show("NFileDescriptorStore").parse().unwrap();
+    assert!(
+        parked >= 6,
+        "state, connection, 4 eventfds and the device: {parked}"
+    );
+
+    sd.ctl(&["systemctl", "stop", "intxd.service"]);
+
+    assert_eq!(sd.show("NFileDescriptorStore"), "0");
+    assert!(sd
+        .journal(&[])
+        .contains("sim0 sim:0: detached (the daemon is stopping)"));
+    let sim_log = sd.ctl(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "cat",
+        "-u",
+        "intxd-sim.service",
+    ]);
+    assert!(sim_log.contains("sim:0 released"), "{sim_log}");
+    match att.client.next_event(Duration::from_secs(2)).unwrap() {
+        Some(intxd::control::proto::Event::DeviceGone { device, .. }) => assert_eq!(device, "sim0"),
+        other => panic!("expected device_gone, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_shipped_units_verify_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    for u in ["intxd.service", "intxd.socket", "intxd-sim.service"] {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("systemd")
+                .join(u),
+        )
+        .unwrap();
+        // verify checks that ExecStart= exists: point it at this build.
+        std::fs::write(
+            dir.path().join(u),
+            text.replace("/usr/local/bin/intxd", intxd_bin().to_str().unwrap()),
+        )
+        .unwrap();
+    }
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /run && systemd-analyze verify --man=no ./intxd.service ./intxd.socket ./intxd-sim.service")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+    let sec = Command::new("systemd-analyze")
+        .args([
+            "security",
+            "--offline=true",
+            "--no-pager",
+            "./intxd.service",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let sec = String::from_utf8_lossy(&sec.stdout);
+    let line = sec
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("");
+    eprintln!("{line}");
+    let level: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(level < 5.0, "exposure {level}");
+}
