@@ -1065,8 +1065,7 @@ fn host_in_use_checks_see_the_root_disk_and_the_default_route() {
         let real = std::fs::canonicalize(class_dev).ok()?;
         real.components()
             .filter_map(|c| c.as_os_str().to_str()?.parse::<PciAddr>().ok())
-            .filter(|a| all.contains(a))
-            .next_back()
+            .rfind(|a| all.contains(a))
     };
     let mut checked = 0;
     let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
