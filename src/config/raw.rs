@@ -40,6 +40,8 @@ pub(super) struct RawDevice {
     #[serde(default)]
     pub force: bool,
     #[serde(default)]
+    pub irqfd_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
     pub relay: Option<RawRelay>,
     #[serde(default)]
     pub sim: Option<Spanned<RawSim>>,

@@ -59,6 +59,9 @@ pub struct DeviceConfig {
     pub allow_gids: Vec<u32>,
     /// Take the function from a host driver even if it looks in use.
     pub force: bool,
+    /// How long the VMM's irq eventfd may go unread before intxd decides the
+    /// VMM's irqfd is gone and detaches the device, milliseconds.
+    pub irqfd_timeout_ms: u64,
     /// Relay limits.
     pub relay: RelayConfig,
     /// Emulated-device behaviour (only for `sim:N`).
@@ -397,6 +400,21 @@ fn device(
             }
         }
     };
+    let irqfd_timeout_ms = match &raw.irqfd_timeout_ms {
+        None => 5000,
+        Some(v) if *v.get_ref() >= 100 => *v.get_ref(),
+        Some(v) => {
+            return Err(src.err(
+                v.span(),
+                &key("irqfd_timeout_ms"),
+                format!(
+                    "{} ms is too short: a busy VMM may take that long to read its irq eventfd",
+                    v.get_ref()
+                ),
+                "use at least 100 (the default is 5000)",
+            ))
+        }
+    };
     let defined_at = at(d.span());
     names.insert(name.clone(), defined_at.clone());
     addrs.insert(pci, defined_at.clone());
@@ -407,6 +425,7 @@ fn device(
         allow_uids: raw.allow_uids.clone(),
         allow_gids: raw.allow_gids.clone(),
         force: raw.force,
+        irqfd_timeout_ms,
         relay,
         sim,
         defined_at,

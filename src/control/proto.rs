@@ -108,6 +108,13 @@ pub struct DeviceCounters {
     /// Hardware-side figures (emulated devices only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<SimCounters>,
+    /// Seconds in which the host interrupt rate was above the device's
+    /// `storm_rate` (direct routes, seen in the host counts).
+    #[serde(default)]
+    pub storm_seconds: u64,
+    /// Safety unmasks of direct routes whose interrupts stopped.
+    #[serde(default)]
+    pub safety_unmasks: u64,
 }
 
 /// One device in `status`.
@@ -125,6 +132,9 @@ pub struct DeviceStatus {
     /// Owner while attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// The function's facts (ids, pin, INTx flags, line sharing, PCI 2.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<DeviceFacts>,
     /// Why the device is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
@@ -272,6 +282,17 @@ pub enum Event {
         backoff_ms: u64,
         /// Storms limited so far on this route.
         storms: u64,
+    },
+    /// A direct route's host interrupt rate went above the device's
+    /// `storm_rate` (the kernel carries direct interrupts, so intxd only
+    /// reports it).
+    StormDetected {
+        /// Device name.
+        device: String,
+        /// Interrupts per second in the last second.
+        rate: u64,
+        /// Configured limit.
+        rate_limit: u64,
     },
     /// No EOI within the bound.
     EoiWatchdog {

@@ -85,6 +85,10 @@ pub struct DeviceSlot {
     pub storms_unlogged: u64,
     /// When the last watchdog event went out.
     pub last_watchdog_event: Option<std::time::Instant>,
+    /// The request eventfd the device signals when it is going away.
+    pub request: Option<vmm_sys_util::eventfd::EventFd>,
+    /// What the health scan remembers.
+    pub health: super::health::Health,
 }
 
 impl DeviceSlot {
@@ -132,7 +136,7 @@ impl DeviceSlot {
         } else {
             log::info!("{} {}: {}", cfg.name, cfg.pci, state.as_str());
         }
-        DeviceSlot {
+        let mut slot = DeviceSlot {
             cfg,
             backend,
             state,
@@ -144,7 +148,23 @@ impl DeviceSlot {
             last_storm_event: None,
             storms_unlogged: 0,
             last_watchdog_event: None,
+            request: None,
+            health: Default::default(),
+        };
+        if let Some(b) = slot.backend.as_mut() {
+            match crate::util::fd::new_eventfd() {
+                Ok(ev) => match b.set_request(Some(&ev)) {
+                    Ok(()) => slot.request = Some(ev),
+                    Err(e) => log::warn!(
+                        "{}: no request interrupt: {}",
+                        slot.tag(),
+                        super::requests::chain(&e)
+                    ),
+                },
+                Err(e) => log::warn!("{}: no request interrupt: {e}", slot.tag()),
+            }
         }
+        slot
     }
 
     /// `name pci` prefix for log lines.
@@ -160,12 +180,15 @@ impl DeviceSlot {
             state: self.state.as_str().to_string(),
             mode: self.route.as_ref().map(Route::mode),
             owner: self.holder.map(|h| h.owner),
+            facts: self.backend.as_ref().map(|b| b.facts()),
             failure: self.failure.clone(),
             counters: DeviceCounters {
                 host_interrupts: self.backend.as_ref().map(|b| b.host_count()).unwrap_or(0),
                 attaches: self.attaches,
                 relay: self.route.as_ref().and_then(Route::relay_stats),
                 sim: self.backend.as_ref().and_then(|b| b.sim_counters()),
+                storm_seconds: self.health.storm_seconds,
+                safety_unmasks: self.health.safety_unmasks,
             },
         }
     }

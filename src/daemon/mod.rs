@@ -8,6 +8,7 @@
 mod caps;
 mod conn;
 mod devices;
+mod health;
 mod listener;
 mod persist;
 mod reload;
@@ -146,6 +147,7 @@ pub struct Daemon {
     test_hooks: bool,
     next_scan: Option<Instant>,
     next_ping: Option<Instant>,
+    last_health: Instant,
     last_status: String,
     started: Instant,
     // Dropped last: the devices' backends deregister from it.
@@ -280,10 +282,14 @@ impl Daemon {
             test_hooks: opts.test_hooks,
             next_scan: None,
             next_ping,
+            last_health: Instant::now(),
             last_status: String::new(),
             started: Instant::now(),
             _sim: sim,
         };
+        for i in 0..d.devices.len() {
+            d.watch_request(i);
+        }
         d.adopt(record, inherited);
         let status = d.status_line();
         d.notifier.ready(&status);
@@ -330,7 +336,12 @@ impl Daemon {
     pub fn turn(&mut self, timeout: Option<Duration>) -> Result<(), DaemonError> {
         let now = Instant::now();
         let mut wait = timeout;
-        for due in [self.next_scan, self.next_ping].into_iter().flatten() {
+        let any_route = self.devices.iter().any(|d| d.route.is_some());
+        let next_health = any_route.then(|| self.last_health + health::HEALTH_INTERVAL);
+        for due in [self.next_scan, self.next_ping, next_health]
+            .into_iter()
+            .flatten()
+        {
             let left = due.saturating_duration_since(now);
             wait = Some(wait.map_or(left, |w| w.min(left)));
         }
@@ -360,6 +371,7 @@ impl Daemon {
             match Tok::from_token(token) {
                 Some(Tok::Trigger(i)) => self.on_trigger(i, now),
                 Some(Tok::Resample(i)) => self.on_resample(i, now),
+                Some(Tok::Request(i)) => self.on_request(i),
                 Some(Tok::Conn(i)) => self.on_conn(i, readable || closed, writable),
                 Some(Tok::Listener) => self.accept_all(),
                 Some(Tok::Signal) => self.on_signal(),
@@ -370,6 +382,13 @@ impl Daemon {
         self.ready = ready;
         if self.next_scan.is_some_and(|t| Instant::now() >= t) {
             self.scan(Instant::now());
+        }
+        let now = Instant::now();
+        if now - self.last_health >= health::HEALTH_INTERVAL {
+            if any_route {
+                self.health_tick(now, now - self.last_health);
+            }
+            self.last_health = now;
         }
         if let (Some(t), Some(iv)) = (self.next_ping, self.notifier.watchdog_interval()) {
             if Instant::now() >= t {
@@ -563,6 +582,22 @@ impl Daemon {
         if s != self.last_status {
             self.notifier.status(&s);
             self.last_status = s;
+        }
+    }
+
+    /// Puts a device's request eventfd in the loop.
+    fn watch_request(&mut self, i: usize) {
+        if let Some(r) = &self.devices[i].request {
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&r.as_raw_fd()),
+                Tok::Request(i).token(),
+                Interest::READABLE,
+            ) {
+                log::warn!(
+                    "{}: cannot watch the request interrupt: {e}",
+                    self.devices[i].tag()
+                );
+            }
         }
     }
 

@@ -59,6 +59,7 @@ impl Daemon {
                         self.config.daemon.sim_host.as_deref(),
                         None,
                     );
+                    self.watch_request(i);
                     changed += 1;
                 }
                 None => {
@@ -95,14 +96,21 @@ impl Daemon {
                 self.config.daemon.sim_host.as_deref(),
                 None,
             );
-            match self
+            let i = match self
                 .devices
                 .iter()
                 .position(|d| d.state == DeviceState::Removed)
             {
-                Some(i) => self.devices[i] = slot,
-                None => self.devices.push(slot),
-            }
+                Some(i) => {
+                    self.devices[i] = slot;
+                    i
+                }
+                None => {
+                    self.devices.push(slot);
+                    self.devices.len() - 1
+                }
+            };
+            self.watch_request(i);
             added += 1;
         }
         self.config.devices = self

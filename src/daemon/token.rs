@@ -17,6 +17,8 @@ pub enum Tok {
     Trigger(usize),
     /// A relay route's VMM resample eventfd, by device slot.
     Resample(usize),
+    /// A device's request eventfd (it is going away), by device slot.
+    Request(usize),
 }
 
 impl Tok {
@@ -29,6 +31,7 @@ impl Tok {
             Tok::Conn(i) => (i << 3) | 3,
             Tok::Trigger(i) => (i << 3) | 4,
             Tok::Resample(i) => (i << 3) | 5,
+            Tok::Request(i) => (i << 3) | 6,
         })
     }
 
@@ -42,6 +45,7 @@ impl Tok {
             (_, 3) => Tok::Conn(i),
             (_, 4) => Tok::Trigger(i),
             (_, 5) => Tok::Resample(i),
+            (_, 6) => Tok::Request(i),
             _ => return None,
         })
     }
@@ -62,9 +66,10 @@ mod tests {
             Tok::Trigger(0),
             Tok::Trigger(255),
             Tok::Resample(3),
+            Tok::Request(9),
         ] {
             assert_eq!(Tok::from_token(t.token()), Some(t));
         }
-        assert_eq!(Tok::from_token(Token(6)), None);
+        assert_eq!(Tok::from_token(Token(7)), None);
     }
 }

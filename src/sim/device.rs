@@ -30,6 +30,7 @@ pub(crate) struct SimState {
     ack: EventFd,
     doorbell: EventFd,
     unmask: Option<EventFd>,
+    request: Option<EventFd>,
     faults: HashMap<IntxOp, i32>,
     gone: bool,
 }
@@ -43,6 +44,7 @@ impl SimState {
             ack,
             doorbell,
             unmask: None,
+            request: None,
             faults: HashMap::new(),
             gone: false,
         }
@@ -189,6 +191,10 @@ impl SimDevice {
         st.gone = true;
         st.line.disable();
         st.unmask = None;
+        // As vfio-pci signals the request interrupt before a removal.
+        if let Some(r) = &st.request {
+            let _ = r.write(1);
+        }
     }
 
     /// Drives the line directly (the device model's view), for tests.
@@ -377,6 +383,20 @@ impl IntxDevice for SimDevice {
         drain(&st.ack);
         st.model.reset();
         st.line.set_level(false);
+        Ok(())
+    }
+
+    fn set_request(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError> {
+        let mut st = lock(&self.state);
+        st.check(IntxOp::SetRequest)?;
+        st.request = match fd {
+            Some(f) => Some(f.try_clone().map_err(|source| IntxError::Action {
+                device: self.name.clone(),
+                op: IntxOp::SetRequest,
+                source,
+            })?),
+            None => None,
+        };
         Ok(())
     }
 

@@ -78,6 +78,15 @@ impl FdKind {
     }
 }
 
+/// The unread count of an eventfd (`eventfd-count` in its fdinfo).
+pub fn eventfd_count(fd: RawFd) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    let v = info
+        .lines()
+        .find_map(|l| l.strip_prefix("eventfd-count:"))?;
+    u64::from_str_radix(v.trim(), 16).ok()
+}
+
 /// Whether `fd` has close-on-exec set.
 pub fn is_cloexec(fd: RawFd) -> io::Result<bool> {
     // SAFETY: only used on fds the caller holds open; the borrow ends here.

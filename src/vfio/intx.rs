@@ -23,6 +23,9 @@ pub enum IntxOp {
     Disable,
     /// `VFIO_DEVICE_RESET`: the function's own reset.
     Reset,
+    /// `VFIO_PCI_REQ_IRQ_INDEX` `ACTION_TRIGGER|DATA_EVENTFD`: the eventfd
+    /// signalled when the device is going away.
+    SetRequest,
 }
 
 impl IntxOp {
@@ -36,6 +39,7 @@ impl IntxOp {
             IntxOp::Loopback => "fire the INTx trigger (VFIO_IRQ_SET_DATA_NONE|ACTION_TRIGGER)",
             IntxOp::Disable => "disable INTx (VFIO_DEVICE_SET_IRQS count=0)",
             IntxOp::Reset => "reset the device (VFIO_DEVICE_RESET)",
+            IntxOp::SetRequest => "set the device request eventfd (VFIO_PCI_REQ_IRQ_INDEX)",
         }
     }
 }
@@ -154,6 +158,9 @@ pub trait IntxDevice: Send {
     /// `VFIO_DEVICE_RESET`: the device forgets what its last owner asked of
     /// it (the daemon resets on detach, so the next VMM starts clean).
     fn reset(&mut self) -> Result<(), IntxError>;
+    /// Sets (`Some`) or removes the request eventfd (`VFIO_PCI_REQ_IRQ_INDEX`):
+    /// signalled when the host wants the device back or it disappears.
+    fn set_request(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError>;
     /// Host-side interrupt count (`/proc/interrupts` for a real device).
     fn host_count(&self) -> u64;
     /// The fds a VMM needs to drive the device: the VFIO device fd and the

@@ -188,6 +188,10 @@ impl IntxDevice for RemoteSim {
         self.intx(IntxOp::Reset, None)
     }
 
+    fn set_request(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError> {
+        self.intx(IntxOp::SetRequest, fd)
+    }
+
     fn host_count(&self) -> u64 {
         self.sim_counters().map(|c| c.triggers).unwrap_or(0)
     }

@@ -49,6 +49,11 @@ pub enum SimRequest {
     Counters,
     /// The ack and doorbell eventfds, for the VMM.
     VmmFds,
+    /// The device disappears (fault injection; needs no `open`).
+    SurpriseRemove {
+        /// The `N` of `sim:N`.
+        index: u32,
+    },
 }
 
 /// A reply from the sim host.

@@ -123,6 +123,16 @@ fn handle(
         Ok(r) => r,
         Err(e) => return fail(format!("bad request: {e}")),
     };
+    if let SimRequest::SurpriseRemove { index } = req {
+        return match devices.get(&index) {
+            Some(d) => {
+                d.surprise_remove();
+                log::info!("sim-host: sim:{index} surprise-removed");
+                (SimReply::Ok, Vec::new())
+            }
+            None => fail(format!("no device sim:{index}")),
+        };
+    }
     if let SimRequest::Open {
         index,
         name,
@@ -163,6 +173,10 @@ fn handle(
             IntxOp::Loopback => dev.loopback(),
             IntxOp::Disable => dev.disable(),
             IntxOp::Reset => dev.reset(),
+            IntxOp::SetRequest => match fds.next() {
+                Some(fd) if present => dev.set_request(Some(&owned_into_eventfd(fd))),
+                _ => dev.set_request(None),
+            },
         },
         SimRequest::Counters => {
             return (
@@ -176,7 +190,7 @@ fn handle(
                 Err(e) => fail(e.to_string()),
             }
         }
-        SimRequest::Open { .. } => Ok(()),
+        SimRequest::Open { .. } | SimRequest::SurpriseRemove { .. } => Ok(()),
     };
     match result {
         Ok(()) => (SimReply::Ok, Vec::new()),
