@@ -82,20 +82,24 @@ for t in $FUZZ_TARGETS; do
     -max_total_time="$FUZZ_SECS" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
     -artifact_prefix="$artifacts/" >"$log" 2>&1 || rc=$?
 
-  execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
+  # (|| true: a run that crashed early may lack any of these lines.)
+  execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1 || true)"
   # The in-memory corpus size from libFuzzer's last status line (DONE on a
   # clean finish); inputs that added no coverage are not counted.
   corp="$(grep -E '^#[0-9]+[[:space:]].* corp: [0-9]+/' "$log" | tail -n 1 |
-    sed -E 's/.* corp: ([0-9]+)\/.*/\1/')"
+    sed -E 's/.* corp: ([0-9]+)\/.*/\1/' || true)"
   : "${execs:=?}" "${corp:=?}"
-  detail="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 | sed -E 's/^#[0-9]+[[:space:]]+DONE[[:space:]]+//')"
+  detail="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 |
+    sed -E 's/^#[0-9]+[[:space:]]+DONE[[:space:]]+//' || true)"
   if [ "$rc" -eq 0 ]; then
     echo "fuzz $t: $execs execs, corpus $corp inputs, 0 crashes"
     echo "  ($detail; $(find "$corpus" -type f | wc -l) files in the scratch corpus)"
   else
     failed=1
-    repro="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)"
+    repro="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1 || true)"
     echo "fuzz $t: $execs execs, corpus $corp inputs, 1 crashes (libFuzzer exit $rc)"
+    echo "---- what failed ----"
+    grep -m 1 -A 4 -E "panicked at|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)" "$log" || true
     echo "---- libFuzzer output (last 60 lines) ----"
     tail -n 60 "$log"
     echo "------------------------------------------"

@@ -17,15 +17,20 @@ pub fn run(config: &Path) -> CmdResult {
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         set.add(s);
     }
+    set.add(Signal::SIGUSR1);
     set.add(Signal::SIGUSR2);
     set.thread_block()?;
     let cfg = intxd::config::load(config)?;
+    for f in &cfg.files {
+        intxd::config::check_owner(f)?;
+    }
     let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
     let fdstore: Box<dyn intxd::systemd::FdStore> = if under_systemd {
         Box::new(intxd::systemd::SdFdStore)
     } else {
         Box::new(intxd::systemd::NoFdStore)
     };
+    let seccomp = cfg.daemon.seccomp;
     let mut daemon = Daemon::new(
         cfg,
         DaemonOptions {
@@ -37,6 +42,17 @@ pub fn run(config: &Path) -> CmdResult {
             test_hooks: std::env::var_os("INTXD_TEST_HOOKS").is_some_and(|v| v == "1"),
         },
     )?;
+    if seccomp {
+        // Hardening, not function: a daemon that cannot install it keeps
+        // serving, and says so loudly.
+        match intxd::daemon::seccomp::install() {
+            Ok(()) => log::info!("seccomp filter installed"),
+            Err(e) => log::error!(
+                "{}; running without it (allow seccomp(2) in the service's SystemCallFilter=, or set daemon.seccomp = false to silence this)",
+                super::chain(&e)
+            ),
+        }
+    }
     daemon.run()?;
     Ok(ExitCode::SUCCESS)
 }

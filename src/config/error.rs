@@ -14,6 +14,16 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file could be written by someone other than root.
+    #[error("{}: owned by uid {uid} with mode {mode:04o}: anyone but root who can write it could make intxd bind any device; fix: chown root:root and chmod go-w it", .file.display())]
+    Unsafe {
+        /// The file.
+        file: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its mode.
+        mode: u32,
+    },
     /// A value, a key or the TOML itself is wrong.
     #[error("{}:{line}:{column}: {key}: {message}\n  fix: {fix}", .file.display())]
     Invalid {
@@ -37,7 +47,7 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Unsafe { .. } => None,
         }
     }
 
@@ -45,7 +55,7 @@ impl ConfigError {
     pub fn line(&self) -> Option<usize> {
         match self {
             ConfigError::Invalid { line, .. } => Some(*line),
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Unsafe { .. } => None,
         }
     }
 }

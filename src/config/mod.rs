@@ -13,6 +13,24 @@ pub use error::ConfigError;
 pub use pci_addr::PciAddr;
 pub use validate::{load, load_str, Config, DaemonConfig, DeviceConfig, ModePolicy};
 
+/// Refuses a config file that anyone but root could have written: intxd
+/// runs as root and binds whatever the config names.
+pub fn check_owner(file: &std::path::Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(ConfigError::Unsafe {
+            file: file.to_path_buf(),
+            uid: meta.uid(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(())
+}
+
 /// The built-in config used by `intxd soak` and `intxd bench` without
 /// `--config`: one emulated device. (The in-process daemon of the soak and
 /// the bench adds the calling user to its allow list.)

@@ -24,6 +24,7 @@ pub(super) struct RawDaemon {
     pub devices_dir: Option<String>,
     pub max_connections: Option<Spanned<u64>>,
     pub sim_host: Option<String>,
+    pub seccomp: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,8 @@ pub struct DaemonConfig {
     /// Serve `sim:N` devices from `intxd sim-host` at this socket instead of
     /// in-process (so they outlive a daemon restart, as VFIO does).
     pub sim_host: Option<PathBuf>,
+    /// Install the steady-state seccomp filter once ready (`intxd run`).
+    pub seccomp: bool,
 }
 
 /// How a device's route mode is chosen.
@@ -227,6 +229,7 @@ fn daemon_section(src: &Source<'_>, raw: &RawFile) -> Result<DaemonConfig, Confi
         state_dir: PathBuf::from("/var/lib/intxd"),
         max_connections: 256,
         sim_host: None,
+        seccomp: true,
     };
     let Some(d) = &raw.daemon else {
         return Ok(cfg);
@@ -250,6 +253,7 @@ fn daemon_section(src: &Source<'_>, raw: &RawFile) -> Result<DaemonConfig, Confi
     }
     cfg.socket_group = d.socket_group.clone();
     cfg.sim_host = d.sim_host.as_ref().map(PathBuf::from);
+    cfg.seccomp = d.seccomp.unwrap_or(true);
     if let Some(s) = &d.state_dir {
         cfg.state_dir = PathBuf::from(s);
     }

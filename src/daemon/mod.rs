@@ -14,6 +14,7 @@ mod persist;
 mod reload;
 mod requests;
 mod restart;
+pub mod seccomp;
 mod token;
 
 pub use devices::{choose_mode, DeviceState};
@@ -240,6 +241,7 @@ impl Daemon {
                 set.add(s);
             }
             if opts.test_hooks {
+                set.add(Signal::SIGUSR1);
                 set.add(Signal::SIGUSR2);
             }
             let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -552,6 +554,12 @@ impl Daemon {
                     self.stop.store(true, Ordering::SeqCst);
                 }
                 Ok(Signal::SIGHUP) => self.reload(),
+                Ok(Signal::SIGUSR1) if self.test_hooks => {
+                    match std::process::Command::new("/bin/true").status() {
+                        Ok(s) => log::warn!("test hook: ran /bin/true ({s})"),
+                        Err(e) => log::warn!("test hook: running /bin/true was refused: {e}"),
+                    }
+                }
                 Ok(Signal::SIGUSR2) if self.test_hooks => {
                     log::warn!("test hook: stalling the event loop (INTXD_TEST_HOOKS=1)");
                     std::thread::sleep(Duration::from_secs(3600));
