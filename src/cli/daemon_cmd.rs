@@ -31,7 +31,7 @@ pub fn run(config: &Path) -> CmdResult {
         Box::new(intxd::systemd::NoFdStore)
     };
     let seccomp = cfg.daemon.seccomp;
-    let mut daemon = Daemon::new(
+    let daemon = Daemon::new(
         cfg,
         DaemonOptions {
             inherited: intxd::systemd::Inherited::from_env()?,
@@ -41,7 +41,14 @@ pub fn run(config: &Path) -> CmdResult {
             config_path: Some(config.to_path_buf()),
             test_hooks: std::env::var_os("INTXD_TEST_HOOKS").is_some_and(|v| v == "1"),
         },
-    )?;
+    );
+    let mut daemon = match daemon {
+        Err(intxd::daemon::DaemonError::Interrupted) => {
+            log::info!("stopped during start-up; every device bound so far was given back");
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other?,
+    };
     if seccomp {
         // Hardening, not function: a daemon that cannot install it keeps
         // serving, and says so loudly.
@@ -54,6 +61,34 @@ pub fn run(config: &Path) -> CmdResult {
         }
     }
     daemon.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn bind(config: &Path, device: &str, bind: bool) -> CmdResult {
+    logging::init("info");
+    let cfg = intxd::config::load(config)?;
+    let dev = cfg
+        .device(device)
+        .ok_or_else(|| format!("no device named `{device}` in {}", config.display()))?;
+    let binder = intxd::daemon::Binder::new(&cfg);
+    if bind {
+        let rec = binder.bind(dev)?;
+        println!(
+            "{} {}: bound to vfio-pci (was {})",
+            dev.name,
+            dev.pci,
+            rec.original_driver.as_deref().unwrap_or("unbound")
+        );
+    } else {
+        binder.release(dev)?;
+        let info = intxd::pci::identify(binder.sysfs(), &dev.name, dev.pci)?;
+        println!(
+            "{} {}: released; driver now {}",
+            dev.name,
+            dev.pci,
+            info.driver.as_deref().unwrap_or("none")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

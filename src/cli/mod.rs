@@ -27,6 +27,23 @@ enum Cmd {
         #[arg(long, default_value = intxd::config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Bind a configured PCI function to vfio-pci, without a daemon.
+    Bind {
+        /// Device name from the config.
+        device: String,
+        /// Main config file.
+        #[arg(long, default_value = intxd::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Give a configured PCI function back to its original driver, without a
+    /// daemon.
+    Release {
+        /// Device name from the config.
+        device: String,
+        /// Main config file.
+        #[arg(long, default_value = intxd::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Validate a config (and its drop-ins) without starting anything.
     CheckConfig {
         /// Main config file.
@@ -150,6 +167,8 @@ pub fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config } => daemon_cmd::run(&config),
         Cmd::CheckConfig { config } => daemon_cmd::check_config(&config),
+        Cmd::Bind { device, config } => daemon_cmd::bind(&config, &device, true),
+        Cmd::Release { device, config } => daemon_cmd::bind(&config, &device, false),
         Cmd::Status { socket, json } => status_cmd::status(&socket, json),
         Cmd::Trigger { device, socket } => status_cmd::trigger(&socket, &device),
         Cmd::Attach {

@@ -11,7 +11,7 @@ mod validate;
 
 pub use error::ConfigError;
 pub use pci_addr::PciAddr;
-pub use validate::{load, load_str, Config, DaemonConfig, DeviceConfig, ModePolicy};
+pub use validate::{load, load_str, Config, DaemonConfig, DeviceConfig, Exerciser, ModePolicy};
 
 /// Refuses a config file that anyone but root could have written: intxd
 /// runs as root and binds whatever the config names.

@@ -25,6 +25,9 @@ pub(super) struct RawDaemon {
     pub max_connections: Option<Spanned<u64>>,
     pub sim_host: Option<String>,
     pub seccomp: Option<bool>,
+    pub sysfs_root: Option<String>,
+    pub proc_root: Option<String>,
+    pub sysfs_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,9 +46,13 @@ pub(super) struct RawDevice {
     #[serde(default)]
     pub irqfd_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
+    pub restore: Option<bool>,
+    #[serde(default)]
     pub relay: Option<RawRelay>,
     #[serde(default)]
     pub sim: Option<Spanned<RawSim>>,
+    #[serde(default)]
+    pub exerciser: Option<Spanned<super::Exerciser>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,6 +31,13 @@ pub struct DaemonConfig {
     pub sim_host: Option<PathBuf>,
     /// Install the steady-state seccomp filter once ready (`intxd run`).
     pub seccomp: bool,
+    /// Where sysfs is (a fake tree in tests).
+    pub sysfs_root: PathBuf,
+    /// Where procfs is (for the in-use checks).
+    pub proc_root: PathBuf,
+    /// How long one sysfs write may block (an unbind waits for whoever holds
+    /// the device), milliseconds.
+    pub sysfs_timeout_ms: u64,
 }
 
 /// How a device's route mode is chosen.
@@ -61,6 +68,9 @@ pub struct DeviceConfig {
     pub allow_gids: Vec<u32>,
     /// Take the function from a host driver even if it looks in use.
     pub force: bool,
+    /// Give the function back to its original driver when the daemon stops
+    /// cleanly (true), or leave it on vfio-pci (false).
+    pub restore: bool,
     /// How long the VMM's irq eventfd may go unread before intxd decides the
     /// VMM's irqfd is gone and detaches the device, milliseconds.
     pub irqfd_timeout_ms: u64,
@@ -68,8 +78,29 @@ pub struct DeviceConfig {
     pub relay: RelayConfig,
     /// Emulated-device behaviour (only for `sim:N`).
     pub sim: AckPolicy,
+    /// How a soak drives a real device (raise and ack registers).
+    pub exerciser: Option<Exerciser>,
     /// Where the device was defined (`file:line`).
     pub defined_at: String,
+}
+
+/// A device's exerciser: how `intxd soak` makes a real function raise its
+/// INTx line and how the soak guest's ISR acknowledges it, both as writes to
+/// one BAR (the `[device.exerciser]` table). For QEMU's edu device: BAR 0,
+/// raise at 0x60, ack at 0x64, value 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exerciser {
+    /// The BAR that holds both registers (a memory BAR).
+    pub bar: u32,
+    /// Offset of the register whose write raises the interrupt.
+    pub raise_offset: u64,
+    /// The 32-bit value written to raise it.
+    pub raise_value: u32,
+    /// Offset of the register whose write acknowledges it.
+    pub ack_offset: u64,
+    /// The 32-bit value written to acknowledge it.
+    pub ack_value: u32,
 }
 
 fn display<S: serde::Serializer>(v: &PciAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -230,6 +261,9 @@ fn daemon_section(src: &Source<'_>, raw: &RawFile) -> Result<DaemonConfig, Confi
         max_connections: 256,
         sim_host: None,
         seccomp: true,
+        sysfs_root: PathBuf::from("/sys"),
+        proc_root: PathBuf::from("/proc"),
+        sysfs_timeout_ms: 5000,
     };
     let Some(d) = &raw.daemon else {
         return Ok(cfg);
@@ -254,6 +288,23 @@ fn daemon_section(src: &Source<'_>, raw: &RawFile) -> Result<DaemonConfig, Confi
     cfg.socket_group = d.socket_group.clone();
     cfg.sim_host = d.sim_host.as_ref().map(PathBuf::from);
     cfg.seccomp = d.seccomp.unwrap_or(true);
+    if let Some(r) = &d.sysfs_root {
+        cfg.sysfs_root = PathBuf::from(r);
+    }
+    if let Some(r) = &d.proc_root {
+        cfg.proc_root = PathBuf::from(r);
+    }
+    if let Some(t) = &d.sysfs_timeout_ms {
+        if !(100..=600_000).contains(t.get_ref()) {
+            return Err(src.err(
+                t.span(),
+                "daemon.sysfs_timeout_ms",
+                format!("{} ms is out of range", t.get_ref()),
+                "use 100 to 600000 (the default is 5000)",
+            ));
+        }
+        cfg.sysfs_timeout_ms = *t.get_ref();
+    }
     if let Some(s) = &d.state_dir {
         cfg.state_dir = PathBuf::from(s);
     }
@@ -419,6 +470,37 @@ fn device(
             ))
         }
     };
+    let exerciser = match &raw.exerciser {
+        None => None,
+        Some(e) if matches!(pci, PciAddr::Sim(_)) => {
+            return Err(src.err(
+                e.span(),
+                &key("exerciser"),
+                "an emulated device needs no exerciser: its doorbell raises it".into(),
+                "remove the [device.exerciser] table, or give a real PCI address",
+            ))
+        }
+        Some(e) => {
+            let x = *e.get_ref();
+            if x.bar > 5
+                || x.raise_offset % 4 != 0
+                || x.ack_offset % 4 != 0
+                || x.raise_offset >= 4096
+                || x.ack_offset >= 4096
+            {
+                return Err(src.err(
+                    e.span(),
+                    &key("exerciser"),
+                    format!(
+                        "bar {} with offsets {:#x}/{:#x} cannot be used",
+                        x.bar, x.raise_offset, x.ack_offset
+                    ),
+                    "use a BAR from 0 to 5 and 4-byte aligned offsets within its first 4 KiB page",
+                ));
+            }
+            Some(x)
+        }
+    };
     let defined_at = at(d.span());
     names.insert(name.clone(), defined_at.clone());
     addrs.insert(pci, defined_at.clone());
@@ -429,9 +511,11 @@ fn device(
         allow_uids: raw.allow_uids.clone(),
         allow_gids: raw.allow_gids.clone(),
         force: raw.force,
+        restore: raw.restore.unwrap_or(true),
         irqfd_timeout_ms,
         relay,
         sim,
+        exerciser,
         defined_at,
     })
 }

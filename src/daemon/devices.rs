@@ -11,6 +11,9 @@ use crate::route::{Irqchip, Mode, Route};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use super::binder::Binder;
+use super::requests::chain;
+use crate::pci::BindRecord;
 use crate::sim::remote::RemoteSim;
 use crate::sim::SimHost;
 use crate::vfio::IntxDevice;
@@ -65,6 +68,8 @@ pub struct Holder {
 pub struct DeviceSlot {
     /// Its config.
     pub cfg: DeviceConfig,
+    /// What binding it to vfio-pci changed (real functions).
+    pub bound: Option<BindRecord>,
     /// Its backend, once opened.
     pub backend: Option<Box<dyn IntxDevice>>,
     /// Lifecycle state.
@@ -98,9 +103,11 @@ impl DeviceSlot {
     pub fn open(
         cfg: DeviceConfig,
         sim: &SimHost,
+        binder: &Binder,
         sim_host: Option<&Path>,
         parked: Option<OwnedFd>,
     ) -> DeviceSlot {
+        let mut bound = None;
         let (backend, state, failure): (Option<Box<dyn IntxDevice>>, _, _) = match (cfg.pci, sim_host, parked) {
             (PciAddr::Sim(n), Some(_), Some(fd)) => {
                 (Some(Box::new(RemoteSim::adopt(fd, &cfg.name, n))), DeviceState::Opened, None)
@@ -122,14 +129,16 @@ impl DeviceSlot {
                 Ok(d) => (Some(Box::new(d)), DeviceState::Opened, None),
                 Err(e) => (None, DeviceState::Failed, Some(e.to_string())),
             },
-            (PciAddr::Bdf { .. }, _, _) => (
-                None,
-                DeviceState::Failed,
-                Some(format!(
-                    "{} {}: real PCI functions need the VFIO backend, which this build does not have yet; use pci = \"sim:N\"",
-                    cfg.name, cfg.pci
-                )),
-            ),
+            (PciAddr::Bdf { .. }, _, parked) => match binder.bind(&cfg) {
+                Err(e) => (None, DeviceState::Failed, Some(chain(&e))),
+                Ok(rec) => {
+                    bound = Some(rec);
+                    match open_vfio(&cfg, parked) {
+                        Ok(b) => (Some(b), DeviceState::Opened, None),
+                        Err(msg) => (None, DeviceState::Bound, Some(msg)),
+                    }
+                }
+            },
         };
         if let Some(f) = &failure {
             log::error!("{f}");
@@ -138,6 +147,7 @@ impl DeviceSlot {
         }
         let mut slot = DeviceSlot {
             cfg,
+            bound,
             backend,
             state,
             failure,
@@ -165,6 +175,18 @@ impl DeviceSlot {
             }
         }
         slot
+    }
+
+    /// Closes the device and gives a real function back to its original
+    /// driver (clean stop, or a reload that removes it).
+    pub fn release(&mut self, binder: &Binder) {
+        // VFIO's fds close before the unbind, which would wait for them.
+        self.backend = None;
+        if self.bound.take().is_some() {
+            if let Err(e) = binder.release(&self.cfg) {
+                log::error!("{}", chain(&e));
+            }
+        }
     }
 
     /// `name pci` prefix for log lines.
@@ -231,4 +253,18 @@ pub fn choose_mode(
             format!("{irqchip} irqchip: the VMM's own interrupt controller asserts on the irq eventfd and signals the resample eventfd at EOI, so VFIO can use them directly"),
         )),
     }
+}
+
+/// Opens a bound real function through VFIO.
+fn open_vfio(cfg: &DeviceConfig, _parked: Option<OwnedFd>) -> Result<Box<dyn IntxDevice>, String> {
+    if !Path::new("/dev/vfio/vfio").exists() {
+        return Err(format!(
+            "{} {}: bound to vfio-pci, but this kernel has no VFIO (/dev/vfio/vfio is missing); load vfio-pci",
+            cfg.name, cfg.pci
+        ));
+    }
+    Err(format!(
+        "{} {}: bound to vfio-pci; the VFIO backend is not in this build yet",
+        cfg.name, cfg.pci
+    ))
 }

@@ -5,6 +5,7 @@
 //! is taken on the hot path. The emulated devices' host thread stands in for
 //! the kernel and the hardware, not for the daemon.
 
+mod binder;
 mod caps;
 mod conn;
 mod devices;
@@ -17,6 +18,7 @@ mod restart;
 pub mod seccomp;
 mod token;
 
+pub use binder::{Binder, BinderError};
 pub use devices::{choose_mode, DeviceState};
 pub use listener::ListenError;
 pub use requests::chain as error_chain;
@@ -55,6 +57,10 @@ pub enum DaemonError {
     /// The emulated-device host could not start.
     #[error(transparent)]
     Sim(#[from] SimError),
+    /// SIGTERM or SIGINT came while the devices were being brought up;
+    /// everything bound so far was given back.
+    #[error("stopped during start-up")]
+    Interrupted,
     /// The event loop failed.
     #[error("event loop: could not {what}")]
     Loop {
@@ -153,6 +159,7 @@ pub struct Daemon {
     started: Instant,
     // Dropped last: the devices' backends deregister from it.
     _sim: SimHost,
+    binder: Binder,
 }
 
 /// Adds and removes one device's relay eventfds in the loop.
@@ -204,19 +211,55 @@ impl Daemon {
         let sim = SimHost::start()?;
         let mut inherited = opts.inherited;
         let record = restart::take_record(&mut inherited);
-        let devices: Vec<DeviceSlot> = config
-            .devices
-            .iter()
-            .map(|d| {
-                // A device whose route outlived the last daemon comes back
-                // through the fd that kept it open, never by a new open.
-                let parked = record
-                    .as_ref()
-                    .filter(|(_, r)| r.routes.iter().any(|x| x.device == d.name))
-                    .and_then(|_| inherited.take(&persist::route_fd_name(&d.name, "dev")));
-                DeviceSlot::open(d.clone(), &sim, config.daemon.sim_host.as_deref(), parked)
-            })
-            .collect();
+        let signals = if opts.handle_signals {
+            let mut set = SigSet::empty();
+            for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+                set.add(s);
+            }
+            if opts.test_hooks {
+                set.add(Signal::SIGUSR1);
+                set.add(Signal::SIGUSR2);
+            }
+            let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+                .map_err(|e| DaemonError::Loop {
+                    what: "create the signalfd",
+                    source: e.into(),
+                })?;
+            Some(sfd)
+        } else {
+            None
+        };
+        let mut signals = signals;
+        let binder = Binder::new(&config);
+        let mut devices: Vec<DeviceSlot> = Vec::new();
+        for d in &config.devices {
+            // SIGTERM while binding at start-up: stop, and give back what is
+            // bound so far (a bind in progress finishes or times out and
+            // rolls back first).
+            if signals.as_mut().is_some_and(startup_stop_requested) {
+                log::warn!(
+                    "stop requested during start-up; releasing the {} device(s) bound so far",
+                    devices.len()
+                );
+                for done in &mut devices {
+                    done.release(&binder);
+                }
+                return Err(DaemonError::Interrupted);
+            }
+            // A device whose route outlived the last daemon comes back
+            // through the fd that kept it open, never by a new open.
+            let parked = record
+                .as_ref()
+                .filter(|(_, r)| r.routes.iter().any(|x| x.device == d.name))
+                .and_then(|_| inherited.take(&persist::route_fd_name(&d.name, "dev")));
+            devices.push(DeviceSlot::open(
+                d.clone(),
+                &sim,
+                &binder,
+                config.daemon.sim_host.as_deref(),
+                parked,
+            ));
+        }
         let (listener, socket_path) = match inherited.take("control") {
             Some(fd) => (
                 listener::adopt_listener(fd)
@@ -235,20 +278,7 @@ impl Daemon {
                 Interest::READABLE,
             )
             .map_err(loop_err("watch the control socket"))?;
-        let signals = if opts.handle_signals {
-            let mut set = SigSet::empty();
-            for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-                set.add(s);
-            }
-            if opts.test_hooks {
-                set.add(Signal::SIGUSR1);
-                set.add(Signal::SIGUSR2);
-            }
-            let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-                .map_err(|e| DaemonError::Loop {
-                    what: "create the signalfd",
-                    source: e.into(),
-                })?;
+        if let Some(sfd) = &signals {
             poll.registry()
                 .register(
                     &mut SourceFd(&sfd.as_raw_fd()),
@@ -256,10 +286,7 @@ impl Daemon {
                     Interest::READABLE,
                 )
                 .map_err(loop_err("watch the signalfd"))?;
-            Some(sfd)
-        } else {
-            None
-        };
+        }
         let next_ping = opts.notifier.watchdog_interval().map(|_| Instant::now());
         let mut d = Daemon {
             poll,
@@ -288,6 +315,7 @@ impl Daemon {
             last_status: String::new(),
             started: Instant::now(),
             _sim: sim,
+            binder,
         };
         for i in 0..d.devices.len() {
             d.watch_request(i);
@@ -625,6 +653,11 @@ impl Daemon {
         for i in 0..self.conns.len() {
             self.close_conn(i);
         }
+        for i in 0..self.devices.len() {
+            if self.devices[i].cfg.restore {
+                self.devices[i].release(&self.binder);
+            }
+        }
         // Nothing stays pinned in systemd after a clean stop.
         if self.state_file.take().is_some() {
             self.fdstore.remove("state");
@@ -639,4 +672,19 @@ impl Drop for Daemon {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// Whether SIGTERM or SIGINT is waiting on the signalfd (read during
+/// start-up, before the loop runs).
+fn startup_stop_requested(sfd: &mut SignalFd) -> bool {
+    let mut stop = false;
+    while let Ok(Some(info)) = sfd.read_signal() {
+        if matches!(
+            Signal::try_from(info.ssi_signo as i32),
+            Ok(Signal::SIGTERM) | Ok(Signal::SIGINT)
+        ) {
+            stop = true;
+        }
+    }
+    stop
 }

@@ -56,6 +56,7 @@ impl Daemon {
                     self.devices[i] = DeviceSlot::open(
                         nd.clone(),
                         &self._sim,
+                        &self.binder,
                         self.config.daemon.sim_host.as_deref(),
                         None,
                     );
@@ -64,6 +65,9 @@ impl Daemon {
                 }
                 None => {
                     log::info!("{tag}: removed by reload");
+                    if self.devices[i].cfg.restore {
+                        self.devices[i].release(&self.binder);
+                    }
                     self.devices[i].backend = None;
                     self.devices[i].state = DeviceState::Removed;
                     removed += 1;
@@ -93,6 +97,7 @@ impl Daemon {
             let slot = DeviceSlot::open(
                 nd.clone(),
                 &self._sim,
+                &self.binder,
                 self.config.daemon.sim_host.as_deref(),
                 None,
             );

@@ -1,0 +1,193 @@
+//! When real functions are bound to vfio-pci and given back.
+//!
+//! - **Start** (and a reload that adds a device): each configured real
+//!   function is bound (`pci::bind`: checks, driver_override, unbind,
+//!   drivers_probe, verify; any failure rolls back to the original driver).
+//!   What the bind changed is saved in `<state_dir>/bind/<name>.json` before
+//!   VFIO opens the device, so the original driver is never forgotten: a
+//!   daemon that crashed and comes back finds the record and does not bind
+//!   again.
+//! - **Clean stop** (and a reload that removes a device): the device's VFIO
+//!   fds are closed, then, with `restore = true` (the default), the function
+//!   goes back to its original driver and the record is deleted. With
+//!   `restore = false` it stays on vfio-pci.
+//! - **Crash or watchdog restart**: nothing is released; the next daemon
+//!   takes the live routes back from systemd's fd store.
+//! - `intxd bind NAME` / `intxd release NAME` do the same without a daemon.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{Config, DeviceConfig, PciAddr};
+use crate::pci::{self, BindOptions, BindRecord, DirIo, PciError, RealSysfs, SysfsIo};
+
+/// Errors of binding and release.
+#[derive(Debug, thiserror::Error)]
+pub enum BinderError {
+    /// The sysfs side failed (it names the device, the step and the
+    /// rollback).
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    /// The record could not be written or read.
+    #[error("{device}: could not {what} the bind record {}", .path.display())]
+    Record {
+        /// Device name.
+        device: String,
+        /// read / write / remove.
+        what: &'static str,
+        /// The record's path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a real PCI function.
+    #[error("{0}: an emulated device is not bound to any driver")]
+    NotReal(String),
+}
+
+/// Binds and releases real functions for one config.
+pub struct Binder {
+    sys: RealSysfs,
+    proc: DirIo,
+    state_dir: PathBuf,
+    peers: Vec<PciAddr>,
+}
+
+impl Binder {
+    /// A binder for `config`'s sysfs root, proc root and state directory.
+    pub fn new(config: &Config) -> Binder {
+        Binder {
+            sys: RealSysfs::real_with_timeout(
+                &config.daemon.sysfs_root,
+                Duration::from_millis(config.daemon.sysfs_timeout_ms),
+            ),
+            proc: DirIo::new(&config.daemon.proc_root),
+            state_dir: config.daemon.state_dir.clone(),
+            peers: config
+                .devices
+                .iter()
+                .map(|d| d.pci)
+                .filter(|a| matches!(a, PciAddr::Bdf { .. }))
+                .collect(),
+        }
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.state_dir.join("bind").join(format!("{name}.json"))
+    }
+
+    /// The record a previous bind left, if any.
+    pub fn record(&self, name: &str) -> Result<Option<BindRecord>, BinderError> {
+        let path = self.record_path(name);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| BinderError::Record {
+                    device: name.to_string(),
+                    what: "read",
+                    path,
+                    source: std::io::Error::other(e),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(BinderError::Record {
+                device: name.to_string(),
+                what: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Binds `dev` to vfio-pci (or finds it bound by an earlier run).
+    pub fn bind(&self, dev: &DeviceConfig) -> Result<BindRecord, BinderError> {
+        if !matches!(dev.pci, PciAddr::Bdf { .. }) {
+            return Err(BinderError::NotReal(dev.name.clone()));
+        }
+        if let Some(rec) = self.record(&dev.name)? {
+            let info = pci::identify(&self.sys, &dev.name, dev.pci)?;
+            if rec.addr == dev.pci && info.driver.as_deref() == Some(pci::VFIO_PCI) {
+                log::info!(
+                    "{} {}: still bound to vfio-pci from an earlier run",
+                    dev.name,
+                    dev.pci
+                );
+                return Ok(rec);
+            }
+        }
+        let opts = BindOptions {
+            force: dev.force,
+            group_peers: self
+                .peers
+                .iter()
+                .copied()
+                .filter(|a| *a != dev.pci)
+                .collect(),
+        };
+        let rec = pci::bind(&self.sys, &self.proc, &dev.name, dev.pci, &opts)?;
+        self.save(&rec)?;
+        log::info!(
+            "{} {}: bound to vfio-pci (was {})",
+            dev.name,
+            dev.pci,
+            rec.original_driver.as_deref().unwrap_or("unbound")
+        );
+        Ok(rec)
+    }
+
+    fn save(&self, rec: &BindRecord) -> Result<(), BinderError> {
+        let path = self.record_path(&rec.device);
+        let err = |source| BinderError::Record {
+            device: rec.device.clone(),
+            what: "write",
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let text = serde_json::to_vec_pretty(rec).map_err(|e| err(std::io::Error::other(e)))?;
+        std::fs::write(&path, text).map_err(err)
+    }
+
+    /// Gives `dev` back to its original driver and forgets the record.
+    pub fn release(&self, dev: &DeviceConfig) -> Result<(), BinderError> {
+        let rec = match self.record(&dev.name)? {
+            Some(r) => r,
+            // No record: undo what a bind would have done, back to whatever
+            // driver the kernel picks.
+            None => BindRecord {
+                device: dev.name.clone(),
+                addr: dev.pci,
+                original_driver: None,
+                original_override: None,
+            },
+        };
+        pci::release(&self.sys, &rec)?;
+        let path = self.record_path(&dev.name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BinderError::Record {
+                    device: dev.name.clone(),
+                    what: "remove",
+                    path,
+                    source,
+                })
+            }
+        }
+        log::info!(
+            "{} {}: released to {}",
+            dev.name,
+            dev.pci,
+            rec.original_driver.as_deref().unwrap_or("no driver")
+        );
+        Ok(())
+    }
+
+    /// The sysfs access, for identify.
+    pub fn sysfs(&self) -> &dyn SysfsIo {
+        &self.sys
+    }
+}

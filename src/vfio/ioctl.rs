@@ -1,0 +1,181 @@
+//! The raw VFIO device ioctls intxd makes itself, on a device fd.
+//!
+//! `vfio-ioctls` opens the container, the group and the device, but its IRQ
+//! calls drop the errno (every failure becomes one fixed enum value) and it
+//! cannot wrap a group-mode device fd that another process opened (needed to
+//! adopt a device after a daemon restart). So every call here goes straight
+//! to the kernel on the device fd and returns the real `io::Error`.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use vfio_bindings::bindings::vfio::{
+    vfio_device_info, vfio_irq_info, vfio_irq_set, vfio_region_info, VFIO_BASE, VFIO_TYPE,
+};
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ref};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ioc_nr};
+
+ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
+ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_BASE + 8);
+ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE as u32, VFIO_BASE + 9);
+ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
+ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
+
+/// A raw fd for `vmm_sys_util`'s ioctl helpers, which take `AsRawFd`.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        // Read right after the call, before anything else can touch errno.
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `VFIO_DEVICE_GET_INFO`.
+pub(crate) fn device_info(dev: BorrowedFd<'_>) -> io::Result<vfio_device_info> {
+    let mut info = vfio_device_info {
+        argsz: size_of::<vfio_device_info>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: the kernel writes at most `argsz` bytes into `info`, which is a
+    // live, correctly sized `vfio_device_info`; the fd is open for the call.
+    check(unsafe {
+        ioctl_with_mut_ref(&Fd(dev.as_raw_fd()), VFIO_DEVICE_GET_INFO(), &mut info)
+    })?;
+    Ok(info)
+}
+
+/// `VFIO_DEVICE_GET_IRQ_INFO` for one IRQ index.
+pub(crate) fn irq_info(dev: BorrowedFd<'_>, index: u32) -> io::Result<vfio_irq_info> {
+    let mut info = vfio_irq_info {
+        argsz: size_of::<vfio_irq_info>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: as in `device_info`: a live, correctly sized struct whose
+    // `argsz` bounds what the kernel writes.
+    check(unsafe {
+        ioctl_with_mut_ref(&Fd(dev.as_raw_fd()), VFIO_DEVICE_GET_IRQ_INFO(), &mut info)
+    })?;
+    Ok(info)
+}
+
+/// `VFIO_DEVICE_GET_REGION_INFO` for one region index (without its
+/// capability chain: `argsz` covers the fixed part only).
+pub(crate) fn region_info(dev: BorrowedFd<'_>, index: u32) -> io::Result<vfio_region_info> {
+    let mut info = vfio_region_info {
+        argsz: size_of::<vfio_region_info>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: as in `device_info`: a live, correctly sized struct whose
+    // `argsz` bounds what the kernel writes.
+    check(unsafe {
+        ioctl_with_mut_ref(
+            &Fd(dev.as_raw_fd()),
+            VFIO_DEVICE_GET_REGION_INFO(),
+            &mut info,
+        )
+    })?;
+    Ok(info)
+}
+
+/// `vfio_irq_set` followed by at most one `s32` of data (an eventfd, or -1).
+#[repr(C)]
+struct IrqSetOne {
+    hdr: vfio_irq_set,
+    fd: i32,
+}
+
+/// `VFIO_DEVICE_SET_IRQS` with `flags` on `index`, vector 0, `count` vectors
+/// (0 or 1). `fd` is the eventfd for `DATA_EVENTFD` (-1 removes it); it is
+/// ignored for `DATA_NONE`.
+pub(crate) fn set_irqs(
+    dev: BorrowedFd<'_>,
+    index: u32,
+    flags: u32,
+    count: u32,
+    fd: Option<RawFd>,
+) -> io::Result<()> {
+    let data = if fd.is_some() { size_of::<i32>() } else { 0 };
+    let set = IrqSetOne {
+        hdr: vfio_irq_set {
+            argsz: (size_of::<vfio_irq_set>() + data) as u32,
+            flags,
+            index,
+            start: 0,
+            count,
+            ..Default::default()
+        },
+        fd: fd.unwrap_or(-1),
+    };
+    // SAFETY: the kernel reads `argsz` bytes: the header and, with
+    // DATA_EVENTFD, the one `s32` that follows it in `IrqSetOne` (repr(C), the
+    // header is 20 bytes with 4-byte alignment, so `fd` sits at offset 20,
+    // where the flexible `data` array starts). Nothing is written back.
+    check(unsafe { ioctl_with_ref(&Fd(dev.as_raw_fd()), VFIO_DEVICE_SET_IRQS(), &set) })?;
+    Ok(())
+}
+
+/// `VFIO_DEVICE_RESET`.
+pub(crate) fn reset(dev: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: an argument-less ioctl on an open fd.
+    check(unsafe { ioctl(&Fd(dev.as_raw_fd()), VFIO_DEVICE_RESET()) })?;
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes of the device fd at `offset` (a region's offset
+/// plus an offset within it).
+pub(crate) fn read_at(dev: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let n = nix::sys::uio::pread(dev, buf, off)?;
+    if n != buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("short read: {n} of {} bytes", buf.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `buf` to the device fd at `offset`.
+pub(crate) fn write_at(dev: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let n = nix::sys::uio::pwrite(dev, buf, off)?;
+    if n != buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {n} of {} bytes", buf.len()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_fd_follows_the_header_where_data_starts() {
+        assert_eq!(std::mem::offset_of!(IrqSetOne, fd), 20);
+        assert_eq!(size_of::<IrqSetOne>(), 24);
+    }
+
+    #[test]
+    fn ioctl_numbers_match_the_uapi_header() {
+        // _IO(';', 100 + n) from <linux/vfio.h>.
+        assert_eq!(VFIO_DEVICE_GET_INFO(), 0x3b6b);
+        assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
+        assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
+    }
+}
