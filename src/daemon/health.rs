@@ -38,12 +38,13 @@ pub struct Health {
 }
 
 impl Health {
-    /// Forgets the last route's history (on attach and detach).
-    pub fn reset(&mut self) {
+    /// Starts watching a new route from the host count `now_count`.
+    pub fn reset(&mut self, now_count: u64) {
         let (storms, unmasks) = (self.storm_seconds, self.safety_unmasks);
         *self = Health::default();
         self.storm_seconds = storms;
         self.safety_unmasks = unmasks;
+        self.last_count = Some(now_count);
     }
 }
 

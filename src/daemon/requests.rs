@@ -335,7 +335,7 @@ impl Daemon {
             vec!["vfio_device".to_string(), "vfio_container".to_string()]
         };
         dev.route = Some(route);
-        dev.health.reset();
+        dev.health.reset(backend.host_count());
         dev.irqchip = Some(irqchip);
         dev.state = DeviceState::Attached;
         dev.attaches += 1;

@@ -108,8 +108,11 @@ impl SysfsIo for DirIo {
     }
 
     fn write(&self, rel: &Path, data: &[u8]) -> io::Result<()> {
+        // O_TRUNC as `echo value > file` does: sysfs ignores it, and a tree
+        // of plain files (a test's fake sysfs) then holds what was written.
         let mut f = fs::OpenOptions::new()
             .write(true)
+            .truncate(true)
             .open(self.resolve(rel)?)?;
         f.write_all(data)
     }

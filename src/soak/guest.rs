@@ -1,4 +1,13 @@
-//! The soak guest: a few dozen bytes of 16-bit real-mode code.
+//! The soak guests: a few dozen bytes of 16-bit real-mode code each.
+//!
+//! There are two variants. [`CODE`] drives the emulated device: its ISR acks
+//! through an I/O port. [`EXERCISER_CODE`] drives a real function through a
+//! page of its BAR that the VMM maps into guest memory at
+//! [`DEVICE_PAGE_ADDR`]: its ISR acks and re-raises the device itself, so an
+//! interrupt costs no vCPU exit at all. Both share the set-up code and the
+//! places of the counter, the ack switch and the ready byte.
+//!
+//! ## The emulated-device guest
 //!
 //! It programs both PICs (master vectors 0x08.., slave 0x70.., only IRQ2 and
 //! IRQ10 unmasked), makes IRQ10 level-triggered in the ELCR (port 0x4d1),
@@ -50,6 +59,10 @@
 //! 105d: cf                 iret
 //! ```
 
+/// Guest RAM: `[0, RAM_SIZE)`. The space above it, up to 1 MiB, is free
+/// for the device page (where a PC keeps its option ROMs).
+pub const RAM_SIZE: u64 = 0xE0000;
+
 /// Guest-physical load address (and initial IP).
 pub const LOAD_ADDR: u64 = 0x1000;
 /// Guest-physical address of the 32-bit interrupt counter.
@@ -91,6 +104,101 @@ pub const CODE: &[u8] = &[
 /// Offset of the ISR within [`CODE`] (must match the IVT entry above).
 pub const ISR_OFFSET: usize = 0x47;
 
+/// Guest-physical address where the VMM maps the first page of the
+/// exerciser's BAR (real-mode segment `0xE000`).
+pub const DEVICE_PAGE_ADDR: u64 = 0xE0000;
+/// Guest-physical address of the 32-bit count the exerciser guest stops
+/// re-raising at.
+pub const TARGET_ADDR: u64 = 0x50C;
+/// Guest-physical address of the 16-bit offset, in the device page, of the
+/// register the ISR acks with.
+pub const ACK_OFFSET_ADDR: u64 = 0x510;
+/// Guest-physical address of the 32-bit value the ISR acks with.
+pub const ACK_VALUE_ADDR: u64 = 0x514;
+/// Guest-physical address of the 16-bit offset of the raise register.
+pub const RAISE_OFFSET_ADDR: u64 = 0x518;
+/// Guest-physical address of the 32-bit value the ISR raises with.
+pub const RAISE_VALUE_ADDR: u64 = 0x51C;
+
+/// ## The exerciser guest
+///
+/// The same set-up as [`CODE`] (byte for byte up to 0x1047, where the ISR
+/// starts again). The ISR:
+///
+/// 1. If the ack-enable byte at 0x504 is non-zero, acks the device: it
+///    writes the 32-bit value at 0x514 to the register at the offset (16
+///    bits) at 0x510 in the device page. The page is the device's own BAR
+///    page in a KVM memslot, so the write goes straight to the device, with
+///    no exit, and lowers its line.
+/// 2. Counts the interrupt at 0x500 with a `lock inc`: a full barrier, so
+///    the load of the target that follows cannot be reordered before the
+///    count (the VMM raises the target and then reads the count; see
+///    `Session::ring`).
+/// 3. While the count is below the target at 0x50C, raises the device again:
+///    the value at 0x51C to the offset at 0x518. INTx is still masked on the
+///    host (vfio-pci's automask), so this new interrupt waits for the EOI.
+/// 4. EOIs the slave and the master PIC. The EOI resamples the level line,
+///    vfio-pci unmasks INTx, finds the line high again, and the next
+///    interrupt goes out: the whole loop runs inside KVM and vfio-pci.
+///
+/// Registers are written with 32-bit stores, the only size some devices
+/// (QEMU's edu) accept below offset 0x80.
+///
+/// ```text
+/// 1000..1046: as in CODE (the IVT entry points at 0x1047 here too)
+/// 1047: 66 50              push eax                      ; isr:
+/// 1049: 53                 push bx
+/// 104a: 06                 push es
+/// 104b: b8 00 e0           mov  ax, 0xe000               ; the device page
+/// 104e: 8e c0              mov  es, ax
+/// 1050: 80 3e 04 05 00     cmp  byte [0x0504], 0         ; ack enabled?
+/// 1055: 74 0c              je   0x1063
+/// 1057: 8b 1e 10 05        mov  bx, [0x0510]             ; ack offset
+/// 105b: 66 a1 14 05        mov  eax, [0x0514]            ; ack value
+/// 105f: 26 66 89 07        mov  es:[bx], eax             ; ack the device (MMIO)
+/// 1063: 66 f0 ff 06 00 05  lock inc dword [0x0500]       ; count (full barrier)
+/// 1069: 66 a1 00 05        mov  eax, [0x0500]
+/// 106d: 66 3b 06 0c 05     cmp  eax, [0x050c]            ; below the target?
+/// 1072: 73 0c              jae  0x1080
+/// 1074: 8b 1e 18 05        mov  bx, [0x0518]             ; raise offset
+/// 1078: 66 a1 1c 05        mov  eax, [0x051c]            ; raise value
+/// 107c: 26 66 89 07        mov  es:[bx], eax             ; raise the next one (MMIO)
+/// 1080: b0 20              mov  al, 0x20                 ; non-specific EOI
+/// 1082: e6 a0              out  0xa0, al                 ; slave
+/// 1084: e6 20              out  0x20, al                 ; master
+/// 1086: 07                 pop  es
+/// 1087: 5b                 pop  bx
+/// 1088: 66 58              pop  eax
+/// 108a: cf                 iret
+/// ```
+pub const EXERCISER_CODE: &[u8] = &[
+    0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x80, // 1000
+    0xc7, 0x06, 0xc8, 0x01, 0x47, 0x10, // 100a
+    0xc7, 0x06, 0xca, 0x01, 0x00, 0x00, // 1010
+    0xb0, 0x11, 0xe6, 0x20, 0xe6, 0xa0, // 1016
+    0xb0, 0x08, 0xe6, 0x21, 0xb0, 0x70, 0xe6, 0xa1, // 101c
+    0xb0, 0x04, 0xe6, 0x21, 0xb0, 0x02, 0xe6, 0xa1, // 1024
+    0xb0, 0x01, 0xe6, 0x21, 0xe6, 0xa1, // 102c
+    0xb0, 0xfb, 0xe6, 0x21, 0xe6, 0xa1, // 1032
+    0xb0, 0x04, 0xba, 0xd1, 0x04, 0xee, // 1038
+    0xc6, 0x06, 0x08, 0x05, 0x01, // 103e
+    0xfb, 0xf4, 0xeb, 0xfc, // 1043
+    0x66, 0x50, 0x53, 0x06, // 1047 isr
+    0xb8, 0x00, 0xe0, 0x8e, 0xc0, // 104b
+    0x80, 0x3e, 0x04, 0x05, 0x00, 0x74, 0x0c, // 1050
+    0x8b, 0x1e, 0x10, 0x05, // 1057
+    0x66, 0xa1, 0x14, 0x05, // 105b
+    0x26, 0x66, 0x89, 0x07, // 105f
+    0x66, 0xf0, 0xff, 0x06, 0x00, 0x05, // 1063
+    0x66, 0xa1, 0x00, 0x05, // 1069
+    0x66, 0x3b, 0x06, 0x0c, 0x05, 0x73, 0x0c, // 106d
+    0x8b, 0x1e, 0x18, 0x05, // 1074
+    0x66, 0xa1, 0x1c, 0x05, // 1078
+    0x26, 0x66, 0x89, 0x07, // 107c
+    0xb0, 0x20, 0xe6, 0xa0, 0xe6, 0x20, // 1080
+    0x07, 0x5b, 0x66, 0x58, 0xcf, // 1086
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +210,43 @@ mod tests {
         assert_eq!(u64::from(ivt_off), LOAD_ADDR + ISR_OFFSET as u64);
         assert_eq!(*CODE.last().unwrap(), 0xcf, "the ISR ends in iret");
         assert_eq!(CODE.len(), 0x5e);
+    }
+
+    #[test]
+    fn the_exerciser_guest_shares_the_set_up_and_the_isr_address() {
+        assert_eq!(EXERCISER_CODE[..ISR_OFFSET], CODE[..ISR_OFFSET]);
+        assert_eq!(EXERCISER_CODE[ISR_OFFSET..ISR_OFFSET + 2], [0x66, 0x50]);
+        assert_eq!(
+            *EXERCISER_CODE.last().unwrap(),
+            0xcf,
+            "the ISR ends in iret"
+        );
+        assert_eq!(EXERCISER_CODE.len(), 0x8b);
+        // The device page is the real-mode segment the ISR loads.
+        assert_eq!(
+            u64::from(u16::from_le_bytes([
+                EXERCISER_CODE[0x4c],
+                EXERCISER_CODE[0x4d]
+            ])) << 4,
+            DEVICE_PAGE_ADDR
+        );
+    }
+
+    #[test]
+    fn the_exerciser_guest_matches_its_listing() {
+        // Byte offsets of the operands the listing names.
+        let at = |addr: usize| {
+            u16::from_le_bytes([
+                EXERCISER_CODE[addr - 0x1000],
+                EXERCISER_CODE[addr - 0x1000 + 1],
+            ])
+        };
+        assert_eq!(u64::from(at(0x1059)), ACK_OFFSET_ADDR);
+        assert_eq!(u64::from(at(0x105d)), ACK_VALUE_ADDR);
+        assert_eq!(u64::from(at(0x1067)), COUNT_ADDR);
+        assert_eq!(u64::from(at(0x1070)), TARGET_ADDR);
+        assert_eq!(u64::from(at(0x1076)), RAISE_OFFSET_ADDR);
+        assert_eq!(u64::from(at(0x107a)), RAISE_VALUE_ADDR);
+        assert!(DEVICE_PAGE_ADDR >= RAM_SIZE && DEVICE_PAGE_ADDR + 4096 <= 0x10_0000);
     }
 }

@@ -1,16 +1,24 @@
 //! One soak run: a VM, the device attached to it, N cycles, the figures.
+//!
+//! An emulated device is asked for cycles through its doorbell and counts
+//! its own acks. A real function is driven by the guest itself (the
+//! exerciser guest acks and re-raises it through its BAR page): the VMM
+//! raises the first interrupt, and the figures come from the guest's count
+//! against the target it was given, and from the host's `/proc/interrupts`.
 
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::exerciser::DeviceDriver;
 use super::report::{Latency, RunReport};
 use super::vcpu::{UserChipFds, VcpuRunner};
 use super::vm::{GuestRam, SoakVm, VmError};
-use super::wiring::{Attached, Snapshot, Wiring};
+use super::wiring::{Attached, AttachedDevice, Snapshot, Wiring};
 use crate::control::client::ClientError;
 use crate::route::{Irqchip, Mode};
 use crate::util::fd::new_eventfd;
+use crate::vfio::RegionError;
 
 /// Errors of the soak.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +41,9 @@ pub enum SoakError {
     /// The guest never finished its set-up.
     #[error("the soak guest did not come up within 5 s")]
     GuestNotReady,
+    /// A real function's registers could not be reached.
+    #[error(transparent)]
+    Region(#[from] RegionError),
 }
 
 /// What one run does.
@@ -50,12 +61,21 @@ pub struct RunSpec {
     pub stall: Duration,
 }
 
+/// The device side of a session.
+enum Side {
+    /// An emulated device: its doorbell asks for cycles.
+    Sim(Attached),
+    /// A real function, raised through its BAR.
+    Vfio(DeviceDriver),
+}
+
 /// A VM with the device attached and its vCPU running.
 pub struct Session<'w> {
     wiring: &'w mut dyn Wiring,
     runner: Option<VcpuRunner>,
-    /// The attach result.
-    pub attached: Attached,
+    mode: Mode,
+    reason: String,
+    side: Side,
     vm: SoakVm,
     detached: bool,
     _irq: EventFd,
@@ -64,7 +84,10 @@ pub struct Session<'w> {
 
 impl<'w> Session<'w> {
     /// Builds the VM, attaches the device through `wiring`, and starts the
-    /// vCPU once the guest is ready.
+    /// vCPU once the guest is ready. For a real function it also maps the
+    /// exerciser's BAR page into the guest, loads the exerciser guest, and
+    /// lets any interrupt left pending by the device's last user drain
+    /// before the count starts.
     pub fn start(
         wiring: &'w mut dyn Wiring,
         irqchip: Irqchip,
@@ -79,11 +102,25 @@ impl<'w> Session<'w> {
             // other process, intxd included.
             vm.register_irqfd(&irq, &resample)?;
         }
-        let attached = wiring.attach(irqchip, mode, &irq, &resample)?;
-        if let Err(e) = vm.bind_ack(&attached.ack) {
-            let _ = wiring.detach();
-            return Err(e.into());
-        }
+        let attached = wiring.attach_device(irqchip, mode, &irq, &resample)?;
+        let (mode, reason) = (attached.mode(), attached.reason().to_string());
+        let side = match attached {
+            AttachedDevice::Sim(a) => vm
+                .bind_ack(&a.ack)
+                .map(|()| Side::Sim(a))
+                .map_err(SoakError::from),
+            AttachedDevice::Vfio(v) => DeviceDriver::prepare(wiring.device(), v).and_then(|d| {
+                vm.load_exerciser(d.page(), d.exerciser())?;
+                Ok(Side::Vfio(d))
+            }),
+        };
+        let side = match side {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = wiring.detach();
+                return Err(e);
+            }
+        };
         let chip = match irqchip {
             Irqchip::Kernel => None,
             _ => Some(UserChipFds {
@@ -99,7 +136,9 @@ impl<'w> Session<'w> {
         let session = Session {
             wiring,
             runner: Some(runner),
-            attached,
+            mode,
+            reason,
+            side,
             vm,
             detached: false,
             _irq: irq,
@@ -112,7 +151,54 @@ impl<'w> Session<'w> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        if let Side::Vfio(d) = &session.side {
+            session.settle(d)?;
+        }
         Ok(session)
+    }
+
+    /// Lets an interrupt that was pending at attach (a line the device's
+    /// last user left high fires as soon as INTx is enabled) reach the guest
+    /// and end, then starts the count from zero. The device was acked when
+    /// it was prepared, so nothing raises it again.
+    fn settle(&self, d: &DeviceDriver) -> Result<(), SoakError> {
+        d.ack()?;
+        let quiet = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let mut last = self.ram().count();
+        let mut moved = Instant::now();
+        while moved.elapsed() < quiet && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+            let c = self.ram().count();
+            if c != last {
+                last = c;
+                moved = Instant::now();
+            }
+        }
+        if last > 0 {
+            log::info!(
+                "{}: {last} interrupt(s) left pending by the device's last user were taken before the run",
+                self.wiring.device()
+            );
+        }
+        self.ram().set_count(0);
+        self.ram().set_target(0);
+        Ok(())
+    }
+
+    /// The mode the daemon chose.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Why the daemon chose it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Whether the device is a real function (driven through its BAR).
+    pub fn is_real_device(&self) -> bool {
+        matches!(self.side, Side::Vfio(_))
     }
 
     /// Guest RAM (the ISR's count, the ack switch).
@@ -121,11 +207,40 @@ impl<'w> Session<'w> {
     }
 
     /// Asks the device for `n` more cycles.
+    ///
+    /// An emulated device gets them through its doorbell. For a real
+    /// function, the guest's target goes up by `n` and, if the guest's
+    /// chain of interrupts has stopped (its count reached the old target),
+    /// the VMM raises the device once through its BAR; otherwise the ISR
+    /// sees the new target and keeps re-raising. The target is raised with
+    /// a locked add before the count is read, and the ISR counts with a
+    /// locked increment before it reads the target, so one of the two always
+    /// sees the other. A raise that lands while the device is already
+    /// raised merges with it.
     pub fn ring(&self, n: u64) -> Result<(), SoakError> {
-        self.attached
-            .doorbell
-            .write(n)
-            .map_err(|e| SoakError::Setup(format!("doorbell write: {e}")))
+        match &self.side {
+            Side::Sim(a) => a
+                .doorbell
+                .write(n)
+                .map_err(|e| SoakError::Setup(format!("doorbell write: {e}"))),
+            Side::Vfio(d) => {
+                let old = self.ram().target();
+                let n = u32::try_from(n)
+                    .ok()
+                    .filter(|n| old.checked_add(*n).is_some())
+                    .ok_or_else(|| {
+                        SoakError::Setup(format!(
+                            "{} more cycles on top of {old}: the guest counts in 32 bits",
+                            n
+                        ))
+                    })?;
+                let old = self.ram().add_target(n);
+                if self.ram().count() >= old {
+                    d.raise()?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Current figures from the wiring.
@@ -155,9 +270,15 @@ impl<'w> Session<'w> {
         self.wiring.detach()
     }
 
-    /// Stops the vCPU and detaches.
+    /// Stops the vCPU and detaches. A real function is acked first, so it
+    /// is handed back with its line low.
     pub fn finish(mut self) -> Result<(), SoakError> {
         let vcpu = self.runner.take().map(VcpuRunner::stop).unwrap_or(Ok(()));
+        if let Side::Vfio(d) = &self.side {
+            if let Err(e) = d.ack() {
+                log::warn!("{}: {e}", self.wiring.device());
+            }
+        }
         let detach = if self.detached {
             Ok(())
         } else {
@@ -231,17 +352,37 @@ pub fn run_one(
     progress(delivered, elapsed);
     let after = s.snapshot()?;
     let chip_eois = s.chip_eois();
-    let mode = s.attached.mode;
-    let reason = s.attached.reason.clone();
+    let mode = s.mode();
+    let reason = s.reason().to_string();
+    let real = s.is_real_device();
     s.finish()?;
     let d = |a: u64, b: u64| a.saturating_sub(b);
-    let acked = d(after.sim.acked, before.sim.acked);
     let eois = if mode == Mode::Relay {
         d(after.relay_eois, before.relay_eois)
-    } else if spec.irqchip == Irqchip::Kernel {
+    } else if spec.irqchip == Irqchip::Kernel && !real {
         d(after.sim.unmasks, before.sim.unmasks)
+    } else if spec.irqchip == Irqchip::Kernel {
+        // KVM's resampler unmasks vfio-pci directly: nothing counts it.
+        0
     } else {
         chip_eois
+    };
+    // An emulated device counts what it raised and what the guest acked; a
+    // real one is raised and acked by the guest itself, so the guest's count
+    // against its target is the whole story, and the host side is
+    // /proc/interrupts.
+    let (lost, spurious, triggered) = if real {
+        (
+            requested.saturating_sub(delivered),
+            delivered.saturating_sub(requested),
+            d(after.host_interrupts, before.host_interrupts),
+        )
+    } else {
+        (
+            requested.saturating_sub(d(after.sim.acked, before.sim.acked)),
+            d(after.sim.spurious_acks, before.sim.spurious_acks),
+            d(after.sim.triggers, before.sim.triggers),
+        )
     };
     let wakeups = d(after.loop_wakeups, before.loop_wakeups);
     Ok(RunReport {
@@ -251,10 +392,10 @@ pub fn run_one(
         mode_reason: reason,
         cycles: requested,
         delivered,
-        triggered: d(after.sim.triggers, before.sim.triggers),
+        triggered,
         eois,
-        lost: requested.saturating_sub(acked),
-        spurious: d(after.sim.spurious_acks, before.sim.spurious_acks),
+        lost,
+        spurious,
         storms: d(after.storms, before.storms),
         elapsed_s: elapsed.as_secs_f64(),
         rate_per_s: delivered as f64 / elapsed.as_secs_f64().max(1e-9),

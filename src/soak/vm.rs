@@ -1,13 +1,15 @@
 //! The soak's own KVM VM: guest RAM, one vCPU in real mode, and the guest
-//! from [`super::guest`]. This is the only module of the soak that needs
-//! `unsafe`: guest memory is an mmap shared with KVM, and `KVM_INTERRUPT` has
-//! no wrapper in `kvm-ioctls`.
+//! from [`super::guest`]; for a real device, a page of its BAR as a second
+//! memslot. This is the only module of the soak that needs `unsafe`: guest
+//! memory is an mmap shared with KVM, and `KVM_INTERRUPT` has no wrapper in
+//! `kvm-ioctls`.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_interrupt, kvm_userspace_memory_region};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
@@ -15,7 +17,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use super::guest;
+use crate::config::Exerciser;
 use crate::route::Irqchip;
+use crate::vfio::BarPage;
 
 mod ioctls {
     #![allow(missing_docs)]
@@ -26,7 +30,9 @@ mod ioctls {
 }
 use ioctls::KVM_INTERRUPT;
 
-const RAM_SIZE: usize = 1 << 20;
+const RAM_SIZE: usize = guest::RAM_SIZE as usize;
+/// The memslot of the device page (slot 0 is RAM).
+const DEVICE_SLOT: u32 = 1;
 
 /// Errors of the soak VM.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +132,37 @@ impl GuestRam {
         self.atomic_u8(guest::ACK_ENABLE_ADDR)
             .store(u8::from(on), Ordering::Release);
     }
+
+    /// Sets the ISR's counter (the exerciser guest's, while no interrupt is
+    /// in flight).
+    pub fn set_count(&self, n: u32) {
+        self.atomic_u32(guest::COUNT_ADDR)
+            .store(n, Ordering::SeqCst);
+    }
+
+    /// The exerciser guest's target: it re-raises the device while its
+    /// count is below.
+    pub fn target(&self) -> u32 {
+        self.atomic_u32(guest::TARGET_ADDR).load(Ordering::SeqCst)
+    }
+
+    /// Raises the target by `n` and returns the old one. A locked
+    /// read-modify-write: a full barrier before the caller reads the count
+    /// (the other half of the guest's `lock inc` + load of the target).
+    pub fn add_target(&self, n: u32) -> u32 {
+        self.atomic_u32(guest::TARGET_ADDR)
+            .fetch_add(n, Ordering::SeqCst)
+    }
+
+    /// Sets the target.
+    pub fn set_target(&self, n: u32) {
+        self.atomic_u32(guest::TARGET_ADDR)
+            .store(n, Ordering::SeqCst);
+    }
+
+    fn set_u32(&self, gpa: u64, v: u32) {
+        self.atomic_u32(gpa).store(v, Ordering::Release);
+    }
 }
 
 impl Drop for GuestRam {
@@ -146,6 +183,9 @@ pub struct SoakVm {
     pub ram: std::sync::Arc<GuestRam>,
     /// The interrupt-controller flavour.
     pub irqchip: Irqchip,
+    /// The device page in memslot 1 (exerciser guest only); dropped after
+    /// `vm`.
+    device_page: Option<Arc<BarPage>>,
     _kvm: Kvm,
 }
 
@@ -209,8 +249,43 @@ impl SoakVm {
             vcpu: Some(vcpu),
             ram,
             irqchip,
+            device_page: None,
             _kvm: kvm,
         })
+    }
+
+    /// Turns the VM into the exerciser guest, before its vCPU runs: maps
+    /// `page` (the first page of the device's BAR) at
+    /// [`guest::DEVICE_PAGE_ADDR`] as memslot 1, loads
+    /// [`guest::EXERCISER_CODE`] over the emulated-device guest, and gives
+    /// its ISR the registers of `ex`. The target starts at 0: the ISR
+    /// raises nothing until the VMM asks for cycles.
+    pub fn load_exerciser(&mut self, page: Arc<BarPage>, ex: &Exerciser) -> Result<(), VmError> {
+        let region = kvm_userspace_memory_region {
+            slot: DEVICE_SLOT,
+            flags: 0,
+            guest_phys_addr: guest::DEVICE_PAGE_ADDR,
+            memory_size: page.len() as u64,
+            userspace_addr: page.host_addr(),
+        };
+        // SAFETY: the region is a live shared mapping of `page.len()` bytes
+        // of device memory, kept alive by `self.device_page` until after the
+        // VM fd is closed (field order); it overlaps no other memslot (RAM
+        // ends at guest::RAM_SIZE).
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_err("map the device's BAR page into the guest"))?;
+        self.device_page = Some(page);
+        self.ram.write(guest::LOAD_ADDR, guest::EXERCISER_CODE);
+        // The offsets are below 4096 (checked by the config), so they fit
+        // the ISR's 16-bit registers.
+        self.ram
+            .set_u32(guest::ACK_OFFSET_ADDR, ex.ack_offset as u32);
+        self.ram.set_u32(guest::ACK_VALUE_ADDR, ex.ack_value);
+        self.ram
+            .set_u32(guest::RAISE_OFFSET_ADDR, ex.raise_offset as u32);
+        self.ram.set_u32(guest::RAISE_VALUE_ADDR, ex.raise_value);
+        self.ram.set_target(0);
+        Ok(())
     }
 
     /// Registers the VMM side of the kernel path: `KVM_IRQFD` with

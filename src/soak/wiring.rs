@@ -1,17 +1,24 @@
 //! How the soak's device reaches its VM.
+//!
+//! An emulated device hands the VMM its ack and doorbell eventfds
+//! ([`Attached`]); a real function hands it its VFIO device and container
+//! fds ([`VfioAttached`]), and the soak drives it through the registers its
+//! config's exerciser names.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::run::SoakError;
+use crate::config::Exerciser;
 use crate::control::client::Client;
 use crate::control::proto::{ModeRequest, Reply};
 use crate::route::{Irqchip, Mode};
 use crate::util::fd::owned_into_eventfd;
 use crate::vfio::SimCounters;
 
-/// What an attach gave the VMM.
+/// What an attach of an emulated device gave the VMM.
 pub struct Attached {
     /// The mode the daemon chose.
     pub mode: Mode,
@@ -21,6 +28,46 @@ pub struct Attached {
     pub ack: EventFd,
     /// The device's doorbell eventfd (a write of N asks for N cycles).
     pub doorbell: EventFd,
+}
+
+/// What an attach of a real PCI function gave the VMM.
+pub struct VfioAttached {
+    /// The mode the daemon chose.
+    pub mode: Mode,
+    /// Why (for `auto`).
+    pub reason: String,
+    /// The VFIO device fd (config space, BARs, as any VMM uses it).
+    pub device: OwnedFd,
+    /// The VFIO container fd (DMA mappings; the soak's guest does no DMA).
+    pub container: OwnedFd,
+    /// How to raise and ack the device through its BAR.
+    pub exerciser: Exerciser,
+}
+
+/// What an attach gave the VMM, by kind of device.
+pub enum AttachedDevice {
+    /// An emulated device.
+    Sim(Attached),
+    /// A real PCI function through VFIO.
+    Vfio(VfioAttached),
+}
+
+impl AttachedDevice {
+    /// The mode the daemon chose.
+    pub fn mode(&self) -> Mode {
+        match self {
+            AttachedDevice::Sim(a) => a.mode,
+            AttachedDevice::Vfio(a) => a.mode,
+        }
+    }
+
+    /// Why the daemon chose it.
+    pub fn reason(&self) -> &str {
+        match self {
+            AttachedDevice::Sim(a) => &a.reason,
+            AttachedDevice::Vfio(a) => &a.reason,
+        }
+    }
 }
 
 /// Figures at one point of a run.
@@ -40,6 +87,9 @@ pub struct Snapshot {
     pub relay_syscalls: u64,
     /// Daemon pid, when there is a daemon.
     pub daemon_pid: Option<u32>,
+    /// The device's host-side interrupt count (`/proc/interrupts` for a
+    /// real function; the trigger count for an emulated one).
+    pub host_interrupts: u64,
 }
 
 /// A way to wire the device to the soak VM.
@@ -52,6 +102,18 @@ pub trait Wiring {
         irq: &EventFd,
         resample: &EventFd,
     ) -> Result<Attached, SoakError>;
+    /// Like [`attach`](Self::attach), for any kind of device. The default
+    /// knows emulated devices only.
+    fn attach_device(
+        &mut self,
+        irqchip: Irqchip,
+        mode: Mode,
+        irq: &EventFd,
+        resample: &EventFd,
+    ) -> Result<AttachedDevice, SoakError> {
+        self.attach(irqchip, mode, irq, resample)
+            .map(AttachedDevice::Sim)
+    }
     /// Current figures.
     fn snapshot(&mut self) -> Result<Snapshot, SoakError>;
     /// Undoes the attach.
@@ -64,6 +126,7 @@ pub trait Wiring {
 pub struct DaemonWiring {
     client: Client,
     device: String,
+    exerciser: Option<Exerciser>,
 }
 
 impl DaemonWiring {
@@ -74,7 +137,16 @@ impl DaemonWiring {
         Ok(DaemonWiring {
             client,
             device: device.to_string(),
+            exerciser: None,
         })
+    }
+
+    /// Drives a real PCI function through `exerciser` (its config's
+    /// `[device.exerciser]` table); an emulated device ignores it. Without
+    /// one, attaching a real function fails with a message that says so.
+    pub fn with_exerciser(mut self, exerciser: Option<Exerciser>) -> DaemonWiring {
+        self.exerciser = exerciser;
+        self
     }
 }
 
@@ -86,6 +158,25 @@ impl Wiring for DaemonWiring {
         irq: &EventFd,
         resample: &EventFd,
     ) -> Result<Attached, SoakError> {
+        match self.attach_device(irqchip, mode, irq, resample)? {
+            AttachedDevice::Sim(a) => Ok(a),
+            AttachedDevice::Vfio(_) => {
+                let _ = self.detach();
+                Err(SoakError::Protocol(format!(
+                    "{}: a real PCI function; attach it with attach_device",
+                    self.device
+                )))
+            }
+        }
+    }
+
+    fn attach_device(
+        &mut self,
+        irqchip: Irqchip,
+        mode: Mode,
+        irq: &EventFd,
+        resample: &EventFd,
+    ) -> Result<AttachedDevice, SoakError> {
         let want = match mode {
             Mode::Direct => ModeRequest::Direct,
             Mode::Relay => ModeRequest::Relay,
@@ -94,24 +185,50 @@ impl Wiring for DaemonWiring {
             .client
             .attach(&self.device, irqchip, want, irq, resample)
             .map_err(SoakError::Client)?;
-        let Reply::Attached { mode, reason, .. } = reply else {
+        let Reply::Attached {
+            mode,
+            reason,
+            fds: roles,
+            ..
+        } = reply
+        else {
             return Err(SoakError::Protocol(format!(
                 "unexpected reply to attach: {reply:?}"
             )));
         };
         let mut fds = fds.into_iter();
-        let (Some(ack), Some(doorbell)) = (fds.next(), fds.next()) else {
+        let (Some(first), Some(second)) = (fds.next(), fds.next()) else {
+            let _ = self.detach();
             return Err(SoakError::Protocol(format!(
-                "{}: the attach reply carried no ack/doorbell eventfds; is it an emulated device?",
+                "{}: the attach reply carried fewer than two device fds",
                 self.device
             )));
         };
-        Ok(Attached {
-            mode,
-            reason,
-            ack: owned_into_eventfd(ack),
-            doorbell: owned_into_eventfd(doorbell),
-        })
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        match roles.as_slice() {
+            ["vfio_device", "vfio_container"] => {
+                let Some(exerciser) = self.exerciser else {
+                    let _ = self.detach();
+                    return Err(SoakError::Setup(format!(
+                        "{} is a real PCI function: the soak raises and acks it through the [device.exerciser] table of its config; pass that config with --config",
+                        self.device
+                    )));
+                };
+                Ok(AttachedDevice::Vfio(VfioAttached {
+                    mode,
+                    reason,
+                    device: first,
+                    container: second,
+                    exerciser,
+                }))
+            }
+            _ => Ok(AttachedDevice::Sim(Attached {
+                mode,
+                reason,
+                ack: owned_into_eventfd(first),
+                doorbell: owned_into_eventfd(second),
+            })),
+        }
     }
 
     fn snapshot(&mut self) -> Result<Snapshot, SoakError> {
@@ -135,6 +252,7 @@ impl Wiring for DaemonWiring {
             relayed: dev.counters.relay.as_ref().map(|r| r.relayed).unwrap_or(0),
             relay_syscalls: dev.counters.relay.as_ref().map(|r| r.syscalls).unwrap_or(0),
             daemon_pid: Some(daemon.pid),
+            host_interrupts: dev.counters.host_interrupts,
         })
     }
 

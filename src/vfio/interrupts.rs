@@ -26,7 +26,11 @@ pub fn parse(text: &str) -> Vec<IrqRow> {
     let mut lines = text.lines();
     let ncpu = lines
         .next()
-        .map(|h| h.split_whitespace().filter(|t| t.starts_with("CPU")).count())
+        .map(|h| {
+            h.split_whitespace()
+                .filter(|t| t.starts_with("CPU"))
+                .count()
+        })
         .unwrap_or(0);
     lines.filter_map(|l| parse_row(l, ncpu)).collect()
 }
@@ -148,7 +152,10 @@ ERR:          0\n";
     #[test]
     fn msi_rows_and_named_rows_parse() {
         let rows = parse(SAMPLE);
-        assert_eq!(row_of_irq(&rows, 28).expect("row").actions, vec!["virtio0-config"]);
+        assert_eq!(
+            row_of_irq(&rows, 28).expect("row").actions,
+            vec!["virtio0-config"]
+        );
         let err = rows.iter().find(|r| r.label == "ERR").expect("ERR row");
         assert_eq!(err.total, 0);
         assert_eq!(row_of_irq(&rows, 0).expect("row").actions, vec!["timer"]);

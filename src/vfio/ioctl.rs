@@ -9,13 +9,13 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, vfio_irq_info, vfio_irq_set, vfio_region_info, VFIO_BASE, VFIO_TYPE,
 };
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ref};
-use vmm_sys_util::{ioctl_io_nr, ioctl_ioc_nr};
+use vmm_sys_util::ioctl_io_nr;
 
 ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
 ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_BASE + 8);
@@ -49,9 +49,7 @@ pub(crate) fn device_info(dev: BorrowedFd<'_>) -> io::Result<vfio_device_info> {
     };
     // SAFETY: the kernel writes at most `argsz` bytes into `info`, which is a
     // live, correctly sized `vfio_device_info`; the fd is open for the call.
-    check(unsafe {
-        ioctl_with_mut_ref(&Fd(dev.as_raw_fd()), VFIO_DEVICE_GET_INFO(), &mut info)
-    })?;
+    check(unsafe { ioctl_with_mut_ref(&Fd(dev.as_raw_fd()), VFIO_DEVICE_GET_INFO(), &mut info) })?;
     Ok(info)
 }
 
@@ -132,6 +130,15 @@ pub(crate) fn reset(dev: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: an argument-less ioctl on an open fd.
     check(unsafe { ioctl(&Fd(dev.as_raw_fd()), VFIO_DEVICE_RESET()) })?;
     Ok(())
+}
+
+/// A fresh (close-on-exec) duplicate of the fd that `owner` holds, for
+/// `vfio-ioctls` objects, which expose only `AsRawFd`.
+pub(crate) fn dup_of<T: AsRawFd>(owner: &T) -> io::Result<OwnedFd> {
+    // SAFETY: `owner` owns the fd and stays borrowed for the whole call, so
+    // the fd is open while it is borrowed here and duplicated.
+    let fd = unsafe { BorrowedFd::borrow_raw(owner.as_raw_fd()) };
+    fd.try_clone_to_owned()
 }
 
 /// Reads `buf.len()` bytes of the device fd at `offset` (a region's offset

@@ -41,6 +41,16 @@ impl DaemonProc {
 
     /// Like [`start`], with extra `[daemon]` keys and environment.
     pub fn start_with(devices: &str, daemon_extra: &str, env: &[(&str, &str)]) -> DaemonProc {
+        Self::start_wrapped(devices, daemon_extra, env, &[])
+    }
+
+    /// Like [`start_with`], run under a wrapper command (`prlimit ...`).
+    pub fn start_wrapped(
+        devices: &str,
+        daemon_extra: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> DaemonProc {
         let dir = tempfile::Builder::new()
             .prefix("intxd-test-")
             .tempdir()
@@ -58,7 +68,14 @@ impl DaemonProc {
             socket.display()
         );
         std::fs::write(&config, text).expect("write config");
-        let mut cmd = Command::new(intxd_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(intxd_bin());
+                c
+            }
+            None => Command::new(intxd_bin()),
+        };
         cmd.arg("run").arg("--config").arg(&config);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
@@ -86,6 +103,11 @@ impl DaemonProc {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("the daemon did not come up on {}", self.socket.display());
+    }
+
+    /// The exit status if the daemon has exited.
+    pub fn child_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn pid(&self) -> u32 {

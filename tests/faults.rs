@@ -1,0 +1,541 @@
+//! Injected faults, each with a defined outcome: a clear log line, nothing
+//! lost, and state restored or cleanly torn down. Real daemon processes, real
+//! KVM, the emulated device (and a fake sysfs tree for binding).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "pci/fake.rs"]
+#[allow(dead_code)]
+mod fake;
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{intxd_bin, require_kvm, sim_device, wait_until, DaemonProc};
+use intxd::control::client::{attach_kernel_irqchip, attach_user_irqchip, Client};
+use intxd::control::proto::{ErrorCode, Event, ModeRequest, Reply};
+use intxd::util::fd::owned_into_eventfd;
+use vmm_sys_util::eventfd::EventFd;
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// Waits for an event on the client's connection.
+fn event(c: &mut Client, limit: Duration) -> Option<Event> {
+    c.next_event(limit).unwrap()
+}
+
+#[test]
+fn the_seccomp_filter_stops_a_forbidden_syscall_and_the_daemon_keeps_serving() {
+    let d = DaemonProc::start_with(&sim_device("sim0", 0), "", &[("INTXD_TEST_HOOKS", "1")]);
+    let open = DaemonProc::start_with(
+        &sim_device("sim0", 0),
+        "seccomp = false",
+        &[("INTXD_TEST_HOOKS", "1")],
+    );
+
+    signal(d.pid(), nix::sys::signal::Signal::SIGUSR1);
+    signal(open.pid(), nix::sys::signal::Signal::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(300));
+
+    assert!(
+        matches!(d.client().status().unwrap(), Reply::Status { .. }),
+        "still serving"
+    );
+    let (log, control) = (d.stop(), open.stop());
+    assert!(log.contains("seccomp filter installed"), "{log}");
+    assert!(
+        log.contains("test hook: running /bin/true was refused: Operation not permitted"),
+        "{log}"
+    );
+    assert!(
+        control.contains("test hook: ran /bin/true"),
+        "without the filter it runs: {control}"
+    );
+}
+
+#[test]
+fn a_config_anyone_but_root_can_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("intxd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\nsocket = \"{}\"\n",
+            dir.path().join("s").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+
+    let out = Command::new(intxd_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("mode 0666") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    assert!(!dir.path().join("s").exists(), "nothing started");
+}
+
+#[test]
+fn the_control_socket_gets_the_configured_mode_and_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let group = std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.first()?.to_string(), f.get(2)?.parse::<u32>().ok()?))
+        })
+        .find(|(_, gid)| *gid != 0)
+        .unwrap();
+    let d = DaemonProc::start_with(
+        &sim_device("sim0", 0),
+        &format!("socket_group = \"{}\"", group.0),
+        &[],
+    );
+
+    let meta = std::fs::metadata(&d.socket).unwrap();
+
+    assert_eq!(meta.gid(), group.1, "group {}", group.0);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+}
+
+#[test]
+fn sigpipe_from_peers_that_vanish_is_ignored() {
+    let mut d = DaemonProc::start(&sim_device("sim0", 0));
+
+    for _ in 0..200 {
+        let mut c = Client::connect(&d.socket).unwrap();
+        c.send_raw(br#"{"op":"hello","version":1}"#, &[]).unwrap();
+        c.send_raw(br#"{"op":"status"}"#, &[]).unwrap();
+        drop(c); // gone before the replies
+    }
+
+    assert!(
+        matches!(d.client().status().unwrap(), Reply::Status { .. }),
+        "the daemon survived"
+    );
+    assert_eq!(d.child_exit(), None);
+}
+
+#[test]
+fn out_of_fds_new_clients_are_refused_and_live_routes_keep_working() {
+    let d = DaemonProc::start_wrapped(
+        "[[device]]\nname = \"sim0\"\npci = \"sim:0\"\nmode = \"relay\"\n",
+        "",
+        &[],
+        &["prlimit", "--nofile=40:40", "--"],
+    );
+    let mut att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Auto).unwrap();
+    let ack = owned_into_eventfd(att.device_fds.remove(0));
+    let doorbell = owned_into_eventfd(att.device_fds.remove(0));
+    let served = |n: u64| serve_guest(&att.irq, &ack, &att.resample, &doorbell, n);
+    assert_eq!(served(100), 100, "the route works");
+
+    let mut held = Vec::new();
+    let refused = loop {
+        let mut c = Client::connect(&d.socket).unwrap();
+        match c.hello("filler") {
+            Ok(_) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 100, "never refused");
+    };
+
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::ResourceExhausted),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("RLIMIT_NOFILE"), "{refused}");
+    assert_eq!(served(100), 100, "the live route is untouched");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut again = Client::connect(&d.socket).unwrap();
+    again.hello("after").unwrap();
+    assert!(d
+        .stop()
+        .contains("out of file descriptors; refused a new client"));
+}
+
+/// Plays a guest for `n` cycles: ring, then for each interrupt ack and EOI.
+fn serve_guest(
+    irq: &EventFd,
+    ack: &EventFd,
+    resample: &EventFd,
+    doorbell: &EventFd,
+    n: u64,
+) -> u64 {
+    doorbell.write(n).unwrap();
+    let mut got = 0;
+    let t0 = Instant::now();
+    while got < n && t0.elapsed() < Duration::from_secs(10) {
+        if irq.read().is_ok() {
+            ack.write(1).unwrap();
+            resample.write(1).unwrap();
+            got += 1;
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    got
+}
+
+/// A sim host process for the daemon's devices.
+struct SimHostProc {
+    child: std::process::Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SimHostProc {
+    fn start() -> SimHostProc {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("sim.sock");
+        let child = Command::new(intxd_bin())
+            .arg("sim-host")
+            .arg("--socket")
+            .arg(&socket)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(5), || socket.exists()));
+        SimHostProc {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn surprise_remove(&self, index: u32) {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        let s = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        connect(
+            s.as_raw_fd(),
+            &UnixAddr::new(self.socket.as_path()).unwrap(),
+        )
+        .unwrap();
+        let req = format!(r#"{{"op":"surprise_remove","index":{index}}}"#);
+        intxd::control::wire::send(s.as_raw_fd(), req.as_bytes(), &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for SimHostProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn surprise_removal_tells_the_owner_and_detaches_cleanly() {
+    let host = SimHostProc::start();
+    let d = DaemonProc::start_with(
+        &sim_device("sim0", 0),
+        &format!("sim_host = \"{}\"", host.socket.display()),
+        &[],
+    );
+    let fds_before = d.settled_fd_count();
+    let mut att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Relay).unwrap();
+
+    host.surprise_remove(0);
+
+    match event(&mut att.client, Duration::from_secs(3)) {
+        Some(Event::DeviceGone { device, reason }) => {
+            assert_eq!(device, "sim0");
+            assert!(reason.contains("going away"), "{reason}");
+        }
+        other => panic!("expected device_gone, got {other:?}"),
+    }
+    let st = d.device("sim0");
+    assert_eq!(st.state, "failed");
+    assert!(st.owner.is_none());
+    assert!(st.failure.unwrap().contains("went away"));
+    let again = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Auto)
+        .err()
+        .unwrap();
+    assert_eq!(again.code(), Some(ErrorCode::DeviceError));
+    drop(att);
+    // The device's own sim-host connection and request eventfd are gone too.
+    assert!(
+        wait_until(Duration::from_secs(2), || d.fd_count() <= fds_before),
+        "fds {} > {fds_before}",
+        d.fd_count()
+    );
+}
+
+#[test]
+fn a_vmm_whose_irqfd_is_dropped_is_detached_and_intx_is_not_left_masked() {
+    require_kvm();
+    let d =
+        DaemonProc::start("[[device]]\nname = \"sim0\"\npci = \"sim:0\"\nirqfd_timeout_ms = 300\n");
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let vm = kvm.create_vm().unwrap();
+    vm.create_irq_chip().unwrap();
+    let mut att = attach_kernel_irqchip(&vm, 10, &d.socket, "sim0", ModeRequest::Direct).unwrap();
+    let doorbell = owned_into_eventfd(att.device_fds.remove(1));
+    doorbell.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        d.device("sim0").state,
+        "attached",
+        "KVM consumes the irq eventfd: the route is fine"
+    );
+
+    vm.unregister_irqfd(&att.irq, 10).unwrap();
+    d.client().trigger("sim0").unwrap(); // one more interrupt, which nobody reads
+
+    match event(&mut att.client, Duration::from_secs(4)) {
+        Some(Event::DeviceGone { reason, .. }) => {
+            assert!(reason.contains("irqfd_timeout_ms"), "{reason}")
+        }
+        other => panic!("expected device_gone, got {other:?}"),
+    }
+    assert_eq!(d.device("sim0").state, "detached");
+    // INTx was disabled and the device reset, not left masked: the next VMM
+    // gets working interrupts at once.
+    let mut next = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Direct).unwrap();
+    let ack = owned_into_eventfd(next.device_fds.remove(0));
+    let doorbell = owned_into_eventfd(next.device_fds.remove(0));
+    assert_eq!(
+        serve_guest(&next.irq, &ack, &next.resample, &doorbell, 50),
+        50
+    );
+    assert!(d
+        .stop()
+        .contains("KVM dropped its irqfd or the VMM stopped serving it"));
+}
+
+#[test]
+fn lost_eois_on_a_direct_route_are_recovered_by_the_safety_unmask() {
+    let d = DaemonProc::start("[[device]]\nname = \"sim0\"\npci = \"sim:0\"\n");
+    let mut att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Direct).unwrap();
+    let doorbell = owned_into_eventfd(att.device_fds.remove(1));
+    doorbell.write(1).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || att.irq.read().is_ok()),
+        "first interrupt"
+    );
+
+    // The guest never EOIs: INTx stays masked with the line high.
+    let refired = wait_until(Duration::from_secs(4), || att.irq.read().is_ok());
+
+    assert!(refired, "the safety unmask re-fired the still-high line");
+    assert!(d.device("sim0").counters.safety_unmasks >= 1);
+    att.resample.write(1).unwrap();
+}
+
+#[test]
+fn a_storm_on_a_direct_route_is_seen_in_the_host_counts_and_reported() {
+    let d = DaemonProc::start(
+        "[[device]]\nname = \"s\"\npci = \"sim:0\"\n[device.relay]\nstorm_rate = 500\n[device.sim]\nafter_ack = \"ignore\"\n",
+    );
+    let mut att = attach_user_irqchip(&d.socket, "s", ModeRequest::Direct).unwrap();
+    let doorbell = owned_into_eventfd(att.device_fds.remove(1));
+    doorbell.write(1).unwrap();
+
+    // A guest that EOIs a stuck line as fast as it fires, for 2.5 s.
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < Duration::from_millis(2500) {
+        if att.irq.read().is_ok() {
+            att.resample.write(1).unwrap();
+            n += 1;
+        }
+    }
+
+    assert!(n > 2000, "a storm: {n} interrupts");
+    match event(&mut att.client, Duration::from_secs(2)) {
+        Some(Event::StormDetected {
+            device,
+            rate,
+            rate_limit,
+        }) => {
+            assert_eq!((device.as_str(), rate_limit), ("s", 500));
+            assert!(rate > 500);
+        }
+        other => panic!("expected storm_detected, got {other:?}"),
+    }
+    assert!(d.device("s").counters.storm_seconds >= 1);
+}
+
+/// A fake sysfs tree with one NIC on e1000e in its own IOMMU group, and a
+/// config that puts the daemon on it.
+fn fake_nic(kernel: &fake::FakeKernel, bdf: &str, driver: &str, group: u32) {
+    kernel.add_driver("vfio-pci");
+    kernel.add_function(bdf, 0x020000, Some(driver), Some(group));
+}
+
+fn sysfs_extra(kernel: &fake::FakeKernel, state: &Path, timeout_ms: u64) -> String {
+    format!(
+        "sysfs_root = \"{}\"\nproc_root = \"{}\"\nstate_dir = \"{}\"\nsysfs_timeout_ms = {timeout_ms}",
+        kernel.sys_root().display(),
+        kernel.proc_root().display(),
+        state.display()
+    )
+}
+
+/// A cleared `driver_override`: the kernel shows `(null)`; a plain file
+/// holds the newline the rollback wrote.
+fn cleared(v: Option<String>) -> bool {
+    v.is_none_or(|s| s.trim().is_empty())
+}
+
+fn make_fifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+#[test]
+fn sysfs_failures_at_start_roll_back_and_the_daemon_serves_the_rest() {
+    let kernel = fake::FakeKernel::new();
+    let (fails, hangs, nothing) = ("0000:03:00.0", "0000:04:00.0", "0000:05:00.0");
+    fake_nic(&kernel, fails, "igb", 1);
+    fake_nic(&kernel, hangs, "e1000e", 2);
+    fake_nic(&kernel, nothing, "igb", 3);
+    let sys = kernel.sys_root().to_path_buf();
+    // A probe whose write fails; an unbind that blocks forever; later a
+    // probe that binds nothing (plain files, no kernel behind them).
+    std::fs::remove_file(sys.join("bus/pci/drivers_probe")).unwrap();
+    std::fs::create_dir(sys.join("bus/pci/drivers_probe")).unwrap();
+    make_fifo(&sys.join("bus/pci/drivers/e1000e/unbind"));
+    let state = tempfile::tempdir().unwrap();
+    let devices = format!(
+        "{}[[device]]\nname = \"fails\"\npci = \"{fails}\"\n[[device]]\nname = \"hangs\"\npci = \"{hangs}\"\n",
+        sim_device("sim0", 0)
+    );
+
+    let t0 = Instant::now();
+    let d = DaemonProc::start_with(&devices, &sysfs_extra(&kernel, state.path(), 400), &[]);
+    let up = t0.elapsed();
+
+    assert!(up < Duration::from_secs(8), "start-up took {up:?}");
+    let f = d.device("fails");
+    assert_eq!(f.state, "failed");
+    assert!(
+        f.failure
+            .as_deref()
+            .unwrap()
+            .contains("fails 0000:03:00.0: bind failed at step `probe"),
+        "{f:?}"
+    );
+    assert!(
+        f.failure.as_deref().unwrap().contains("rolled back to igb"),
+        "{f:?}"
+    );
+    assert!(
+        cleared(kernel.driver_override(fails)),
+        "driver_override rolled back"
+    );
+    let h = d.device("hangs");
+    assert!(h.failure.as_deref().unwrap().contains("timed out"), "{h:?}");
+    assert!(
+        h.failure.as_deref().unwrap().contains("hangs 0000:04:00.0"),
+        "{h:?}"
+    );
+    assert_eq!(
+        kernel.driver(hangs).as_deref(),
+        Some("e1000e"),
+        "still on its driver"
+    );
+    assert!(
+        cleared(kernel.driver_override(hangs)),
+        "driver_override rolled back"
+    );
+    // The emulated device serves as usual.
+    let att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Auto).unwrap();
+    drop(att);
+
+    // A reload that adds a function whose probe binds nothing: refused with
+    // its step, rolled back, the daemon unmoved.
+    std::fs::remove_dir(sys.join("bus/pci/drivers_probe")).unwrap();
+    std::fs::write(sys.join("bus/pci/drivers_probe"), "").unwrap();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{text}[[device]]\nname = \"nothing\"\npci = \"{nothing}\"\n"),
+    )
+    .unwrap();
+    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    assert!(wait_until(Duration::from_secs(5), || {
+        d.client().status().is_ok_and(|r| matches!(&r, Reply::Status { devices, .. } if devices.iter().any(|x| x.name == "nothing")))
+    }));
+    let n = d.device("nothing");
+    assert_eq!(n.state, "failed");
+    assert!(
+        n.failure.as_deref().unwrap().contains("step `verify"),
+        "{n:?}"
+    );
+    assert_eq!(kernel.driver(nothing).as_deref(), Some("igb"));
+    assert!(cleared(kernel.driver_override(nothing)));
+    let log = d.stop();
+    assert!(log.contains("reload: 1 added"), "{log}");
+}
+
+#[test]
+fn sigterm_while_a_bind_hangs_at_start_rolls_back_and_exits() {
+    let kernel = fake::FakeKernel::new();
+    let bdf = "0000:03:00.0";
+    fake_nic(&kernel, bdf, "e1000e", 1);
+    make_fifo(&kernel.sys_root().join("bus/pci/drivers/e1000e/unbind"));
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("intxd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\nsocket = \"{}\"\n{}\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n[[device]]\nname = \"nic1\"\npci = \"0000:09:00.0\"\n",
+            dir.path().join("s").display(),
+            sysfs_extra(&kernel, state.path(), 1500)
+        ),
+    )
+    .unwrap();
+    let child = Command::new(intxd_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    let t0 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        log.contains("nic0 0000:03:00.0: bind failed at step `unbind from e1000e`"),
+        "{log}"
+    );
+    assert!(log.contains("stop requested during start-up"), "{log}");
+    assert!(
+        !log.contains("nic1"),
+        "nothing after the stop request was touched: {log}"
+    );
+    assert_eq!(kernel.driver(bdf).as_deref(), Some("e1000e"));
+    assert!(cleared(kernel.driver_override(bdf)));
+    assert!(!dir.path().join("s").exists(), "never listened");
+}
