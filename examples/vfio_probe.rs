@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use intxd::config::{Exerciser, PciAddr};
 use intxd::route::{Irqchip, Mode};
-use intxd::soak::{run_one, Attached, AttachedDevice, RunSpec, Snapshot, SoakError, VfioAttached, Wiring};
+use intxd::soak::{
+    run_one, Attached, AttachedDevice, RunSpec, Snapshot, SoakError, VfioAttached, Wiring,
+};
 use intxd::util::fd::new_eventfd;
 use intxd::vfio::{enable_memory_and_intx, BarPage, IntxDevice, IntxError, VfioIntx};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -66,7 +68,10 @@ fn semantics(dev: &mut VfioIntx) {
     bar.write32(0x60, 1).unwrap();
     check("raise -> trigger", fired(&trig, 2000));
     dev.unmask().unwrap();
-    check("unmask() while asserting -> trigger re-sent", fired(&trig, 2000));
+    check(
+        "unmask() while asserting -> trigger re-sent",
+        fired(&trig, 2000),
+    );
     bar.write32(0x64, 1).unwrap();
     dev.unmask().unwrap();
     check("ack + unmask() -> no trigger", !fired(&trig, 200));
@@ -74,9 +79,15 @@ fn semantics(dev: &mut VfioIntx) {
     check("second raise -> trigger", fired(&trig, 2000));
     bar.write32(0x64, 1).unwrap();
     bar.write32(0x60, 1).unwrap();
-    check("ack, raise while automasked -> no trigger", !fired(&trig, 200));
+    check(
+        "ack, raise while automasked -> no trigger",
+        !fired(&trig, 200),
+    );
     unm.write(1).unwrap();
-    check("unmask eventfd -> pending interrupt delivered", fired(&trig, 2000));
+    check(
+        "unmask eventfd -> pending interrupt delivered",
+        fired(&trig, 2000),
+    );
     bar.write32(0x64, 1).unwrap();
     unm.write(1).unwrap();
     check("ack + unmask eventfd -> no trigger", !fired(&trig, 200));
@@ -90,7 +101,10 @@ fn semantics(dev: &mut VfioIntx) {
     dev.loopback().unwrap();
     check("loopback -> trigger", fired(&trig, 2000));
     bar.write32(0x60, 1).unwrap();
-    check("loopback does not mask: raise -> trigger", fired(&trig, 2000));
+    check(
+        "loopback does not mask: raise -> trigger",
+        fired(&trig, 2000),
+    );
     bar.write32(0x64, 1).unwrap();
     dev.unmask().unwrap();
     dev.set_unmask(None).unwrap();
@@ -106,13 +120,20 @@ fn semantics(dev: &mut VfioIntx) {
     dev.unmask().unwrap();
     let c1 = dev.host_count();
     println!("probe: host_count {c0} -> {c1}");
-    check("host_count counted the 4 hard IRQs (re-fires at unmask are not hard IRQs)", c1 == c0 + 4);
+    check(
+        "host_count counted the 4 hard IRQs (re-fires at unmask are not hard IRQs)",
+        c1 == c0 + 4,
+    );
     dev.disable().unwrap();
     check("disable twice is Ok", dev.disable().is_ok());
     match dev.mask() {
         Err(e @ IntxError::Action { .. }) => {
             println!("probe: mask after disable: {}", chain(&e));
-            check("mask after disable -> EINVAL, named", chain(&e).contains("edu0: could not mask INTx") && chain(&e).contains("os error 22"));
+            check(
+                "mask after disable -> EINVAL, named",
+                chain(&e).contains("edu0: could not mask INTx")
+                    && chain(&e).contains("os error 22"),
+            );
         }
         other => check(&format!("mask after disable -> EINVAL ({other:?})"), false),
     }
@@ -124,7 +145,10 @@ fn semantics(dev: &mut VfioIntx) {
         Ok(()) => check("reset", true),
         Err(e) => check(&format!("reset: {}", chain(&e)), false),
     }
-    println!("probe: facts {}", serde_json::to_string(&dev.facts()).unwrap());
+    println!(
+        "probe: facts {}",
+        serde_json::to_string(&dev.facts()).unwrap()
+    );
     println!("probe: info {:?}", dev.info());
 }
 
@@ -137,10 +161,22 @@ struct Local {
 }
 
 impl Wiring for Local {
-    fn attach(&mut self, _: Irqchip, _: Mode, _: &EventFd, _: &EventFd) -> Result<Attached, SoakError> {
+    fn attach(
+        &mut self,
+        _: Irqchip,
+        _: Mode,
+        _: &EventFd,
+        _: &EventFd,
+    ) -> Result<Attached, SoakError> {
         Err(SoakError::Setup("real device".into()))
     }
-    fn attach_device(&mut self, _: Irqchip, mode: Mode, irq: &EventFd, resample: &EventFd) -> Result<AttachedDevice, SoakError> {
+    fn attach_device(
+        &mut self,
+        _: Irqchip,
+        mode: Mode,
+        irq: &EventFd,
+        resample: &EventFd,
+    ) -> Result<AttachedDevice, SoakError> {
         let e = |e: IntxError| SoakError::Setup(chain(&e));
         let mut d = self.dev.lock().unwrap();
         match mode {
@@ -205,7 +241,8 @@ impl Wiring for Local {
             self.relayed = h.join().unwrap();
         }
         let mut d = self.dev.lock().unwrap();
-        d.set_unmask(None).map_err(|e| SoakError::Setup(chain(&e)))?;
+        d.set_unmask(None)
+            .map_err(|e| SoakError::Setup(chain(&e)))?;
         d.disable().map_err(|e| SoakError::Setup(chain(&e)))?;
         d.reset().map_err(|e| SoakError::Setup(chain(&e)))?;
         Ok(())
@@ -244,7 +281,9 @@ fn soak(dev: VfioIntx, mode: Mode, irqchip: Irqchip, cycles: u64) -> VfioIntx {
 }
 
 fn main() {
-    let _ = env_logger::builder().filter_level(log::LevelFilter::Info).try_init();
+    let _ = env_logger::builder()
+        .filter_level(log::LevelFilter::Info)
+        .try_init();
     let args: Vec<String> = std::env::args().collect();
     let addr: PciAddr = args[1].parse().unwrap();
     let cycles: u64 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(2000);
@@ -266,7 +305,11 @@ fn main() {
     dev = soak(dev, Mode::Relay, Irqchip::Kernel, cycles);
     dev = soak(dev, Mode::Direct, Irqchip::User, cycles / 4);
     // Adopt: park the fds as the fd store would, drop the opener, adopt.
-    let parked: Vec<_> = dev.store_fds().into_iter().map(|(n, f)| (n, f.try_clone_to_owned().unwrap())).collect();
+    let parked: Vec<_> = dev
+        .store_fds()
+        .into_iter()
+        .map(|(n, f)| (n, f.try_clone_to_owned().unwrap()))
+        .collect();
     drop(dev);
     let mut it = parked.into_iter();
     let (dn, d) = it.next().unwrap();

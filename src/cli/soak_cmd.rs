@@ -53,7 +53,11 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
     };
     let duration = args.duration.map(Duration::from_secs_f64);
     let tty = std::io::stderr().is_terminal() && !args.json;
-    let mut report = SoakReport { runs: Vec::new() };
+    let before = daemon_figures(&socket);
+    let mut report = SoakReport {
+        runs: Vec::new(),
+        resources: None,
+    };
     for &mode in &modes {
         for &irqchip in &chips {
             let spec = RunSpec {
@@ -87,6 +91,17 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
             }
             report.runs.push(run);
         }
+    }
+    if let (Some((pid, fds_before, rss_kib_before)), Some((_, fds_after, rss_kib_after))) =
+        (before, daemon_figures(&socket))
+    {
+        report.resources = Some(intxd::soak::report::Resources {
+            daemon_pid: pid,
+            fds_before,
+            fds_after,
+            rss_kib_before,
+            rss_kib_after,
+        });
     }
     drop(inproc);
     if args.json {
@@ -140,4 +155,19 @@ fn progress_bar(tty: bool, cycles: Option<u64>, label: &str) -> Option<ProgressB
     bar.set_style(style);
     bar.set_prefix(label.to_string());
     Some(bar)
+}
+
+/// (pid, open fds, RSS KiB) of the daemon behind `socket`, once its
+/// connections from earlier runs have closed.
+fn daemon_figures(socket: &std::path::Path) -> Option<(u32, usize, u64)> {
+    let mut c = intxd::control::client::Client::connect(socket).ok()?;
+    c.hello("intxd-soak").ok()?;
+    std::thread::sleep(Duration::from_millis(50));
+    let intxd::control::proto::Reply::Status { daemon, .. } = c.status().ok()? else {
+        return None;
+    };
+    let rss = intxd::util::proc::figures(Some(daemon.pid))
+        .map(|f| f.rss_bytes / 1024)
+        .unwrap_or(0);
+    Some((daemon.pid, daemon.fds, rss))
 }

@@ -69,6 +69,25 @@ impl RunReport {
 pub struct SoakReport {
     /// The runs, in order.
     pub runs: Vec<RunReport>,
+    /// The daemon's resources before the first run and after the last, to
+    /// show that a long soak leaks nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// A daemon's fds and memory at the start and the end of a soak.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// The daemon's pid (this process for the in-process daemon).
+    pub daemon_pid: u32,
+    /// Its open fds before the first run.
+    pub fds_before: usize,
+    /// Its open fds after the last run.
+    pub fds_after: usize,
+    /// Its resident memory before the first run, KiB.
+    pub rss_kib_before: u64,
+    /// Its resident memory after the last run, KiB.
+    pub rss_kib_after: u64,
 }
 
 impl SoakReport {
@@ -77,8 +96,19 @@ impl SoakReport {
         self.runs.iter().all(RunReport::is_clean)
     }
 
-    /// A fixed-width summary table.
+    /// A fixed-width summary table (and the resource line, when measured).
     pub fn table(&self) -> String {
+        let mut out = self.runs_table();
+        if let Some(r) = &self.resources {
+            out.push_str(&format!(
+                "daemon pid {}: fds {} -> {}, RSS {} -> {} KiB\n",
+                r.daemon_pid, r.fds_before, r.fds_after, r.rss_kib_before, r.rss_kib_after
+            ));
+        }
+        out
+    }
+
+    fn runs_table(&self) -> String {
         let mut out = format!(
             "{:<7} {:<7} {:<8} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>10} {:>8} {:>8} {:>9} {:>9}\n",
             "mode", "irqchip", "device", "cycles", "delivered", "triggered", "eois", "lost", "spur",

@@ -111,6 +111,15 @@ impl<'w> Session<'w> {
                 .map_err(SoakError::from),
             AttachedDevice::Vfio(v) => DeviceDriver::prepare(wiring.device(), v).and_then(|d| {
                 vm.load_exerciser(d.page(), d.exerciser())?;
+                let ex = d.exerciser();
+                log::info!(
+                    "{}: BAR {} page mapped into the guest at {:#x}; its ISR acks at +{:#x} and raises at +{:#x}",
+                    wiring.device(),
+                    ex.bar,
+                    super::guest::DEVICE_PAGE_ADDR,
+                    ex.ack_offset,
+                    ex.raise_offset
+                );
                 Ok(Side::Vfio(d))
             }),
         };
@@ -288,6 +297,14 @@ impl<'w> Session<'w> {
         detach
     }
 
+    /// Returns from `KVM_RUN` so far.
+    pub fn vcpu_exits(&self) -> u64 {
+        self.runner
+            .as_ref()
+            .map(|r| r.chip.exits.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
     /// The userspace chip's counters (injected, eois).
     pub fn chip_eois(&self) -> u64 {
         self.runner
@@ -307,14 +324,13 @@ pub fn run_one(
     let device = wiring.device().to_string();
     let mut s = Session::start(wiring, spec.irqchip, spec.mode)?;
     let before = s.snapshot()?;
+    let exits_before = s.vcpu_exits();
     let limit = spec.cycles.unwrap_or(u64::MAX);
     // Keep the device's budget ahead of the guest so it never idles, but
     // bounded, so a duration run ends with nothing outstanding.
-    let chunk = if spec.duration.is_some() {
-        1 << 16
-    } else {
-        limit
-    };
+    // 4096 cycles is a few tens of ms at these rates: a duration run ends
+    // at most that much late.
+    let chunk = if spec.duration.is_some() { 4096 } else { limit };
     let t0 = Instant::now();
     let mut requested = chunk.min(limit);
     s.ring(requested)?;
@@ -352,6 +368,7 @@ pub fn run_one(
     progress(delivered, elapsed);
     let after = s.snapshot()?;
     let chip_eois = s.chip_eois();
+    let exits = s.vcpu_exits().saturating_sub(exits_before);
     let mode = s.mode();
     let reason = s.reason().to_string();
     let real = s.is_real_device();
@@ -371,6 +388,12 @@ pub fn run_one(
     // real one is raised and acked by the guest itself, so the guest's count
     // against its target is the whole story, and the host side is
     // /proc/interrupts.
+    if real {
+        log::info!(
+            "{device}: {delivered} interrupts acked and re-raised by the guest's ISR through the BAR; {exits} vCPU exits, {} hard IRQs on the host line",
+            d(after.host_interrupts, before.host_interrupts)
+        );
+    }
     let (lost, spurious, triggered) = if real {
         (
             requested.saturating_sub(delivered),

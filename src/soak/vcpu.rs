@@ -33,7 +33,8 @@ pub struct ChipCounters {
     pub injected: AtomicU64,
     /// EOIs seen (and resamples signalled).
     pub eois: AtomicU64,
-    /// vCPU exits.
+    /// Returns from `KVM_RUN` (with either irqchip; with the kernel one,
+    /// the set-up's port writes and the stop kick are all there should be).
     pub exits: AtomicU64,
 }
 
@@ -41,7 +42,8 @@ pub struct ChipCounters {
 pub struct VcpuRunner {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), String>>>,
-    /// The userspace chip's counters (all zero with the kernel irqchip).
+    /// The userspace chip's counters (with the kernel irqchip, only
+    /// `exits` moves).
     pub chip: Arc<ChipCounters>,
 }
 
@@ -79,7 +81,7 @@ impl VcpuRunner {
         let thread = std::thread::Builder::new()
             .name("soak-vcpu".into())
             .spawn(move || match user_chip {
-                None => run_kernel_chip(vcpu, &s2),
+                None => run_kernel_chip(vcpu, &s2, &c2),
                 Some(fds) => run_user_chip(vcpu, &s2, &fds, &c2),
             })?;
         Ok(VcpuRunner {
@@ -116,9 +118,15 @@ impl Drop for VcpuRunner {
     }
 }
 
-fn run_kernel_chip(mut vcpu: VcpuFd, stop: &AtomicBool) -> Result<(), String> {
+fn run_kernel_chip(
+    mut vcpu: VcpuFd,
+    stop: &AtomicBool,
+    counters: &ChipCounters,
+) -> Result<(), String> {
     while !stop.load(Ordering::SeqCst) {
-        match vcpu.run() {
+        let exit = vcpu.run();
+        counters.exits.fetch_add(1, Ordering::Relaxed);
+        match exit {
             Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::Intr) | Ok(VcpuExit::Hlt) => {}
             Ok(VcpuExit::IoIn(_, data)) => data.fill(0xff),
             Ok(other) => return Err(format!("unexpected vCPU exit: {other:?}")),
