@@ -97,54 +97,30 @@ fn assert_rolled_back(err: RouteError, step: Step, op: IntxOp, dev: &SimDevice, 
 }
 
 #[test]
-fn a_failure_at_each_direct_step_rolls_back_everything_before_it() {
-    for (step, op) in [
-        (Step::EnableTrigger, IntxOp::SetTrigger),
-        (Step::Mask, IntxOp::Mask),
-        (Step::SetUnmask, IntxOp::SetUnmask),
-        (Step::Unmask, IntxOp::Unmask),
-    ] {
-        let (_h, mut dev, mut lp) = setup();
-        dev.inject_fault(op, libc::EIO);
-        let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
+fn a_failure_at_each_step_rolls_back_everything_before_it_in_both_modes() {
+    for mode in [Mode::Direct, Mode::Relay] {
+        for (step, op) in [
+            (Step::EnableTrigger, IntxOp::SetTrigger),
+            (Step::Mask, IntxOp::Mask),
+            (Step::SetUnmask, IntxOp::SetUnmask),
+            (Step::Unmask, IntxOp::Unmask),
+        ] {
+            let (_h, mut dev, mut lp) = setup();
+            dev.inject_fault(op, libc::EIO);
+            let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
 
-        let err = attach(
-            &mut dev,
-            Mode::Direct,
-            irq,
-            resample,
-            &RelayConfig::default(),
-            &mut lp,
-        )
-        .unwrap_err();
+            let err = attach(
+                &mut dev,
+                mode,
+                irq,
+                resample,
+                &RelayConfig::default(),
+                &mut lp,
+            )
+            .unwrap_err();
 
-        assert_rolled_back(err, step, op, &dev, &lp);
-    }
-}
-
-#[test]
-fn a_failure_at_each_relay_step_rolls_back_everything_before_it() {
-    for (step, op) in [
-        (Step::EnableTrigger, IntxOp::SetTrigger),
-        (Step::Mask, IntxOp::Mask),
-        (Step::SetUnmask, IntxOp::SetUnmask),
-        (Step::Unmask, IntxOp::Unmask),
-    ] {
-        let (_h, mut dev, mut lp) = setup();
-        dev.inject_fault(op, libc::EIO);
-        let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
-
-        let err = attach(
-            &mut dev,
-            Mode::Relay,
-            irq,
-            resample,
-            &RelayConfig::default(),
-            &mut lp,
-        )
-        .unwrap_err();
-
-        assert_rolled_back(err, step, op, &dev, &lp);
+            assert_rolled_back(err, step, op, &dev, &lp);
+        }
     }
 }
 

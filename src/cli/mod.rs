@@ -204,17 +204,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes, each once.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use intxd::util::error::chain;
 
 /// A boxed error for the subcommands.
 pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;

@@ -575,17 +575,7 @@ fn encode(r: &Reply) -> Vec<u8> {
     serde_json::to_vec(r).unwrap_or_else(|_| b"{\"reply\":\"error\"}".to_vec())
 }
 
-/// An error and its causes on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use crate::util::error::chain;
 
 #[allow(unsafe_code)]
 fn adopt(raw: std::os::fd::RawFd) -> OwnedFd {

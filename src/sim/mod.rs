@@ -20,6 +20,6 @@ pub mod line;
 pub mod model;
 pub mod remote;
 
-pub use device::{LineState, SimDevice, SIM_DEVICE, SIM_VENDOR};
+pub use device::{sim_facts, LineState, SimDevice, SIM_DEVICE, SIM_INTX_INFO, SIM_VENDOR};
 pub use host::{SimError, SimHost};
 pub use model::AckPolicy;

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{SimReply, SimRequest};
 use crate::control::wire;
-use crate::sim::{AckPolicy, SIM_DEVICE, SIM_VENDOR};
+use crate::sim::{sim_facts, AckPolicy, SIM_INTX_INFO};
 use crate::util::fd::borrow_eventfd;
 use crate::vfio::{DeviceFacts, IntxDevice, IntxError, IntxInfo, IntxOp, SimCounters};
 
@@ -140,24 +140,11 @@ impl IntxDevice for RemoteSim {
     }
 
     fn info(&self) -> IntxInfo {
-        IntxInfo {
-            count: 1,
-            eventfd: true,
-            maskable: true,
-            automasked: true,
-        }
+        SIM_INTX_INFO
     }
 
     fn facts(&self) -> DeviceFacts {
-        DeviceFacts {
-            pci: format!("sim:{}", self.index),
-            vendor: SIM_VENDOR,
-            device: SIM_DEVICE,
-            pin: 1,
-            intx: self.info(),
-            shared_line: false,
-            pci_2_3: true,
-        }
+        sim_facts(self.index)
     }
 
     fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError> {
