@@ -539,3 +539,51 @@ fn sigterm_while_a_bind_hangs_at_start_rolls_back_and_exits() {
     assert!(cleared(kernel.driver_override(bdf)));
     assert!(!dir.path().join("s").exists(), "never listened");
 }
+
+#[test]
+fn every_fd_the_daemon_holds_is_close_on_exec_including_received_ones() {
+    let d = DaemonProc::start("[[device]]\nname = \"sim0\"\npci = \"sim:0\"\nmode = \"relay\"\n");
+    let _att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Auto).unwrap();
+    let fdinfo = PathBuf::from(format!("/proc/{}/fdinfo", d.pid()));
+
+    // fds this test process holds without O_CLOEXEC are inherited by every
+    // child it spawns; they are not the daemon's.
+    let inherited: Vec<String> = std::fs::read_dir("/proc/self/fdinfo")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.strip_prefix("flags:").is_some_and(|v| {
+                        u32::from_str_radix(v.trim(), 8).unwrap_or(0) & libc::O_CLOEXEC as u32 == 0
+                    })
+                })
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut eventfds = 0;
+    for e in std::fs::read_dir(&fdinfo).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let info = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap());
+        let Some(flags) = flags else { continue };
+        if inherited.contains(&name) {
+            continue;
+        }
+        assert_ne!(
+            flags & libc::O_CLOEXEC as u32,
+            0,
+            "fd {name} lacks O_CLOEXEC: {info}"
+        );
+        eventfds += usize::from(info.contains("eventfd-count"));
+    }
+    assert!(
+        eventfds >= 4,
+        "the relay's and the VMM's eventfds were checked ({eventfds})"
+    );
+}

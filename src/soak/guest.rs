@@ -247,6 +247,6 @@ mod tests {
         assert_eq!(u64::from(at(0x1070)), TARGET_ADDR);
         assert_eq!(u64::from(at(0x1076)), RAISE_OFFSET_ADDR);
         assert_eq!(u64::from(at(0x107a)), RAISE_VALUE_ADDR);
-        assert!(DEVICE_PAGE_ADDR >= RAM_SIZE && DEVICE_PAGE_ADDR + 4096 <= 0x10_0000);
+        const { assert!(DEVICE_PAGE_ADDR >= RAM_SIZE && DEVICE_PAGE_ADDR + 4096 <= 0x10_0000) };
     }
 }

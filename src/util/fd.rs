@@ -37,8 +37,9 @@ pub fn dup_eventfd(ev: &EventFd) -> io::Result<OwnedFd> {
 
 /// A new non-blocking, close-on-exec eventfd.
 pub fn new_eventfd() -> io::Result<EventFd> {
-    // vmm-sys-util always adds EFD_CLOEXEC.
-    EventFd::new(EFD_NONBLOCK)
+    // vmm-sys-util passes the flags as given: ask for close-on-exec. (Its
+    // `try_clone` duplicates with F_DUPFD_CLOEXEC, so copies keep it.)
+    EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
 }
 
 /// What kind of file an fd is, from its `/proc/self/fd` link.

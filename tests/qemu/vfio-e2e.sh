@@ -89,7 +89,6 @@ soak direct
 soak relay
 /bin/intxd status --socket "$SOCK" --json > /tmp/status1.json 2>&1
 say "status after: state=$(json_str /tmp/status1.json state) host_interrupts=$(json_num /tmp/status1.json host_interrupts) attaches=$(json_num /tmp/status1.json attaches)"
-grep -E 'CPU|vfio' /proc/interrupts | sed 's/^/vfio-e2e: proc: /'
 
 # ---- 5. SIGTERM gives the device back --------------------------------------------------------------
 kill -TERM "$DPID"
