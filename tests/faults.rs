@@ -6,7 +6,6 @@
 
 mod common;
 #[path = "pci/fake.rs"]
-#[allow(dead_code)]
 mod fake;
 
 use std::os::fd::AsRawFd;

@@ -9,6 +9,10 @@ pub fn init(default: &str) {
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let mut b =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    // vfio-ioctls warns about IRQ indexes a plain PCI function lacks and
+    // logs EBUSY when a parked copy of the group is still open at drop; both
+    // are expected, and intxd's own errors carry the errno.
+    b.filter_module("vfio_ioctls", log::LevelFilter::Off);
     if journal {
         b.format(|f, r| {
             let prio = match r.level() {

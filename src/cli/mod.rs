@@ -133,7 +133,7 @@ pub struct SoakArgs {
     #[arg(long)]
     duration: Option<f64>,
     /// Config for the in-process daemon (default: one emulated device).
-    #[arg(long, conflicts_with = "connect")]
+    #[arg(long)]
     config: Option<PathBuf>,
     /// Drive a running daemon at this socket instead of an in-process one.
     #[arg(long)]

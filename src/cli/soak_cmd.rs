@@ -27,9 +27,12 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         (Some(_), Some(d)) => d.clone(),
         _ => pick_device(&config, args.device.as_deref())?,
     };
+    // A real device needs its exerciser (raise and ack registers) from the
+    // config; an emulated one has its doorbell.
+    let exerciser = config.device(&device).and_then(|d| d.exerciser);
     let inproc = match &args.connect {
         Some(_) => None,
-        None => Some(InProcessDaemon::start(config)?),
+        None => Some(InProcessDaemon::start(config.clone())?),
     };
     let socket = match (&args.connect, &inproc) {
         (Some(p), _) => p.clone(),
@@ -84,7 +87,7 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
                     last_line = Instant::now();
                 }
             };
-            let mut wiring = DaemonWiring::connect(&socket, &device)?;
+            let mut wiring = DaemonWiring::connect(&socket, &device)?.with_exerciser(exerciser);
             let run = run_one(&mut wiring, &spec, &mut progress)?;
             if let Some(b) = bar {
                 b.finish_and_clear();

@@ -126,12 +126,6 @@ impl Binder {
         };
         let rec = pci::bind(&self.sys, &self.proc, &dev.name, dev.pci, &opts)?;
         self.save(&rec)?;
-        log::info!(
-            "{} {}: bound to vfio-pci (was {})",
-            dev.name,
-            dev.pci,
-            rec.original_driver.as_deref().unwrap_or("unbound")
-        );
         Ok(rec)
     }
 
@@ -177,12 +171,6 @@ impl Binder {
                 })
             }
         }
-        log::info!(
-            "{} {}: released to {}",
-            dev.name,
-            dev.pci,
-            rec.original_driver.as_deref().unwrap_or("no driver")
-        );
         Ok(())
     }
 

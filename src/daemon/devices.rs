@@ -17,6 +17,7 @@ use crate::pci::BindRecord;
 use crate::sim::remote::RemoteSim;
 use crate::sim::SimHost;
 use crate::vfio::IntxDevice;
+use crate::vfio::VfioIntx;
 
 /// A device's lifecycle: unbound -> bound -> opened -> attached -> detached
 /// (and back to attached on the next attach).
@@ -105,11 +106,11 @@ impl DeviceSlot {
         sim: &SimHost,
         binder: &Binder,
         sim_host: Option<&Path>,
-        parked: Option<OwnedFd>,
+        parked: Option<Parked>,
     ) -> DeviceSlot {
         let mut bound = None;
         let (backend, state, failure): (Option<Box<dyn IntxDevice>>, _, _) = match (cfg.pci, sim_host, parked) {
-            (PciAddr::Sim(n), Some(_), Some(fd)) => {
+            (PciAddr::Sim(n), Some(_), Some(Parked { dev: fd, .. })) => {
                 (Some(Box::new(RemoteSim::adopt(fd, &cfg.name, n))), DeviceState::Opened, None)
             }
             (PciAddr::Sim(n), Some(path), None) => match RemoteSim::open(path, &cfg.name, n, cfg.sim) {
@@ -255,16 +256,24 @@ pub fn choose_mode(
     }
 }
 
-/// Opens a bound real function through VFIO.
-fn open_vfio(cfg: &DeviceConfig, _parked: Option<OwnedFd>) -> Result<Box<dyn IntxDevice>, String> {
-    if !Path::new("/dev/vfio/vfio").exists() {
-        return Err(format!(
-            "{} {}: bound to vfio-pci, but this kernel has no VFIO (/dev/vfio/vfio is missing); load vfio-pci",
-            cfg.name, cfg.pci
-        ));
-    }
-    Err(format!(
-        "{} {}: bound to vfio-pci; the VFIO backend is not in this build yet",
-        cfg.name, cfg.pci
-    ))
+/// Opens a bound real function through VFIO, or takes back the device and
+/// container fds a previous daemon parked (a VFIO group opens only once).
+fn open_vfio(cfg: &DeviceConfig, parked: Option<Parked>) -> Result<Box<dyn IntxDevice>, String> {
+    let dev = match parked {
+        Some(Parked {
+            dev,
+            container: Some(container),
+        }) => VfioIntx::adopt(&cfg.name, cfg.pci, dev, container),
+        _ => VfioIntx::open(&cfg.name, cfg.pci),
+    };
+    dev.map(|d| Box::new(d) as Box<dyn IntxDevice>)
+        .map_err(|e| chain(&e))
+}
+
+/// The fds that kept a device open across a restart (from the fd store).
+pub struct Parked {
+    /// `<device>-dev`: the VFIO device fd, or the sim host connection.
+    pub dev: OwnedFd,
+    /// `<device>-container`: the VFIO container fd.
+    pub container: Option<OwnedFd>,
 }

@@ -154,7 +154,7 @@ impl Daemon {
             owner_conn && kept_open,
         ) else {
             log::warn!("{tag}: restart: the route's fds, its device or its VMM's connection did not survive; it is dropped");
-            for role in ["irq", "resample", "trigger", "unmask", "dev"] {
+            for role in ["irq", "resample", "trigger", "unmask", "dev", "container"] {
                 self.fdstore.remove(&route_fd_name(&r.device, role));
             }
             return;
@@ -252,7 +252,7 @@ impl Daemon {
             return;
         }
         let name = self.devices[di].cfg.name.clone();
-        for role in ["irq", "resample", "trigger", "unmask", "dev"] {
+        for role in ["irq", "resample", "trigger", "unmask", "dev", "container"] {
             self.fdstore.remove(&route_fd_name(&name, role));
         }
     }

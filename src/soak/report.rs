@@ -16,6 +16,10 @@ pub struct Latency {
 }
 
 /// The figures of one run.
+///
+/// For an emulated device the device side counts itself. For a real PCI
+/// function (driven by the exerciser guest) some figures have another
+/// source, or none; each field says what it holds then.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     /// Route mode the daemon chose.
@@ -26,17 +30,25 @@ pub struct RunReport {
     pub device: String,
     /// Why the daemon chose the mode.
     pub mode_reason: String,
-    /// Cycles the device was asked for.
+    /// Cycles the device was asked for (real function: the guest's target).
     pub cycles: u64,
     /// Interrupts the guest's ISR counted.
     pub delivered: u64,
-    /// Trigger signals on the host side.
+    /// Trigger signals on the host side. Real function: hard interrupts on
+    /// its host line (`/proc/interrupts`), which is fewer than the triggers:
+    /// when the guest raises the next interrupt before its EOI, vfio-pci
+    /// finds the line still high at the unmask and signals the trigger
+    /// itself, with no hard interrupt (1 per run in the chained soak).
     pub triggered: u64,
-    /// EOIs carried back (resamples).
+    /// EOIs carried back (resamples). Real function, direct mode with the
+    /// kernel irqchip: 0, because KVM's resampler unmasks vfio-pci directly
+    /// and nothing counts it.
     pub eois: u64,
-    /// Cycles the device raised that the guest never acked.
+    /// Cycles the device raised that the guest never acked. Real function:
+    /// the target minus the guest's count, when the count fell short.
     pub lost: u64,
-    /// Acks that found the device's line low.
+    /// Acks that found the device's line low. Real function: interrupts the
+    /// guest counted beyond its target.
     pub spurious: u64,
     /// Storms the relay limited.
     pub storms: u64,
@@ -44,7 +56,8 @@ pub struct RunReport {
     pub elapsed_s: f64,
     /// Delivered interrupts per second.
     pub rate_per_s: f64,
-    /// Raise-to-ack latency.
+    /// Raise-to-ack latency. Real function: 0 (raise and ack both happen in
+    /// the guest, with no host timestamp).
     pub latency_us: Latency,
     /// Daemon event-loop wakeups during the run.
     pub loop_wakeups: u64,

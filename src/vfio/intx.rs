@@ -162,6 +162,12 @@ pub trait IntxDevice: Send {
     /// signalled when the host wants the device back or it disappears.
     fn set_request(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError>;
     /// Host-side interrupt count (`/proc/interrupts` for a real device).
+    ///
+    /// For a real device these are hard interrupts on its host line. A
+    /// re-fire at unmask (the line still high when the EOI comes back) is
+    /// signalled by vfio-pci without one, so under a device that re-asserts
+    /// before the guest's EOI this counts fewer interrupts than were
+    /// delivered.
     fn host_count(&self) -> u64;
     /// The fds a VMM needs to drive the device: the VFIO device fd and the
     /// container fd for a real device; the ack and doorbell eventfds for the

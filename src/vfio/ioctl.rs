@@ -23,15 +23,6 @@ ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE as u32, VFIO_BASE + 9);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
 
-/// A raw fd for `vmm_sys_util`'s ioctl helpers, which take `AsRawFd`.
-struct Fd(RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         // Read right after the call, before anything else can touch errno.
@@ -49,7 +40,7 @@ pub(crate) fn device_info(dev: BorrowedFd<'_>) -> io::Result<vfio_device_info> {
     };
     // SAFETY: the kernel writes at most `argsz` bytes into `info`, which is a
     // live, correctly sized `vfio_device_info`; the fd is open for the call.
-    check(unsafe { ioctl_with_mut_ref(&Fd(dev.as_raw_fd()), VFIO_DEVICE_GET_INFO(), &mut info) })?;
+    check(unsafe { ioctl_with_mut_ref(&dev, VFIO_DEVICE_GET_INFO(), &mut info) })?;
     Ok(info)
 }
 
@@ -62,9 +53,7 @@ pub(crate) fn irq_info(dev: BorrowedFd<'_>, index: u32) -> io::Result<vfio_irq_i
     };
     // SAFETY: as in `device_info`: a live, correctly sized struct whose
     // `argsz` bounds what the kernel writes.
-    check(unsafe {
-        ioctl_with_mut_ref(&Fd(dev.as_raw_fd()), VFIO_DEVICE_GET_IRQ_INFO(), &mut info)
-    })?;
+    check(unsafe { ioctl_with_mut_ref(&dev, VFIO_DEVICE_GET_IRQ_INFO(), &mut info) })?;
     Ok(info)
 }
 
@@ -78,13 +67,7 @@ pub(crate) fn region_info(dev: BorrowedFd<'_>, index: u32) -> io::Result<vfio_re
     };
     // SAFETY: as in `device_info`: a live, correctly sized struct whose
     // `argsz` bounds what the kernel writes.
-    check(unsafe {
-        ioctl_with_mut_ref(
-            &Fd(dev.as_raw_fd()),
-            VFIO_DEVICE_GET_REGION_INFO(),
-            &mut info,
-        )
-    })?;
+    check(unsafe { ioctl_with_mut_ref(&dev, VFIO_DEVICE_GET_REGION_INFO(), &mut info) })?;
     Ok(info)
 }
 
@@ -121,14 +104,14 @@ pub(crate) fn set_irqs(
     // DATA_EVENTFD, the one `s32` that follows it in `IrqSetOne` (repr(C), the
     // header is 20 bytes with 4-byte alignment, so `fd` sits at offset 20,
     // where the flexible `data` array starts). Nothing is written back.
-    check(unsafe { ioctl_with_ref(&Fd(dev.as_raw_fd()), VFIO_DEVICE_SET_IRQS(), &set) })?;
+    check(unsafe { ioctl_with_ref(&dev, VFIO_DEVICE_SET_IRQS(), &set) })?;
     Ok(())
 }
 
 /// `VFIO_DEVICE_RESET`.
 pub(crate) fn reset(dev: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: an argument-less ioctl on an open fd.
-    check(unsafe { ioctl(&Fd(dev.as_raw_fd()), VFIO_DEVICE_RESET()) })?;
+    check(unsafe { ioctl(&dev, VFIO_DEVICE_RESET()) })?;
     Ok(())
 }
 

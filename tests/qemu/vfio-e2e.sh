@@ -61,7 +61,7 @@ say "sysfs bound: driver=$BOUND_DRV driver_override=$(rd "$D/driver_override")"
 if [ "$BOUND_DRV" = vfio-pci ]; then pass "the daemon bound $EDU to vfio-pci through sysfs"; else fail "driver is $BOUND_DRV, not vfio-pci"; fi
 /bin/intxd status --socket "$SOCK" --json > /tmp/status0.json 2>&1
 say "status: state=$(json_str /tmp/status0.json state) pci=$(json_str /tmp/status0.json pci) vendor=$(json_num /tmp/status0.json vendor) device=$(json_num /tmp/status0.json device) pin=$(json_num /tmp/status0.json pin) shared_line=$(sed -n 's/^ *"shared_line": \([a-z]*\),\{0,1\}$/\1/p' /tmp/status0.json | head -1) pci_2_3=$(sed -n 's/^ *"pci_2_3": \([a-z]*\),\{0,1\}$/\1/p' /tmp/status0.json | head -1)"
-[ "$(json_str /tmp/status0.json state)" = opened ] || fail "the device is not opened: $(cat /tmp/status0.json)"
+[ "$(json_str /tmp/status0.json state)" = opened ] || fail "the device is $(json_str /tmp/status0.json state), not opened: $(json_str /tmp/status0.json failure)"
 
 # ---- 2-4. the soak, direct and relay --------------------------------------------------------------
 soak() { # mode
@@ -80,7 +80,7 @@ soak() { # mode
     if [ "$rc" = 0 ] && [ "$got" = "$m" ] && [ "$cyc" = "$CYCLES" ] && [ "$del" = "$CYCLES" ] && [ "$lost" = 0 ] && [ "$spur" = 0 ]; then
         pass "soak $m: $del of $CYCLES interrupts through vfio-pci, 0 lost, 0 spurious"
     else
-        fail "soak $m (rc $rc): $(cat "$f")"
+        fail "soak $m (rc $rc): $(tr -s ' \n' ' ' < "$f")"
     fi
     grep -q "BAR 0 page mapped into the guest" "/tmp/soak-$m.err" && pass "soak $m: edu's BAR0 page is in the soak guest" || fail "soak $m: no BAR mapping line"
     grep -q "acked and re-raised by the guest's ISR through the BAR" "/tmp/soak-$m.err" && pass "soak $m: the guest ISR acked edu through its BAR" || fail "soak $m: no ISR line"
