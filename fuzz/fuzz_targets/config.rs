@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(*line >= 1, "line {line} < 1: {e:?}");
                     assert!(*column >= 1, "column {column} < 1: {e:?}");
                     let lines = text.matches('\n').count() + 1;
-                    assert!(*line <= lines, "line {line} past the text's {lines} lines: {e:?}");
+                    assert!(
+                        *line <= lines,
+                        "line {line} past the text's {lines} lines: {e:?}"
+                    );
                     assert_eq!(e.line(), Some(*line));
                 }
                 // `Read` and `Unsafe` are about files, and load_str touches

@@ -29,7 +29,12 @@ use intxd::control::wire::MAX_FDS;
 use intxd::util::fd::FdKind;
 use libfuzzer_sys::fuzz_target;
 
-const OTHER_LINKS: [&str; 4] = ["pipe:[4026]", "socket:[4027]", "/dev/null", "anon_inode:[timerfd]"];
+const OTHER_LINKS: [&str; 4] = [
+    "pipe:[4026]",
+    "socket:[4027]",
+    "/dev/null",
+    "anon_inode:[timerfd]",
+];
 
 fn kind(b: u8) -> FdKind {
     match b & 3 {
