@@ -145,17 +145,45 @@ impl Binder {
     }
 
     /// Gives `dev` back to its original driver and forgets the record.
+    /// Without a record (bound by hand, or the record was lost) a function on
+    /// vfio-pci is unbound and reprobed, so the kernel picks its driver; a
+    /// function on any other driver is left alone.
     pub fn release(&self, dev: &DeviceConfig) -> Result<(), BinderError> {
         let rec = match self.record(&dev.name)? {
             Some(r) => r,
-            // No record: undo what a bind would have done, back to whatever
-            // driver the kernel picks.
-            None => BindRecord {
-                device: dev.name.clone(),
-                addr: dev.pci,
-                original_driver: None,
-                original_override: None,
-            },
+            None => {
+                let info = pci::identify(&self.sys, &dev.name, dev.pci)?;
+                if info.driver.as_deref() != Some(pci::VFIO_PCI) {
+                    log::info!(
+                        "{} {}: not on vfio-pci ({}); nothing to release",
+                        dev.name,
+                        dev.pci,
+                        info.driver.as_deref().unwrap_or("no driver")
+                    );
+                    return Ok(());
+                }
+                let rec = BindRecord {
+                    device: dev.name.clone(),
+                    addr: dev.pci,
+                    original_driver: None,
+                    original_override: None,
+                };
+                return match pci::release(&self.sys, &rec) {
+                    Ok(()) => Ok(()),
+                    // The record said "no driver", but the kernel found one
+                    // at reprobe: that is what a release without a record is for.
+                    Err(PciError::Release {
+                        step: pci::ReleaseStep::Verify { .. },
+                        ..
+                    }) if pci::identify(&self.sys, &dev.name, dev.pci)?
+                        .driver
+                        .is_some_and(|d| d != pci::VFIO_PCI) =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                };
+            }
         };
         pci::release(&self.sys, &rec)?;
         let path = self.record_path(&dev.name);

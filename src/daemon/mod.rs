@@ -328,11 +328,14 @@ impl Daemon {
         let status = d.status_line();
         d.notifier.ready(&status);
         d.last_status = status;
+        let socket = match &d.socket_path {
+            Some(p) => p.display().to_string(),
+            None => "from systemd (socket activation)".to_string(),
+        };
         log::info!(
-            "intxd {} ready: {} devices, socket {}",
+            "intxd {} ready: {} devices, socket {socket}",
             env!("CARGO_PKG_VERSION"),
-            d.devices.len(),
-            d.config.daemon.socket.display()
+            d.devices.len()
         );
         Ok(d)
     }

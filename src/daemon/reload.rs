@@ -32,6 +32,16 @@ impl Daemon {
                 return;
             }
         };
+        for f in &new.files {
+            if let Err(e) = crate::config::check_owner(f) {
+                log::error!(
+                    "reload: {}; keeping the running config",
+                    super::requests::chain(&e)
+                );
+                self.finish_reload();
+                return;
+            }
+        }
         if new.daemon != self.config.daemon {
             log::warn!("reload: changes to the [daemon] section take effect at the next restart");
         }
@@ -53,6 +63,12 @@ impl Daemon {
                     refused += 1;
                 }
                 Some(nd) => {
+                    // Give the old function back first (its address may have
+                    // changed), so its original driver is not forgotten.
+                    if self.devices[i].cfg.restore {
+                        self.devices[i].release(&self.binder);
+                    }
+                    self.notifier.watchdog();
                     self.devices[i] = DeviceSlot::open(
                         nd.clone(),
                         &self._sim,
@@ -94,6 +110,9 @@ impl Daemon {
                 refused += 1;
                 continue;
             }
+            // Binding may block on sysfs for up to sysfs_timeout_ms per
+            // write; keep the watchdog fed between devices.
+            self.notifier.watchdog();
             let slot = DeviceSlot::open(
                 nd.clone(),
                 &self._sim,

@@ -61,6 +61,10 @@ const ALLOWED: &[i64] = &[
     libc::SYS_faccessat,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
     libc::SYS_memfd_create,
     // memory, threads, time, signals
     libc::SYS_brk,
