@@ -32,10 +32,13 @@ struct Sd {
 impl Sd {
     fn start(devices: &str) -> Sd {
         require_kvm();
-        // Not under /tmp: the service has PrivateTmp=yes.
+        // Not under /tmp (the service has PrivateTmp=yes) nor /home or /root
+        // (ProtectHome=yes): wherever the checkout is, the service must see
+        // its binary, config and sockets.
+        std::fs::create_dir_all("/var/cache/intxd-tests").unwrap();
         let dir = tempfile::Builder::new()
             .prefix("sd-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .tempdir_in("/var/cache/intxd-tests")
             .unwrap();
         std::fs::set_permissions(
             dir.path(),
@@ -58,7 +61,10 @@ impl Sd {
             )
             .unwrap();
         }
-        let bin = intxd_bin();
+        let bin = dir.path().join("intxd");
+        if std::fs::hard_link(intxd_bin(), &bin).is_err() {
+            std::fs::copy(intxd_bin(), &bin).unwrap();
+        }
         let dropin = |unit: &str, text: String| {
             let d = units.join(format!("{unit}.d"));
             std::fs::create_dir_all(&d).unwrap();
