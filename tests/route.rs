@@ -60,6 +60,12 @@ impl RelayRegistrar for TestLoop {
     }
 }
 
+/// A relay route wired on `dev`, with fresh VMM eventfds.
+fn wired_relay(dev: &mut SimDevice, lp: &mut TestLoop) -> intxd::route::Route {
+    let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
+    attach(dev, Mode::Relay, irq, resample, &RelayConfig::default(), lp).unwrap()
+}
+
 fn setup() -> (SimHost, SimDevice, TestLoop) {
     let host = SimHost::start().unwrap();
     let dev = host.add_device("nic0", 0, AckPolicy::Raise).unwrap();
@@ -184,16 +190,7 @@ fn a_wired_route_has_run_every_step_in_order() {
 #[test]
 fn teardown_is_ordered_and_idempotent() {
     let (_h, mut dev, mut lp) = setup();
-    let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
-    let mut route = attach(
-        &mut dev,
-        Mode::Relay,
-        irq,
-        resample,
-        &RelayConfig::default(),
-        &mut lp,
-    )
-    .unwrap();
+    let mut route = wired_relay(&mut dev, &mut lp);
 
     let first = route.teardown(&mut dev, &mut lp);
     let second = route.teardown(&mut dev, &mut lp);
@@ -207,16 +204,7 @@ fn teardown_is_ordered_and_idempotent() {
 #[test]
 fn teardown_keeps_going_when_an_undo_fails_and_reports_it() {
     let (_h, mut dev, mut lp) = setup();
-    let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
-    let mut route = attach(
-        &mut dev,
-        Mode::Relay,
-        irq,
-        resample,
-        &RelayConfig::default(),
-        &mut lp,
-    )
-    .unwrap();
+    let mut route = wired_relay(&mut dev, &mut lp);
     dev.inject_fault(IntxOp::SetUnmask, libc::EIO);
 
     let errors = route.teardown(&mut dev, &mut lp);
