@@ -153,20 +153,23 @@ fn a_missing_key_is_named() {
     assert!(fix.contains("add the key"));
 }
 
+/// A directory with `intxd.toml` holding `main` and, in `dropin_dir`, one
+/// drop-in `a.toml` holding `dropin`.
+fn tree(main: &str, dropin_dir: &str, dropin: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(dropin_dir)).unwrap();
+    std::fs::write(dir.path().join("intxd.toml"), main).unwrap();
+    std::fs::write(dir.path().join(dropin_dir).join("a.toml"), dropin).unwrap();
+    dir
+}
+
 #[test]
 fn a_drop_in_may_not_hold_a_daemon_table() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("devices.d")).unwrap();
-    std::fs::write(
-        dir.path().join("intxd.toml"),
+    let dir = tree(
         "[daemon]\nsocket = \"/tmp/x.sock\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("devices.d/a.toml"),
+        "devices.d",
         "[daemon]\nsocket = \"/tmp/y.sock\"\n",
-    )
-    .unwrap();
+    );
 
     let err = load(&dir.path().join("intxd.toml")).unwrap_err();
 
@@ -180,18 +183,11 @@ fn a_drop_in_may_not_hold_a_daemon_table() {
 
 #[test]
 fn duplicates_across_drop_ins_are_caught() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("devices.d")).unwrap();
-    std::fs::write(
-        dir.path().join("intxd.toml"),
+    let dir = tree(
         "[[device]]\nname = \"a\"\npci = \"sim:0\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("devices.d/b.toml"),
+        "devices.d",
         "[[device]]\nname = \"b\"\npci = \"sim:0\"\n",
-    )
-    .unwrap();
+    );
 
     let err = load(&dir.path().join("intxd.toml")).unwrap_err();
 
@@ -299,18 +295,11 @@ fn a_state_dir_that_is_relative_or_a_file_is_refused() {
 
 #[test]
 fn a_relative_devices_dir_is_relative_to_the_config_file() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("lab.d")).unwrap();
-    std::fs::write(
-        dir.path().join("intxd.toml"),
+    let dir = tree(
         "[daemon]\ndevices_dir = \"lab.d\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("lab.d/a.toml"),
+        "lab.d",
         "[[device]]\nname = \"a\"\npci = \"sim:0\"\n",
-    )
-    .unwrap();
+    );
     // The tests run in the crate's directory, not in `dir`.
     assert_ne!(std::env::current_dir().unwrap(), dir.path());
 

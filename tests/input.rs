@@ -23,9 +23,12 @@ fn refused(c: &mut Client, data: &[u8], fds: &[BorrowedFd<'_>]) -> ErrorBody {
     }
 }
 
-/// Sends each packet (with a fresh eventfd pair) and checks it is refused
-/// with `bad_request`, a message containing `want`, and no attach.
-fn check_refused(d: &DaemonProc, cases: &[(&str, &str)]) {
+/// Starts a daemon with one emulated device, sends it each packet (with a
+/// fresh eventfd pair) and checks it is refused with `bad_request`, a
+/// message containing `want`, and no attach.
+fn check_refused(cases: &[(&str, &str)]) {
+    require_kvm();
+    let d = DaemonProc::start(&sim_device("sim0", 0));
     let mut c = d.client();
     for (data, want) in cases {
         let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
@@ -47,74 +50,56 @@ fn check_refused(d: &DaemonProc, cases: &[(&str, &str)]) {
 
 #[test]
 fn a_request_that_is_a_json_array_is_refused_and_attaches_nothing() {
-    require_kvm();
-    let d = DaemonProc::start(&sim_device("sim0", 0));
-
-    check_refused(
-        &d,
-        &[
-            (
-                r#"["attach","sim0","user","relay",["irq","resample"]]"#,
-                "a request is one JSON object, and this is an array",
-            ),
-            (r#"["status"]"#, "a request is one JSON object"),
-            (r#""status""#, "and this is a string"),
-            ("3", "and this is a number"),
-            ("null", "and this is null"),
-        ],
-    );
+    check_refused(&[
+        (
+            r#"["attach","sim0","user","relay",["irq","resample"]]"#,
+            "a request is one JSON object, and this is an array",
+        ),
+        (r#"["status"]"#, "a request is one JSON object"),
+        (r#""status""#, "and this is a string"),
+        ("3", "and this is a number"),
+        ("null", "and this is null"),
+    ]);
 }
 
 #[test]
 fn an_enum_value_in_object_form_is_refused() {
-    require_kvm();
-    let d = DaemonProc::start(&sim_device("sim0", 0));
-
-    check_refused(
-        &d,
-        &[
-            (
-                r#"{"op":"attach","device":"sim0","irqchip":"user","mode":{"relay":null},"fds":["irq","resample"]}"#,
-                "`mode`",
-            ),
-            (
-                r#"{"op":"attach","device":"sim0","irqchip":{"user":null},"fds":["irq","resample"]}"#,
-                "`irqchip` must be a string",
-            ),
-            (
-                r#"{"op":"attach","device":"sim0","irqchip":"user","fds":[{"irq":null},"resample"]}"#,
-                "`fds`",
-            ),
-            (
-                r#"{"op":"attach","device":"sim0","irqchip":"user","fds":[["irq"],"resample"]}"#,
-                "`fds`",
-            ),
-        ],
-    );
+    check_refused(&[
+        (
+            r#"{"op":"attach","device":"sim0","irqchip":"user","mode":{"relay":null},"fds":["irq","resample"]}"#,
+            "`mode`",
+        ),
+        (
+            r#"{"op":"attach","device":"sim0","irqchip":{"user":null},"fds":["irq","resample"]}"#,
+            "`irqchip` must be a string",
+        ),
+        (
+            r#"{"op":"attach","device":"sim0","irqchip":"user","fds":[{"irq":null},"resample"]}"#,
+            "`fds`",
+        ),
+        (
+            r#"{"op":"attach","device":"sim0","irqchip":"user","fds":[["irq"],"resample"]}"#,
+            "`fds`",
+        ),
+    ]);
 }
 
 #[test]
 fn a_key_repeated_in_a_request_is_refused() {
-    require_kvm();
-    let d = DaemonProc::start(&sim_device("sim0", 0));
-
-    check_refused(
-        &d,
-        &[
-            (
-                r#"{"op":"status","op":"detach","device":"x"}"#,
-                "key `op` appears more than once",
-            ),
-            (
-                r#"{"op":"attach","device":"nope","irqchip":"user","device":"sim0","fds":["irq","resample"]}"#,
-                "key `device` appears more than once",
-            ),
-            (
-                r#"{"op":"attach","device":"sim0","irqchip":"user","mode":"direct","mode":"relay","fds":["irq","resample"]}"#,
-                "key `mode` appears more than once",
-            ),
-        ],
-    );
+    check_refused(&[
+        (
+            r#"{"op":"status","op":"detach","device":"x"}"#,
+            "key `op` appears more than once",
+        ),
+        (
+            r#"{"op":"attach","device":"nope","irqchip":"user","device":"sim0","fds":["irq","resample"]}"#,
+            "key `device` appears more than once",
+        ),
+        (
+            r#"{"op":"attach","device":"sim0","irqchip":"user","mode":"direct","mode":"relay","fds":["irq","resample"]}"#,
+            "key `mode` appears more than once",
+        ),
+    ]);
 }
 
 #[test]
