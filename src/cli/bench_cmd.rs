@@ -7,6 +7,11 @@ use super::{logging, CmdResult};
 use intxd::bench::BenchOptions;
 
 pub fn bench(json: bool, cycles: u64, rounds: usize, scale: &str, scale_secs: f64) -> CmdResult {
+    // Before anything else: the bench starts `intxd run`, which refuses a
+    // config not owned by root and binds devices.
+    if !nix::unistd::geteuid().is_root() {
+        return Err("intxd bench needs root: it starts `intxd run` daemons (which refuse a config not owned by root) and real KVM guests; run it as root, e.g. with sudo".into());
+    }
     logging::init("warn");
     if !std::path::Path::new("/dev/kvm").exists() {
         return Err("/dev/kvm is missing: the benchmark runs real KVM guests".into());

@@ -94,12 +94,14 @@ pub fn bind(config: &Path, device: &str, bind: bool) -> CmdResult {
 
 pub fn check_config(config: &Path) -> CmdResult {
     let cfg = intxd::config::load(config)?;
+    // File names may hold anything; never echo their control bytes.
+    let shown = |p: &Path| intxd::config::escape(&p.display().to_string());
     println!(
         "{}: ok: {} device(s) from {} file(s); socket {}",
-        config.display(),
+        shown(config),
         cfg.devices.len(),
         cfg.files.len(),
-        cfg.daemon.socket.display()
+        shown(&cfg.daemon.socket)
     );
     for d in &cfg.devices {
         println!(
@@ -107,7 +109,7 @@ pub fn check_config(config: &Path) -> CmdResult {
             d.name,
             d.pci.to_string(),
             format!("{:?}", d.mode).to_lowercase(),
-            d.defined_at
+            intxd::config::escape(&d.defined_at)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -79,7 +79,7 @@ enum Cmd {
         #[arg(long, default_value = "auto")]
         mode: String,
         /// Seconds to hold the device before detaching.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = hold_seconds)]
         hold: f64,
     },
     /// Soak a device: a built-in VMM attaches it and counts every interrupt.
@@ -103,16 +103,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Cycles per run.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, allow_negative_numbers = true, value_parser = cycles)]
         cycles: u64,
         /// Rounds of baseline, direct, relay/kernel, relay/user.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
+        #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = rounds)]
+        rounds: u64,
         /// Device counts for the scale part (comma-separated; "" skips it).
         #[arg(long, default_value = "1,16,64,256")]
         scale: String,
         /// Seconds per scale step.
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 2.0, allow_negative_numbers = true, value_parser = run_seconds)]
         scale_secs: f64,
     },
 }
@@ -127,10 +127,10 @@ pub struct SoakArgs {
     #[arg(long, value_enum, default_value_t = ChipArg::All)]
     irqchip: ChipArg,
     /// Cycles per run.
-    #[arg(long, conflicts_with = "duration")]
+    #[arg(long, conflicts_with = "duration", allow_negative_numbers = true, value_parser = cycles)]
     cycles: Option<u64>,
     /// Seconds per run.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = run_seconds)]
     duration: Option<f64>,
     /// Config for the in-process daemon (default: one emulated device).
     #[arg(long)]
@@ -160,10 +160,77 @@ enum ChipArg {
     All,
 }
 
+/// The longest duration a flag takes: one year, in seconds.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A number of seconds from 0 to [`MAX_SECONDS`] (finite, not negative).
+fn seconds(s: &str, zero_ok: bool) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let low = if zero_ok { "from 0" } else { "above 0 and" };
+    if !v.is_finite() || v < 0.0 || (v == 0.0 && !zero_ok) || v > MAX_SECONDS {
+        return Err(format!(
+            "give a number of seconds {low} up to {MAX_SECONDS} (one year), e.g. 2.5"
+        ));
+    }
+    Ok(v)
+}
+
+/// A whole number from 1 to `max`.
+fn count(s: &str, max: u64) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("give a whole number from 1 to {max}")),
+    }
+}
+
+/// `--cycles`: at least one.
+fn cycles(s: &str) -> Result<u64, String> {
+    count(s, u64::MAX)
+}
+
+/// `bench --rounds`: 1 to 1000.
+fn rounds(s: &str) -> Result<u64, String> {
+    count(s, 1000)
+}
+
+/// `attach --hold`: 0 (detach at once) up to a year.
+fn hold_seconds(s: &str) -> Result<f64, String> {
+    seconds(s, true)
+}
+
+/// `soak --duration`, `bench --scale-secs`: above 0, up to a year.
+fn run_seconds(s: &str) -> Result<f64, String> {
+    seconds(s, false)
+}
+
+/// Lets a write to a closed stdout end the process as it ends `cat`
+/// (killed by SIGPIPE, silently), instead of Rust's default of ignoring
+/// SIGPIPE, which turns `intxd status | head -0` into a panic. Only for the
+/// commands that print and exit: the daemon and the two servers keep
+/// SIGPIPE ignored, so a vanished peer can never kill them (their socket
+/// writes also use `MSG_NOSIGNAL`).
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: SIG_DFL installs no handler code, and this runs at the start
+    // of main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Parses the command line and runs the subcommand. Errors are printed once,
 /// with their whole chain.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.cmd,
+        Cmd::Run { .. } | Cmd::SimHost { .. } | Cmd::BenchDevice { .. }
+    ) {
+        default_sigpipe();
+    }
     let result = match cli.cmd {
         Cmd::Run { config } => daemon_cmd::run(&config),
         Cmd::CheckConfig { config } => daemon_cmd::check_config(&config),
@@ -182,18 +249,36 @@ pub fn main() -> ExitCode {
             logging::init("info");
             intxd::sim::remote::serve(&socket)
                 .map(|()| ExitCode::SUCCESS)
-                .map_err(|e| e.into())
+                .map_err(|e| {
+                    format!(
+                        "sim-host: cannot listen at {} (or serve emulated devices there): {e}; check that its directory exists and is writable",
+                        socket.display()
+                    )
+                    .into()
+                })
         }
         Cmd::BenchDevice { socket } => intxd::bench::bare::serve(&socket)
             .map(|()| ExitCode::SUCCESS)
-            .map_err(|e| e.into()),
+            .map_err(|e| {
+                format!(
+                    "bench-device: cannot connect to {} (the bench's socket) or serve its baseline device: {e}",
+                    socket.display()
+                )
+                .into()
+            }),
         Cmd::Bench {
             json,
             cycles,
             rounds,
             scale,
             scale_secs,
-        } => bench_cmd::bench(json, cycles, rounds, &scale, scale_secs),
+        } => bench_cmd::bench(
+            json,
+            cycles,
+            usize::try_from(rounds).unwrap_or(usize::MAX),
+            &scale,
+            scale_secs,
+        ),
     };
     match result {
         Ok(code) => code,

@@ -1,17 +1,24 @@
 //! The configuration: `/etc/intxd/intxd.toml` plus drop-ins in
 //! `devices.d/*.toml`, in three layers (as zincati does): raw TOML with
-//! `deny_unknown_fields` (`raw.rs`), merged files, and validated settings
-//! ([`Config`]). Every mistake names the file, the line and column, the key
-//! and the fix.
+//! `deny_unknown_fields` (`raw.rs`, parsed and located in `source.rs`),
+//! the files read without blocking (`files.rs`), and validated settings
+//! ([`Config`]; the `[daemon]` table in `daemon.rs`). Every mistake names
+//! the file, the line and column, the key's full path and the fix, with
+//! whatever came from the config escaped and cut.
 
+mod daemon;
 mod error;
+mod files;
 mod pci_addr;
 mod raw;
+mod source;
 mod validate;
 
-pub use error::ConfigError;
+pub use daemon::DaemonConfig;
+pub use error::{escape, ConfigError, MAX_FILE_BYTES};
+pub use files::load;
 pub use pci_addr::PciAddr;
-pub use validate::{load, load_str, Config, DaemonConfig, DeviceConfig, Exerciser, ModePolicy};
+pub use validate::{load_str, Config, DeviceConfig, Exerciser, ModePolicy};
 
 /// Refuses a config file that anyone but root could have written: intxd
 /// runs as root and binds whatever the config names.

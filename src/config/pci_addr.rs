@@ -40,13 +40,15 @@ impl FromStr for PciAddr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The text as messages quote it: escaped and cut.
+        let q = super::error::shown(s);
         if let Some(n) = s.strip_prefix("sim:") {
             return n.parse::<u32>().map(PciAddr::Sim).map_err(|_| {
-                format!("`{s}`: the emulated device number must be a decimal number")
+                format!("`{q}`: the emulated device number must be a decimal number")
             });
         }
         let bad =
-            || format!("`{s}` is not a PCI address (DDDD:BB:DD.F, e.g. 0000:03:00.0) or `sim:N`");
+            || format!("`{q}` is not a PCI address (DDDD:BB:DD.F, e.g. 0000:03:00.0) or `sim:N`");
         let (rest, function) = s.rsplit_once('.').ok_or_else(bad)?;
         let parts: Vec<&str> = rest.split(':').collect();
         let (domain, bus, device) = match parts.as_slice() {
@@ -57,7 +59,10 @@ impl FromStr for PciAddr {
         let hex = |t: &str, max: u32, what: &str| -> Result<u32, String> {
             let v = u32::from_str_radix(t, 16).map_err(|_| bad())?;
             if t.is_empty() || v > max {
-                Err(format!("`{s}`: {what} {t} is out of range (0..={max:x})"))
+                Err(format!(
+                    "`{q}`: {what} {} is out of range (0..={max:x})",
+                    super::error::shown(t)
+                ))
             } else {
                 Ok(v)
             }

@@ -17,16 +17,16 @@ pub(super) struct RawFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDaemon {
-    pub socket: Option<String>,
+    pub socket: Option<Spanned<String>>,
     pub socket_mode: Option<Spanned<String>>,
-    pub socket_group: Option<String>,
-    pub state_dir: Option<String>,
-    pub devices_dir: Option<String>,
+    pub socket_group: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub devices_dir: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u64>>,
-    pub sim_host: Option<String>,
+    pub sim_host: Option<Spanned<String>>,
     pub seccomp: Option<bool>,
-    pub sysfs_root: Option<String>,
-    pub proc_root: Option<String>,
+    pub sysfs_root: Option<Spanned<String>>,
+    pub proc_root: Option<Spanned<String>>,
     pub sysfs_timeout_ms: Option<Spanned<u64>>,
 }
 

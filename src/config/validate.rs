@@ -7,38 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::error::{line_col, ConfigError};
+use super::daemon::{daemon_section, DaemonConfig};
+use super::error::{line_col, shown, ConfigError};
 use super::raw::{RawDevice, RawFile};
+use super::source::Source;
 use super::PciAddr;
 use crate::relay::RelayConfig;
 use crate::sim::AckPolicy;
-
-/// The daemon section.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DaemonConfig {
-    /// Control socket path.
-    pub socket: PathBuf,
-    /// Control socket mode.
-    pub socket_mode: u32,
-    /// Group that owns the control socket.
-    pub socket_group: Option<String>,
-    /// State directory.
-    pub state_dir: PathBuf,
-    /// Most client connections at once.
-    pub max_connections: usize,
-    /// Serve `sim:N` devices from `intxd sim-host` at this socket instead of
-    /// in-process (so they outlive a daemon restart, as VFIO does).
-    pub sim_host: Option<PathBuf>,
-    /// Install the steady-state seccomp filter once ready (`intxd run`).
-    pub seccomp: bool,
-    /// Where sysfs is (a fake tree in tests).
-    pub sysfs_root: PathBuf,
-    /// Where procfs is (for the in-use checks).
-    pub proc_root: PathBuf,
-    /// How long one sysfs write may block (an unbind waits for whoever holds
-    /// the device), milliseconds.
-    pub sysfs_timeout_ms: u64,
-}
 
 /// How a device's route mode is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,103 +100,22 @@ impl Config {
     }
 }
 
-struct Source<'a> {
-    file: &'a Path,
-    text: &'a str,
-}
-
-impl Source<'_> {
-    fn err(&self, span: Range<usize>, key: &str, message: String, fix: &str) -> ConfigError {
-        let (line, column) = line_col(self.text, span.start);
-        ConfigError::Invalid {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            key: key.to_string(),
-            message,
-            fix: fix.to_string(),
-        }
-    }
-
-    fn parse(&self) -> Result<RawFile, ConfigError> {
-        toml::from_str::<RawFile>(self.text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().to_string();
-            let key = msg
-                .split('`')
-                .nth(1)
-                .filter(|_| msg.starts_with("unknown field") || msg.starts_with("missing field"))
-                .unwrap_or("(toml)")
-                .to_string();
-            let fix = if msg.starts_with("unknown field") {
-                "remove the key or correct its spelling; docs/configuration.md lists every key"
-            } else if msg.starts_with("missing field") {
-                "add the key; docs/configuration.md shows an example"
-            } else if msg.contains("duplicate") {
-                "each key may appear once per table; remove the repeat"
-            } else {
-                "write the value with the type shown in docs/configuration.md"
-            };
-            self.err(span, &key, msg, fix)
-        })
-    }
-}
-
-/// Loads the main config file and the drop-ins in its `devices.d/`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    let main = Source {
-        file: path,
-        text: &text,
-    };
-    let raw = main.parse()?;
-    let dir = raw
-        .daemon
-        .as_ref()
-        .and_then(|d| d.get_ref().devices_dir.clone())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("devices.d"));
-    let mut dropins = Vec::new();
-    match std::fs::read_dir(&dir) {
-        Ok(entries) => {
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "toml") {
-                    dropins.push(p);
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(ConfigError::Read { file: dir, source }),
-    }
-    dropins.sort();
-    let mut texts = Vec::new();
-    for p in &dropins {
-        let t = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-            file: p.clone(),
-            source,
-        })?;
-        texts.push((p.clone(), t));
-    }
-    let extra: Vec<(&Path, &str)> = texts
-        .iter()
-        .map(|(p, t)| (p.as_path(), t.as_str()))
-        .collect();
-    build(main, raw, &extra)
-}
-
 /// Validates config text (no drop-ins), naming `file` in errors.
 pub fn load_str(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let main = Source { file, text };
     let raw = main.parse()?;
-    build(main, raw, &[])
+    let daemon = daemon_section(&main, &raw)?;
+    build(main, raw, daemon, &[])
 }
 
-fn build(main: Source<'_>, raw: RawFile, dropins: &[(&Path, &str)]) -> Result<Config, ConfigError> {
-    let daemon = daemon_section(&main, &raw)?;
+/// The validated config from the main file's raw layer and daemon table,
+/// and the drop-ins' texts.
+pub(super) fn build(
+    main: Source<'_>,
+    raw: RawFile,
+    daemon: DaemonConfig,
+    dropins: &[(&Path, &str)],
+) -> Result<Config, ConfigError> {
     let mut files = vec![main.file.to_path_buf()];
     let mut devices = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
@@ -252,76 +146,6 @@ fn build(main: Source<'_>, raw: RawFile, dropins: &[(&Path, &str)]) -> Result<Co
     })
 }
 
-fn daemon_section(src: &Source<'_>, raw: &RawFile) -> Result<DaemonConfig, ConfigError> {
-    let mut cfg = DaemonConfig {
-        socket: PathBuf::from("/run/intxd/control.sock"),
-        socket_mode: 0o660,
-        socket_group: None,
-        state_dir: PathBuf::from("/var/lib/intxd"),
-        max_connections: 256,
-        sim_host: None,
-        seccomp: true,
-        sysfs_root: PathBuf::from("/sys"),
-        proc_root: PathBuf::from("/proc"),
-        sysfs_timeout_ms: 5000,
-    };
-    let Some(d) = &raw.daemon else {
-        return Ok(cfg);
-    };
-    let d = d.get_ref();
-    if let Some(s) = &d.socket {
-        cfg.socket = PathBuf::from(s);
-    }
-    if let Some(m) = &d.socket_mode {
-        cfg.socket_mode = u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|v| *v <= 0o777)
-            .ok_or_else(|| {
-                src.err(
-                    m.span(),
-                    "daemon.socket_mode",
-                    format!("`{}` is not an octal file mode", m.get_ref()),
-                    "write the mode as an octal string, e.g. socket_mode = \"0660\"",
-                )
-            })?;
-    }
-    cfg.socket_group = d.socket_group.clone();
-    cfg.sim_host = d.sim_host.as_ref().map(PathBuf::from);
-    cfg.seccomp = d.seccomp.unwrap_or(true);
-    if let Some(r) = &d.sysfs_root {
-        cfg.sysfs_root = PathBuf::from(r);
-    }
-    if let Some(r) = &d.proc_root {
-        cfg.proc_root = PathBuf::from(r);
-    }
-    if let Some(t) = &d.sysfs_timeout_ms {
-        if !(100..=600_000).contains(t.get_ref()) {
-            return Err(src.err(
-                t.span(),
-                "daemon.sysfs_timeout_ms",
-                format!("{} ms is out of range", t.get_ref()),
-                "use 100 to 600000 (the default is 5000)",
-            ));
-        }
-        cfg.sysfs_timeout_ms = *t.get_ref();
-    }
-    if let Some(s) = &d.state_dir {
-        cfg.state_dir = PathBuf::from(s);
-    }
-    if let Some(m) = &d.max_connections {
-        if *m.get_ref() == 0 || *m.get_ref() > 65536 {
-            return Err(src.err(
-                m.span(),
-                "daemon.max_connections",
-                format!("{} is out of range", m.get_ref()),
-                "use a number from 1 to 65536",
-            ));
-        }
-        cfg.max_connections = *m.get_ref() as usize;
-    }
-    Ok(cfg)
-}
-
 fn device(
     src: &Source<'_>,
     i: usize,
@@ -345,7 +169,7 @@ fn device(
         return Err(src.err(
             raw.name.span(),
             &key("name"),
-            format!("`{name}` is not a valid device name"),
+            format!("`{}` is not a valid device name", shown(&name)),
             "use 1 to 32 characters from a-z, A-Z, 0-9, '-' and '_'",
         ));
     }
@@ -382,7 +206,7 @@ fn device(
             return Err(src.err(
                 span,
                 &key("mode"),
-                format!("unknown mode `{other}`"),
+                format!("unknown mode `{}`", shown(other)),
                 "use \"auto\", \"direct\" or \"relay\"",
             ));
         }
@@ -448,7 +272,7 @@ fn device(
                     return Err(src.err(
                         span,
                         &key("sim.after_ack"),
-                        format!("unknown ack policy `{other}`"),
+                        format!("unknown ack policy `{}`", shown(other)),
                         "use \"raise\", \"raise-after\", \"stay-low\" or \"ignore\"",
                     ));
                 }

@@ -326,23 +326,10 @@ impl Incoming {
     }
 }
 
-/// Decodes a request packet, mapping failures to their error codes.
-pub fn decode_request(bytes: &[u8]) -> Result<Request, ErrorBody> {
-    if bytes.is_empty() {
-        return Err(ErrorBody {
-            code: ErrorCode::EmptyMessage,
-            message: "empty packet; send one JSON object per packet".into(),
-        });
-    }
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ErrorBody {
-        code: ErrorCode::BadJson,
-        message: format!("not a JSON object: {e}"),
-    })?;
-    serde_json::from_value(v).map_err(|e| ErrorBody {
-        code: ErrorCode::BadRequest,
-        message: format!("not a valid request: {e}; see docs/protocol.md"),
-    })
-}
+/// Decodes a request packet, mapping failures to their error codes (the
+/// strict decoder lives with the other packet checks, in
+/// [`super::validate`]).
+pub use super::validate::decode_request;
 
 impl Reply {
     /// An error reply.

@@ -1,9 +1,14 @@
 //! Every check a request packet passes before the daemon acts on it, as one
-//! pure function: size, control data, fd count, JSON, hello-first, and the
-//! kind of every fd. The daemon closes a refused packet's fds; this module
-//! only decides. (It is also what the protocol fuzz target drives.)
+//! pure function: size, control data, fd count, strict JSON, hello-first,
+//! and the kind of every fd. The daemon closes a refused packet's fds; this
+//! module only decides. (It is also what the protocol fuzz target drives.)
 
-use super::proto::{decode_request, ErrorBody, ErrorCode, FdRole, Request};
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::proto::{ErrorBody, ErrorCode, FdRole, Request};
 use super::wire::{MAX_FDS, MAX_MESSAGE};
 use crate::util::fd::FdKind;
 
@@ -102,4 +107,137 @@ pub fn check_attach_fds(roles: &[FdRole], kinds: &[FdKind]) -> Result<(), ErrorB
         }
     }
     Ok(())
+}
+
+/// Decodes a request packet, mapping failures to their error codes. This is
+/// the one place that decides what a request may look like: one JSON object
+/// (not an array, a string, a number or `null`), each key once, and every
+/// field a string, a number, a boolean, `null` or an array of those (no
+/// request field is an object, so an enum value in serde's object form,
+/// `"mode":{"relay":null}`, is refused); then the fields `Request` names,
+/// with their types.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, ErrorBody> {
+    if bytes.is_empty() {
+        return Err(refuse(
+            ErrorCode::EmptyMessage,
+            "empty packet; send one JSON object per packet",
+        ));
+    }
+    let bad_request = |what: String| {
+        refuse(
+            ErrorCode::BadRequest,
+            format!("not a valid request: {what}; see docs/protocol.md"),
+        )
+    };
+    let v = serde_json::from_slice::<Strict>(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => bad_request(e.to_string()),
+        _ => refuse(ErrorCode::BadJson, format!("not a JSON object: {e}")),
+    })?;
+    let fields = match v.0 {
+        Value::Object(m) => m,
+        other => {
+            return Err(bad_request(format!(
+                "a request is one JSON object, and this is {}",
+                kind(&other)
+            )))
+        }
+    };
+    for (key, value) in &fields {
+        let nested = match value {
+            Value::Object(_) => Some(format!("it is {}", kind(value))),
+            Value::Array(items) => items
+                .iter()
+                .position(|i| matches!(i, Value::Object(_) | Value::Array(_)))
+                .map(|at| format!("its element {at} is {}", kind(&items[at]))),
+            _ => None,
+        };
+        if let Some(nested) = nested {
+            return Err(bad_request(format!(
+                "`{}` must be a string, a number, a boolean, null or an array of those, and {nested} (enum values are plain strings, e.g. \"mode\":\"relay\")",
+                cut(key)
+            )));
+        }
+    }
+    serde_json::from_value(Value::Object(fields)).map_err(|e| bad_request(e.to_string()))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A key as an error message quotes it: at most 64 characters.
+fn cut(key: &str) -> String {
+    match key.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &key[..at]),
+        None => key.to_string(),
+    }
+}
+
+/// A JSON value read with every object's keys checked for repeats
+/// (`serde_json::Value` keeps the last of them).
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if fields.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "key `{}` appears more than once; give each key once",
+                    cut(&key)
+                )));
+            }
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
 }
