@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod doctor;
+pub mod lab;
 pub mod pci;
 pub mod relay;
 pub mod route;

@@ -155,6 +155,12 @@ pub struct SoakArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Write a lab report (JSON lines per interval, summary, HTML page) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Seconds per report interval.
+    #[arg(long, default_value_t = 10.0, requires = "report")]
+    interval: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

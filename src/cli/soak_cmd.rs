@@ -57,6 +57,13 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
     let duration = args.duration.map(Duration::from_secs_f64);
     let tty = std::io::stderr().is_terminal() && !args.json;
     let before = daemon_figures(&socket);
+    let mut recorder = match &args.report {
+        Some(_) => Some(intxd::lab::Recorder::connect(
+            &socket,
+            Duration::from_secs_f64(args.interval.max(0.1)),
+        )?),
+        None => None,
+    };
     let mut report = SoakReport {
         runs: Vec::new(),
         resources: None,
@@ -71,9 +78,20 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
                 stall: Duration::from_secs(2),
             };
             let label = format!("{device} {mode}/{irqchip}");
+            if let Some(r) = recorder.as_mut() {
+                r.begin_run(
+                    report.runs.len(),
+                    &device,
+                    &mode.to_string(),
+                    &irqchip.to_string(),
+                );
+            }
             let bar = progress_bar(tty, cycles, &label);
             let mut last_line = Instant::now();
             let mut progress = |count: u64, elapsed: Duration| {
+                if let Some(r) = recorder.as_mut() {
+                    r.progress(count, elapsed);
+                }
                 let rate = count as f64 / elapsed.as_secs_f64().max(1e-9);
                 if let Some(b) = &bar {
                     b.set_position(count);
@@ -92,6 +110,9 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
+            if let Some(r) = recorder.as_mut() {
+                r.end_run(&run);
+            }
             report.runs.push(run);
         }
     }
@@ -107,6 +128,10 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         });
     }
     drop(inproc);
+    let first_failure = match (recorder, &args.report) {
+        (Some(r), Some(dir)) => r.finish(dir, &report)?.first_failure,
+        _ => None,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -120,7 +145,16 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
             }
         }
     }
-    Ok(if report.is_clean() {
+    if let Some(dir) = &args.report {
+        eprintln!(
+            "intxd soak: report in {}",
+            dir.join("report.html").display()
+        );
+    }
+    if let Some(f) = &first_failure {
+        println!("FAIL first failing {f}");
+    }
+    Ok(if report.is_clean() && first_failure.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
