@@ -131,10 +131,12 @@ fn a_shared_line_with_nointxmask_is_predicted_to_fail_with_ebusy() {
 
     let r = doctor::run(&host, &kvm_ok(), &systemd("systemd", 252), &edu());
 
+    // The table of docs/operations.md (`--nocapture` shows it).
+    println!("{}", r.table());
     let line = finding(&r, "edu0", "shared line");
     assert_eq!(line.status, Status::Fail, "{}", r.table());
     for part in [
-        "host IRQ 21 is shared with 0000:00:06.0 (virtio-pci: virtio0)",
+        "host IRQ 21 of 0000:00:05.0 is shared with 0000:00:06.0 (virtio-pci: virtio0)",
         "vfio_pci.nointxmask=1",
         "EBUSY",
         "genirq: Flags mismatch irq 21",
@@ -180,7 +182,7 @@ fn the_daemon_gets_the_same_diagnosis_as_doctor() {
 
     assert_eq!(&d, finding(&r, "edu0", "shared line"));
     let m = d.message();
-    assert!(m.starts_with("edu0: 0000:00:05.0 edu0: host IRQ 21"), "{m}");
+    assert!(m.starts_with("edu0: host IRQ 21 of 0000:00:05.0"), "{m}");
     assert!(m.contains("; fixes: (1) move the card"), "{m}");
     assert!(m.contains(" (3) unbind the other driver"), "{m}");
 }
@@ -293,7 +295,7 @@ fn the_host_checks_read_iommu_remapping_vfio_and_dev_nodes() {
     );
     assert!(params
         .found
-        .contains("takes effect only when vfio-pci is loaded again"));
+        .contains("a change takes effect only when vfio-pci is loaded again"));
     assert_eq!(finding(&r, "host", "vfio container").status, Status::Ok);
     assert!(finding(&r, "host", "vfio cdev")
         .found

@@ -56,7 +56,7 @@ pub(super) fn check(host: &Host, d: &DeviceRef) -> Vec<Finding> {
             n,
             "intx masking",
             Status::Warn,
-            format!("no PCI 2.3 masking: {reason}; the function needs a host line of its own"),
+            format!("no PCI 2.3 masking ({reason}): the function needs a host line of its own"),
         ),
         Masking::Unknown(why) => Finding::new(
             n,

@@ -272,22 +272,18 @@ fn vfio_pci(host: &Host) -> Vec<Finding> {
     } else {
         "put `options vfio-pci nointxmask=0` in /etc/modprobe.d/, unbind every function from vfio-pci, then `modprobe -r vfio-pci && modprobe vfio-pci`"
     };
-    let note = "nointxmask and disable_idle_d3 are read when vfio-pci loads: a value written since takes effect only when vfio-pci is loaded again";
-    let f = Finding::new(
-        HOST,
-        "vfio-pci parameters",
-        Status::Ok,
-        format!("{} ({note})", params.join(" ")),
-    );
+    let note = "(nointxmask and disable_idle_d3 are read at load: a change takes effect only when vfio-pci is loaded again)";
+    let params = params.join(" ");
     out.push(if host.nointxmask() {
-        Finding {
-            status: Status::Warn,
-            found: format!("{}; nointxmask=Y turns PCI 2.3 INTx masking off for every function: vfio-pci then masks the whole host line and requests it exclusively, so a function on a shared line fails with EBUSY", f.found),
-            ..f
-        }
+        Finding::new(
+            HOST,
+            "vfio-pci parameters",
+            Status::Warn,
+            format!("{params}: nointxmask=Y turns PCI 2.3 INTx masking off for every function, so vfio-pci requests each host line exclusively and a function on a shared line fails with EBUSY {note}"),
+        )
         .fix(reload)
     } else {
-        f
+        Finding::new(HOST, "vfio-pci parameters", Status::Ok, format!("{params} {note}"))
     });
     out
 }

@@ -109,7 +109,7 @@ pub(crate) fn masking_quirk(info: &FunctionInfo) -> Option<String> {
     BROKEN_MASKING
         .iter()
         .find(|(v, d, _)| *v == info.vendor_id && *d == info.device_id)
-        .map(|(_, _, n)| format!("{n}: the kernel's quirk list marks its INTx masking broken"))
+        .map(|(_, _, n)| format!("{n}: on the kernel's broken INTx masking quirk list"))
 }
 
 /// The function's host line and everyone else on it. `None` when the
@@ -188,7 +188,7 @@ fn row(rows: &[IrqRow], irq: u32) -> Option<&IrqRow> {
 pub fn masking(host: &Host, info: &FunctionInfo, line: Option<&HostLine>) -> Masking {
     if host.nointxmask() {
         return Masking::Broken {
-            reason: "vfio_pci.nointxmask=1 turns PCI 2.3 INTx masking off".to_string(),
+            reason: "vfio_pci.nointxmask=1".to_string(),
             param: true,
         };
     }
@@ -262,10 +262,9 @@ pub(crate) fn diagnose(
     };
     let who: Vec<String> = holders.iter().map(|u| u.describe()).collect();
     let found = format!(
-        "{} {}: host IRQ {} is shared with {}; {why} (the kernel logs \"genirq: Flags mismatch irq {}\")",
-        info.addr,
-        name,
+        "host IRQ {} of {} is shared with {}; {why} (the kernel logs \"genirq: Flags mismatch irq {}\")",
         line.irq,
+        info.addr,
         who.join(", "),
         line.irq
     );
