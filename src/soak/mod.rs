@@ -1,8 +1,10 @@
 //! `intxd soak`: a tiny built-in VMM that drives a device through intxd and
 //! checks that every interrupt cycles exactly once.
 //!
-//! - [`guest`]: the real-mode guest (its bytes and what they do);
-//! - [`vm`]: the KVM VM, guest RAM and `KVM_INTERRUPT`;
+//! - [`arch`]: what differs by architecture: the guest image ([`guest`]),
+//!   the VM and vCPU set-up, the vCPU loops and the userspace interrupt
+//!   controller;
+//! - [`vm`]: the KVM VM, guest RAM, the ioeventfd and the irqfd;
 //! - [`vcpu`]: the vCPU thread, with the kernel or the userspace irqchip;
 //! - [`wiring`]: how the device reaches the VM (through the daemon's socket;
 //!   the benchmark's baseline wires it straight, in `bench::bare`);
@@ -11,8 +13,8 @@
 //! - [`run`]: one run (mode × irqchip) and its figures;
 //! - [`report`]: the summary table and the JSON.
 
+pub mod arch;
 pub mod exerciser;
-pub mod guest;
 pub mod inproc;
 pub mod report;
 pub mod run;
@@ -20,6 +22,7 @@ pub mod vcpu;
 pub mod vm;
 pub mod wiring;
 
+pub use arch::guest;
 pub use inproc::InProcessDaemon;
 pub use report::{Latency, RunReport, SoakReport};
 pub use run::{run_one, RunSpec, Session, SoakError};

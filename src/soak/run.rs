@@ -6,13 +6,15 @@
 //! raises the first interrupt, and the figures come from the guest's count
 //! against the target it was given, and from the host's `/proc/interrupts`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::exerciser::DeviceDriver;
+use super::guest;
 use super::report::{Latency, RunReport};
-use super::vcpu::{UserChipFds, VcpuRunner};
+use super::vcpu::{UserChipFds, VcpuError, VcpuRunner};
 use super::vm::{GuestRam, SoakVm, VmError};
 use super::wiring::{Attached, AttachedDevice, Snapshot, Wiring};
 use crate::control::client::ClientError;
@@ -29,18 +31,92 @@ pub enum SoakError {
     /// The daemon refused or the socket failed.
     #[error("the daemon's control socket")]
     Client(#[source] ClientError),
-    /// The daemon answered something unexpected.
-    #[error("protocol: {0}")]
-    Protocol(String),
-    /// Local set-up failed.
-    #[error("set-up: {0}")]
-    Setup(String),
-    /// The vCPU thread failed.
-    #[error("vCPU: {0}")]
-    Vcpu(String),
+    /// The daemon answered a request with the wrong kind of reply.
+    #[error("{device}: the daemon answered {request} with {reply}; is it the same intxd version as this soak?")]
+    UnexpectedReply {
+        /// The device.
+        device: String,
+        /// The request.
+        request: &'static str,
+        /// The reply, as debug text.
+        reply: String,
+    },
+    /// The attach reply carried fewer fds than its kind of device has.
+    #[error("{device}: the attach reply carried fewer than two device fds; is the daemon the same intxd version as this soak?")]
+    MissingFds {
+        /// The device.
+        device: String,
+    },
+    /// The device is not in the daemon's status.
+    #[error("{device}: not in the daemon's status; was it removed by a reload?")]
+    NotInStatus {
+        /// The device.
+        device: String,
+    },
+    /// [`Wiring::attach`] was used for a real PCI function.
+    #[error("{device}: a real PCI function; attach it with attach_device")]
+    NotEmulated {
+        /// The device.
+        device: String,
+    },
+    /// A real function came without the registers to drive it.
+    #[error("{device} is a real PCI function: the soak raises and acks it through the [device.exerciser] table of its config; pass that config with --config")]
+    NoExerciser {
+        /// The device.
+        device: String,
+    },
+    /// An exerciser register is not one the guest can reach.
+    #[error("{device}: the exerciser's {what} register at {offset:#x} is not a 4-byte register within the first {page} bytes of BAR {bar}; fix [device.exerciser]")]
+    BadExerciser {
+        /// The device.
+        device: String,
+        /// `raise` or `ack`.
+        what: &'static str,
+        /// Its offset.
+        offset: u64,
+        /// The page the guest sees.
+        page: usize,
+        /// The BAR.
+        bar: u32,
+    },
+    /// More cycles than the guest's 32-bit counter holds.
+    #[error("{more} more cycles on top of {current}: the guest counts in 32 bits; run fewer cycles per run")]
+    TooManyCycles {
+        /// Asked for.
+        more: u64,
+        /// The guest's target so far.
+        current: u32,
+    },
+    /// An eventfd of the soak VM failed.
+    #[error("could not {what}")]
+    Eventfd {
+        /// The action.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The in-process daemon could not be set up.
+    #[error("the in-process daemon could not {what}")]
+    InProcess {
+        /// The action.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The in-process daemon refused its config.
+    #[error("the in-process daemon could not start")]
+    Daemon(#[source] crate::daemon::DaemonError),
+    /// The benchmark's baseline device process failed.
+    #[error("the benchmark's baseline device")]
+    Baseline(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The vCPU thread or the soak's interrupt controller failed.
+    #[error("vCPU")]
+    Vcpu(#[from] VcpuError),
     /// The guest never finished its set-up.
-    #[error("the soak guest did not come up within 5 s")]
-    GuestNotReady,
+    #[error("the soak guest did not come up within {0:?}")]
+    GuestNotReady(Duration),
     /// A real function's registers could not be reached.
     #[error(transparent)]
     Region(#[from] RegionError),
@@ -94,7 +170,10 @@ impl<'w> Session<'w> {
         mode: Mode,
     ) -> Result<Session<'w>, SoakError> {
         let mut vm = SoakVm::new(irqchip)?;
-        let ev = |e: std::io::Error| SoakError::Setup(format!("eventfd: {e}"));
+        let ev = |source| SoakError::Eventfd {
+            what: "create or clone the VM's irq and resample eventfds",
+            source,
+        };
         let irq = new_eventfd().map_err(ev)?;
         let resample = new_eventfd().map_err(ev)?;
         if irqchip == Irqchip::Kernel {
@@ -116,7 +195,7 @@ impl<'w> Session<'w> {
                     "{}: BAR {} page mapped into the guest at {:#x}; its ISR acks at +{:#x} and raises at +{:#x}",
                     wiring.device(),
                     ex.bar,
-                    super::guest::DEVICE_PAGE_ADDR,
+                    guest::DEVICE_PAGE_ADDR,
                     ex.ack_offset,
                     ex.raise_offset
                 );
@@ -137,11 +216,8 @@ impl<'w> Session<'w> {
                 resample: resample.try_clone().map_err(ev)?,
             }),
         };
-        let vcpu = vm
-            .vcpu
-            .take()
-            .ok_or_else(|| SoakError::Vcpu("no vCPU".into()))?;
-        let runner = VcpuRunner::start(vcpu, chip).map_err(|e| SoakError::Vcpu(e.to_string()))?;
+        let vcpu = vm.vcpu.take().ok_or(VcpuError::Taken)?;
+        let runner = VcpuRunner::start(vcpu, Arc::clone(&vm.vm), chip)?;
         let session = Session {
             wiring,
             runner: Some(runner),
@@ -155,8 +231,8 @@ impl<'w> Session<'w> {
         };
         let t0 = Instant::now();
         while !session.ram().ready() {
-            if t0.elapsed() > Duration::from_secs(5) {
-                return Err(SoakError::GuestNotReady);
+            if t0.elapsed() > guest::READY_TIMEOUT {
+                return Err(SoakError::GuestNotReady(guest::READY_TIMEOUT));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -228,20 +304,18 @@ impl<'w> Session<'w> {
     /// raised merges with it.
     pub fn ring(&self, n: u64) -> Result<(), SoakError> {
         match &self.side {
-            Side::Sim(a) => a
-                .doorbell
-                .write(n)
-                .map_err(|e| SoakError::Setup(format!("doorbell write: {e}"))),
+            Side::Sim(a) => a.doorbell.write(n).map_err(|source| SoakError::Eventfd {
+                what: "ring the emulated device's doorbell",
+                source,
+            }),
             Side::Vfio(d) => {
                 let old = self.ram().target();
                 let n = u32::try_from(n)
                     .ok()
                     .filter(|n| old.checked_add(*n).is_some())
-                    .ok_or_else(|| {
-                        SoakError::Setup(format!(
-                            "{} more cycles on top of {old}: the guest counts in 32 bits",
-                            n
-                        ))
+                    .ok_or(SoakError::TooManyCycles {
+                        more: n,
+                        current: old,
                     })?;
                 let old = self.ram().add_target(n);
                 if self.ram().count() >= old {
@@ -293,7 +367,7 @@ impl<'w> Session<'w> {
         } else {
             self.wiring.detach()
         };
-        vcpu.map_err(SoakError::Vcpu)?;
+        vcpu?;
         detach
     }
 
