@@ -366,6 +366,13 @@ fn a_group_member_on_a_host_driver_and_an_i40e_are_named() {
         "{}",
         x.found
     );
+    // Configured for intxd too, the member no longer spoils the group.
+    devs.push(DeviceRef {
+        name: "edu0fn1".to_string(),
+        pci: "0000:00:05.1".parse().expect("a"),
+    });
+    let r2 = doctor::run(&host, &kvm_ok(), &systemd("systemd", 252), &devs);
+    assert_eq!(finding(&r2, "edu0", "iommu group").status, Status::Ok);
     let m = doctor::masking(
         &host,
         &intxd::pci::identify(&*host.sys, "xl710", "0000:00:07.0".parse().expect("a")).expect("id"),

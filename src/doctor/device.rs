@@ -9,7 +9,7 @@ use crate::config::PciAddr;
 use crate::pci::{self, group_devices_dir, is_bridge_class, FunctionInfo, VFIO_FRIENDLY_DRIVERS};
 
 /// Every check of one device.
-pub(super) fn check(host: &Host, d: &DeviceRef) -> Vec<Finding> {
+pub(super) fn check(host: &Host, d: &DeviceRef, peers: &[PciAddr]) -> Vec<Finding> {
     let n = d.name.as_str();
     if let PciAddr::Sim(_) = d.pci {
         return vec![Finding::new(
@@ -79,7 +79,7 @@ pub(super) fn check(host: &Host, d: &DeviceRef) -> Vec<Finding> {
             None => line_ok(n, l),
         },
     });
-    out.push(group(host, n, &info));
+    out.push(group(host, n, &info, peers));
     out
 }
 
@@ -140,7 +140,7 @@ fn line_ok(n: &str, l: &line::HostLine) -> Finding {
     )
 }
 
-fn group(host: &Host, n: &str, info: &FunctionInfo) -> Finding {
+fn group(host: &Host, n: &str, info: &FunctionInfo, peers: &[PciAddr]) -> Finding {
     let Some(g) = info.iommu_group else {
         return Finding::new(
             n,
@@ -172,7 +172,8 @@ fn group(host: &Host, n: &str, info: &FunctionInfo) -> Finding {
             driver.as_deref().unwrap_or("no driver")
         ));
         let bridge = class.is_some_and(is_bridge_class);
-        if m.name != bdf && !bridge {
+        let peer = peers.iter().any(|p| p.to_string() == m.name);
+        if m.name != bdf && !bridge && !peer {
             if let Some(d) = driver.filter(|d| !VFIO_FRIENDLY_DRIVERS.contains(&d.as_str())) {
                 offenders.push((m.name.clone(), d));
             }

@@ -152,8 +152,11 @@ pub fn run(host: &Host, kvm: &KvmFacts, systemd: &SystemdFacts, devices: &[Devic
     let mut findings = host::check(host);
     findings.extend(facts::kvm_findings(kvm, host.arch));
     findings.extend(facts::systemd_findings(systemd));
+    // The other configured functions get bound to vfio-pci too: they do
+    // not spoil a group.
+    let peers: Vec<PciAddr> = devices.iter().map(|d| d.pci).collect();
     for d in devices {
-        findings.extend(device::check(host, d));
+        findings.extend(device::check(host, d, &peers));
     }
     Report { findings }
 }
