@@ -10,14 +10,18 @@
 //!   the benchmark's baseline wires it straight, in `bench::bare`);
 //! - [`exerciser`]: what the VMM does with a real function's VFIO fds (its
 //!   BAR page, raise and ack);
+//! - [`error`]: what can go wrong, typed;
 //! - [`run`]: one run (mode × irqchip) and its figures;
+//! - [`stall`]: where a stalled run's interrupt sat;
 //! - [`report`]: the summary table and the JSON.
 
 pub mod arch;
+pub mod error;
 pub mod exerciser;
 pub mod inproc;
 pub mod report;
 pub mod run;
+pub mod stall;
 pub mod vcpu;
 pub mod vm;
 pub mod wiring;

@@ -11,116 +11,16 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub use super::error::SoakError;
 use super::exerciser::DeviceDriver;
 use super::guest;
 use super::report::{Latency, RunReport};
-use super::vcpu::{UserChipFds, VcpuError, VcpuRunner};
-use super::vm::{GuestRam, SoakVm, VmError};
+use super::stall::StallInput;
+use super::vcpu::{ChipCounters, UserChipFds, VcpuError, VcpuRunner};
+use super::vm::{GuestRam, SoakVm};
 use super::wiring::{Attached, AttachedDevice, Snapshot, Wiring};
-use crate::control::client::ClientError;
 use crate::route::{Irqchip, Mode};
 use crate::util::fd::new_eventfd;
-use crate::vfio::RegionError;
-
-/// Errors of the soak.
-#[derive(Debug, thiserror::Error)]
-pub enum SoakError {
-    /// The VM could not be built.
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    /// The daemon refused or the socket failed.
-    #[error("the daemon's control socket")]
-    Client(#[source] ClientError),
-    /// The daemon answered a request with the wrong kind of reply.
-    #[error("{device}: the daemon answered {request} with {reply}; is it the same intxd version as this soak?")]
-    UnexpectedReply {
-        /// The device.
-        device: String,
-        /// The request.
-        request: &'static str,
-        /// The reply, as debug text.
-        reply: String,
-    },
-    /// The attach reply carried fewer fds than its kind of device has.
-    #[error("{device}: the attach reply carried fewer than two device fds; is the daemon the same intxd version as this soak?")]
-    MissingFds {
-        /// The device.
-        device: String,
-    },
-    /// The device is not in the daemon's status.
-    #[error("{device}: not in the daemon's status; was it removed by a reload?")]
-    NotInStatus {
-        /// The device.
-        device: String,
-    },
-    /// [`Wiring::attach`] was used for a real PCI function.
-    #[error("{device}: a real PCI function; attach it with attach_device")]
-    NotEmulated {
-        /// The device.
-        device: String,
-    },
-    /// A real function came without the registers to drive it.
-    #[error("{device} is a real PCI function: the soak raises and acks it through the [device.exerciser] table of its config; pass that config with --config")]
-    NoExerciser {
-        /// The device.
-        device: String,
-    },
-    /// An exerciser register is not one the guest can reach.
-    #[error("{device}: the exerciser's {what} register at {offset:#x} is not a 4-byte register within the first {page} bytes of BAR {bar}; fix [device.exerciser]")]
-    BadExerciser {
-        /// The device.
-        device: String,
-        /// `raise` or `ack`.
-        what: &'static str,
-        /// Its offset.
-        offset: u64,
-        /// The page the guest sees.
-        page: usize,
-        /// The BAR.
-        bar: u32,
-    },
-    /// More cycles than the guest's 32-bit counter holds.
-    #[error("{more} more cycles on top of {current}: the guest counts in 32 bits; run fewer cycles per run")]
-    TooManyCycles {
-        /// Asked for.
-        more: u64,
-        /// The guest's target so far.
-        current: u32,
-    },
-    /// An eventfd of the soak VM failed.
-    #[error("could not {what}")]
-    Eventfd {
-        /// The action.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The in-process daemon could not be set up.
-    #[error("the in-process daemon could not {what}")]
-    InProcess {
-        /// The action.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The in-process daemon refused its config.
-    #[error("the in-process daemon could not start")]
-    Daemon(#[source] crate::daemon::DaemonError),
-    /// The benchmark's baseline device process failed.
-    #[error("the benchmark's baseline device")]
-    Baseline(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The vCPU thread or the soak's interrupt controller failed.
-    #[error("vCPU")]
-    Vcpu(#[from] VcpuError),
-    /// The guest never finished its set-up.
-    #[error("the soak guest did not come up within {0:?}")]
-    GuestNotReady(Duration),
-    /// A real function's registers could not be reached.
-    #[error(transparent)]
-    Region(#[from] RegionError),
-}
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -379,6 +279,11 @@ impl<'w> Session<'w> {
             .unwrap_or(0)
     }
 
+    /// The interrupt controller's counters.
+    pub fn chip(&self) -> Option<Arc<ChipCounters>> {
+        self.runner.as_ref().map(|r| Arc::clone(&r.chip))
+    }
+
     /// The userspace chip's counters (injected, eois).
     pub fn chip_eois(&self) -> u64 {
         self.runner
@@ -399,6 +304,9 @@ pub fn run_one(
     let mut s = Session::start(wiring, spec.irqchip, spec.mode)?;
     let before = s.snapshot()?;
     let exits_before = s.vcpu_exits();
+    let timer_before = s.ram().timer_count();
+    let chip = s.chip().unwrap_or_default();
+    let kicks_before = chip.kicks.load(std::sync::atomic::Ordering::SeqCst);
     let limit = spec.cycles.unwrap_or(u64::MAX);
     // Keep the device's budget ahead of the guest so it never idles, but
     // bounded, so a duration run ends with nothing outstanding.
@@ -411,6 +319,7 @@ pub fn run_one(
     let mut last_progress = Instant::now();
     let mut last = 0u64;
     let mut moved = Instant::now();
+    let mut stalled = false;
     loop {
         std::thread::sleep(Duration::from_micros(500));
         let count = u64::from(s.ram().count());
@@ -432,9 +341,11 @@ pub fn run_one(
             break;
         }
         if moved.elapsed() >= spec.stall {
+            stalled = true;
             break;
         }
     }
+    let stalled_for = moved.elapsed();
     let elapsed = t0.elapsed();
     // Let anything spurious show up before the final count.
     std::thread::sleep(Duration::from_millis(20));
@@ -446,6 +357,32 @@ pub fn run_one(
     let mode = s.mode();
     let reason = s.reason().to_string();
     let real = s.is_real_device();
+    let timer_interrupts = s.ram().timer_count().saturating_sub(timer_before);
+    let fault = s.ram().fault();
+    let stall = stalled.then(|| {
+        super::stall::diagnose(&StallInput {
+            mode,
+            irqchip: spec.irqchip,
+            before: &before,
+            after: &after,
+            chip: &chip,
+            delivered,
+            requested,
+            fault,
+            real,
+            after_s: stalled_for.as_secs_f64(),
+        })
+    });
+    if let Some(st) = &stall {
+        log::error!(
+            "{device} {mode}/{}: stalled, no interrupt for {:.1} s: {}; {}; controller: {}",
+            spec.irqchip,
+            st.after_s,
+            st.diagnosis,
+            st.guest,
+            st.controller
+        );
+    }
     s.finish()?;
     let d = |a: u64, b: u64| a.saturating_sub(b);
     let eois = if mode == Mode::Relay {
@@ -511,5 +448,11 @@ pub fn run_one(
                 (d(after.relay_syscalls, before.relay_syscalls) + wakeups) as f64 / relayed as f64
             }
         },
+        timer_interrupts,
+        vcpu_kicks: d(
+            chip.kicks.load(std::sync::atomic::Ordering::SeqCst),
+            kicks_before,
+        ),
+        stall,
     })
 }

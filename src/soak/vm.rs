@@ -144,12 +144,12 @@ impl GuestRam {
             .unwrap_or(0)
     }
 
-    /// What the guest's unexpected-exception handler left (0: nothing), on
-    /// the architectures whose guest has one.
-    pub fn fault(&self) -> u32 {
-        guest::FAULT_ADDR
-            .map(|a| self.atomic_u32(a).load(Ordering::Acquire))
-            .unwrap_or(0)
+    /// What the guest's unexpected-exception handler left: the vector slot
+    /// (1..16) and the syndrome, on the architectures whose guest has one.
+    pub fn fault(&self) -> Option<(u32, u32)> {
+        let a = guest::FAULT_ADDR?;
+        let vector = self.atomic_u32(a).load(Ordering::Acquire);
+        (vector != 0).then(|| (vector, self.atomic_u32(a + 4).load(Ordering::Acquire)))
     }
 
     /// Whether the guest has finished its set-up.
@@ -190,7 +190,8 @@ impl GuestRam {
             .store(n, Ordering::SeqCst);
     }
 
-    fn set_u32(&self, gpa: u64, v: u32) {
+    /// Stores a 32-bit word of the guest's data before it runs.
+    pub(crate) fn set_u32(&self, gpa: u64, v: u32) {
         self.atomic_u32(gpa).store(v, Ordering::Release);
     }
 }
@@ -252,7 +253,7 @@ impl SoakVm {
         }
         ram.write(guest::LOAD_ADDR, guest::CODE);
         ram.set_ack_enabled(true);
-        let (vcpu, arch) = setup::build(&vm, irqchip)?;
+        let (vcpu, arch) = setup::build(&vm, &ram, irqchip)?;
         Ok(SoakVm {
             vm: Arc::new(vm),
             vcpu: Some(vcpu),

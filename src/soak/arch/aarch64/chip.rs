@@ -138,6 +138,20 @@ impl Controller<'_> {
         Ok(rose)
     }
 
+    /// Raises the line again from the vCPU's own thread, after a kick. A
+    /// raise from another thread was seen lost under load (suspected: 6.1's
+    /// `kvm_arch_vcpu_load()` rewrites `HCR_EL2` non-atomically while
+    /// `KVM_IRQ_LINE` sets its VI bit); from this thread it cannot race, and
+    /// it is a no-op when KVM kept the first one.
+    fn reassert(&self) -> Result<(), VcpuError> {
+        self.vm
+            .set_irq_line(CPU_IRQ, true)
+            .map_err(|source| VcpuError::Kvm {
+                what: "re-assert the vCPU's IRQ line (KVM_IRQ_LINE)",
+                source,
+            })
+    }
+
     /// The guest read the acknowledge register: the source it gets.
     fn acknowledge(&self, l: &mut Lines) -> u32 {
         if l.active.is_some() {
@@ -300,6 +314,7 @@ fn vcpu_loop(
             Err(e) => return Err(VcpuError::Run(e)),
         };
         ctx.counters.exits.fetch_add(1, Ordering::Relaxed);
+        let woken = matches!(exit, Exit::Nothing);
         let level = device_irq_level(vcpu);
         let mut l = chip.lock();
         l.timer_level = level & u64::from(KVM_ARM_DEV_EL1_VTIMER) != 0;
@@ -312,6 +327,9 @@ fn vcpu_loop(
             Exit::Nothing => {}
         }
         chip.sync(&mut l)?;
+        if woken && l.line && l.active.is_none() {
+            chip.reassert()?;
+        }
     }
     Ok(())
 }

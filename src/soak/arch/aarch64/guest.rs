@@ -1,4 +1,4 @@
-//! The aarch64 soak guest: bare-metal EL1 code with the MMU off, 78
+//! The aarch64 soak guest: bare-metal EL1 code with the MMU off, 79
 //! instructions and a vector table, loaded at [`LOAD_ADDR`].
 //!
 //! The VMM starts the vCPU at [`LOAD_ADDR`] in EL1h with every exception
@@ -13,7 +13,9 @@
 //!   and EOIs with `ICC_EOIR1_EL1`, where KVM lowers the line and signals the
 //!   irqfd's resample eventfd. The whole loop runs in KVM: no exit at all.
 //! - `x0 = 1`, the soak's userspace controller (`--irqchip user`, no vGIC):
-//!   the guest arms its virtual timer for every 10 ms. Its ISR reads which
+//!   the guest arms its virtual timer for every `CNTFRQ / divisor` ticks,
+//!   the divisor at [`TIMER_DIV_ADDR`] (the soak writes [`TIMER_DIV`]: every
+//!   50 ms; 0: no timer). Its ISR reads which
 //!   source fired from the acknowledge register of the soak's minimal GIC
 //!   CPU interface ([`CPU_IF_ADDR`] + [`IAR_OFFSET`], an MMIO read that exits
 //!   to the VMM): the device ([`DEVICE_INTID`]) is acked and counted as
@@ -68,54 +70,55 @@
 //! 1078: d2800023  mov x3, #0x1
 //! 107c: d518cce3  msr icc_igrpen1_el1, x3        ; ICC_IGRPEN1_EL1: group 1 on
 //! 1080: d5033fdf  isb
-//! 1084: 14000009  b 10a8
+//! 1084: 1400000a  b 10ac
 //! 1088: d2a10036  mov x22, #0x8010000            ; user: x22: the soak's GIC CPU interface
-//! 108c: d53be015  mrs x21, cntfrq_el0            ; x21 = CNTFRQ / 100: 10 ms
-//! 1090: d2800c83  mov x3, #0x64
-//! 1094: 9ac30ab5  udiv x21, x21, x3
-//! 1098: d51be315  msr cntv_tval_el0, x21         ; the virtual timer fires in 10 ms
-//! 109c: d2800023  mov x3, #0x1
-//! 10a0: d51be323  msr cntv_ctl_el0, x3           ; CNTV_CTL: enabled, not masked
-//! 10a4: d5033fdf  isb
-//! 10a8: 52800023  mov w3, #0x1                   ; ready:
-//! 10ac: 39142283  strb w3, [x20, #1288]          ; READY
-//! 10b0: d50342ff  msr daifclr, #0x2              ; unmask IRQs
-//! 10b4: d503207f  wfi                            ; idle:
-//! 10b8: 17ffffff  b 10b4
-//! 10bc: 39541284  ldrb w4, [x20, #1284]          ; device: ack enabled?
-//! 10c0: 34000044  cbz w4, 10c8
-//! 10c4: b90002ff  str wzr, [x23]                 ; ack the device (ioeventfd: no exit)
-//! 10c8: b9450284  ldr w4, [x20, #1280]
-//! 10cc: 11000484  add w4, w4, #0x1
-//! 10d0: b9050284  str w4, [x20, #1280]           ; count
-//! 10d4: d65f03c0  ret                            ; (x30 is free: the idle loop never calls)
-//! 10d8: b5000120  cbnz x0, 10fc                  ; isr: from vector 0x280
-//! 10dc: d538cc03  mrs x3, icc_iar1_el1           ; vGIC: ICC_IAR1_EL1 = the INTID
-//! 10e0: 7100807f  cmp w3, #0x20                  ; the device?
-//! 10e4: 54000041  b.ne 10ec
-//! 10e8: 97fffff5  bl 10bc
-//! 10ec: 710ff07f  cmp w3, #0x3fc                 ; 1020..1023: spurious, no EOI
-//! 10f0: 54000042  b.cs 10f8
-//! 10f4: d518cc23  msr icc_eoir1_el1, x3          ; ICC_EOIR1_EL1: KVM resamples the irqfd
-//! 10f8: d69f03e0  eret
-//! 10fc: b9400ec3  ldr w3, [x22, #12]             ; user_isr: IAR (exits): which source
-//! 1100: 71006c7f  cmp w3, #0x1b                  ; the virtual timer (PPI 27)?
-//! 1104: 540000c0  b.eq 111c
-//! 1108: 7100807f  cmp w3, #0x20                  ; the device (SPI 32)?
-//! 110c: 54000061  b.ne 1118
-//! 1110: 97ffffeb  bl 10bc
-//! 1114: b90012c3  str w3, [x22, #16]             ; EOIR (exits): the soak resamples
-//! 1118: d69f03e0  eret                           ; 1023: nothing pending
-//! 111c: d51be315  msr cntv_tval_el0, x21         ; timer: next tick in 10 ms; its level drops
-//! 1120: d5033fdf  isb
-//! 1124: b9452284  ldr w4, [x20, #1312]
-//! 1128: 11000484  add w4, w4, #0x1
-//! 112c: b9052284  str w4, [x20, #1312]           ; count the timer
-//! 1130: b90012c3  str w3, [x22, #16]             ; EOIR (exits)
-//! 1134: d69f03e0  eret
-//! 1138..17ff: zero
+//! 108c: b9453283  ldr w3, [x20, #1328]           ; the timer's divisor (0: no timer)
+//! 1090: 340000e3  cbz w3, 10ac
+//! 1094: d53be015  mrs x21, cntfrq_el0
+//! 1098: 9ac30ab5  udiv x21, x21, x3              ; x21 = CNTFRQ / divisor
+//! 109c: d51be315  msr cntv_tval_el0, x21         ; the virtual timer fires in x21 ticks
+//! 10a0: d2800023  mov x3, #0x1
+//! 10a4: d51be323  msr cntv_ctl_el0, x3           ; CNTV_CTL: enabled, not masked
+//! 10a8: d5033fdf  isb
+//! 10ac: 52800023  mov w3, #0x1                   ; ready:
+//! 10b0: 39142283  strb w3, [x20, #1288]          ; READY
+//! 10b4: d50342ff  msr daifclr, #0x2              ; unmask IRQs
+//! 10b8: d503207f  wfi                            ; idle:
+//! 10bc: 17ffffff  b 10b8
+//! 10c0: 39541284  ldrb w4, [x20, #1284]          ; device: ack enabled?
+//! 10c4: 34000044  cbz w4, 10cc
+//! 10c8: b90002ff  str wzr, [x23]                 ; ack the device (ioeventfd: no exit)
+//! 10cc: b9450284  ldr w4, [x20, #1280]
+//! 10d0: 11000484  add w4, w4, #0x1
+//! 10d4: b9050284  str w4, [x20, #1280]           ; count
+//! 10d8: d65f03c0  ret                            ; (x30 is free: the idle loop never calls)
+//! 10dc: b5000120  cbnz x0, 1100                  ; isr: from vector 0x280
+//! 10e0: d538cc03  mrs x3, icc_iar1_el1           ; vGIC: ICC_IAR1_EL1 = the INTID
+//! 10e4: 7100807f  cmp w3, #0x20                  ; the device?
+//! 10e8: 54000041  b.ne 10f0
+//! 10ec: 97fffff5  bl 10c0
+//! 10f0: 710ff07f  cmp w3, #0x3fc                 ; 1020..1023: spurious, no EOI
+//! 10f4: 54000042  b.cs 10fc
+//! 10f8: d518cc23  msr icc_eoir1_el1, x3          ; ICC_EOIR1_EL1: KVM resamples the irqfd
+//! 10fc: d69f03e0  eret
+//! 1100: b9400ec3  ldr w3, [x22, #12]             ; user_isr: IAR (exits): which source
+//! 1104: 71006c7f  cmp w3, #0x1b                  ; the virtual timer (PPI 27)?
+//! 1108: 540000c0  b.eq 1120
+//! 110c: 7100807f  cmp w3, #0x20                  ; the device (SPI 32)?
+//! 1110: 54000061  b.ne 111c
+//! 1114: 97ffffeb  bl 10c0
+//! 1118: b90012c3  str w3, [x22, #16]             ; EOIR (exits): the soak resamples
+//! 111c: d69f03e0  eret                           ; 1023: nothing pending
+//! 1120: d51be315  msr cntv_tval_el0, x21         ; timer: re-arm; its level drops
+//! 1124: d5033fdf  isb
+//! 1128: b9452284  ldr w4, [x20, #1312]
+//! 112c: 11000484  add w4, w4, #0x1
+//! 1130: b9052284  str w4, [x20, #1312]           ; count the timer
+//! 1134: b90012c3  str w3, [x22, #16]             ; EOIR (exits)
+//! 1138: d69f03e0  eret
+//! 113c..17ff: zero
 //! 1800..1fff: the vector table, 16 slots of 0x80 bytes:
-//!   slot 5 (0x1a80, current EL with SPx, IRQ): 17fffd96  b 10d8 (isr)
+//!   slot 5 (0x1a80, current EL with SPx, IRQ): 17fffd96  b 10dc (isr)
 //!   slot n, every other one:
 //!     d5385203  mrs x3, esr_el1
 //!     b9052e83  str w3, [x20, #0x52c]           ; ESR_EL1
@@ -151,6 +154,11 @@ pub const ACK_VALUE_ADDR: u64 = RAM_BASE + 0x514;
 pub const RAISE_OFFSET_ADDR: u64 = RAM_BASE + 0x518;
 /// Reserved for the exerciser's raise value.
 pub const RAISE_VALUE_ADDR: u64 = RAM_BASE + 0x51C;
+/// Guest-physical address of the timer's divisor: the guest arms its
+/// virtual timer for every `CNTFRQ / divisor` ticks (0: no timer).
+pub const TIMER_DIV_ADDR: u64 = RAM_BASE + 0x530;
+/// The divisor the soak uses: a timer interrupt every 50 ms.
+pub const TIMER_DIV: u32 = 20;
 /// Guest-physical address of the 32-bit count of timer interrupts.
 pub const TIMER_COUNT_ADDR: Option<u64> = Some(RAM_BASE + 0x520);
 /// Where the unexpected-exception handler writes its vector (1..16; the
@@ -186,31 +194,35 @@ pub const GSI: u32 = DEVICE_INTID - 32;
 /// How long the guest may take to come up (an emulated arm64 host runs it
 /// under TCG).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a run may go without a delivered interrupt before it counts as
+/// a stall (emulated arm64 hosts take up to seconds per cycle under load).
+pub const STALL_BOUND: Duration = Duration::from_secs(10);
 
 /// `x0` for the vGICv3 guest.
 pub const MODE_VGIC: u64 = 0;
 /// `x0` for the userspace-controller guest.
 pub const MODE_USER: u64 = 1;
 
-/// The code, 0x1000..0x1138 as listed above.
-const MAIN: [u32; 78] = [
+/// The code, 0x1000..0x113c as listed above.
+const MAIN: [u32; 79] = [
     0xd2a80014, 0xd2a14017, 0x10003fc1, 0xd518c001, 0xd5033fdf, 0xb50003a0, // 1000
     0xd2a10002, 0x52800243, 0xb9000043, 0xb9400043, 0x37ffffe3, 0x52800023, // 1018
     0xb9008443, 0x52801403, 0xb9042043, 0xb90c085f, 0x91401844, 0xf900809f, // 1030
     0x52800023, 0xb9010443, 0xd2a10144, 0xb900149f, 0xb9401483, 0x3717ffe3, // 1048
     0xd28000e3, 0xd518cca3, 0xd5033fdf, 0xd2801fe3, 0xd5184603, 0xd518cc7f, // 1060
-    0xd2800023, 0xd518cce3, 0xd5033fdf, 0x14000009, 0xd2a10036, 0xd53be015, // 1078
-    0xd2800c83, 0x9ac30ab5, 0xd51be315, 0xd2800023, 0xd51be323, 0xd5033fdf, // 1090
-    0x52800023, 0x39142283, 0xd50342ff, 0xd503207f, 0x17ffffff, 0x39541284, // 10a8
-    0x34000044, 0xb90002ff, 0xb9450284, 0x11000484, 0xb9050284, 0xd65f03c0, // 10c0
-    0xb5000120, 0xd538cc03, 0x7100807f, 0x54000041, 0x97fffff5, 0x710ff07f, // 10d8
-    0x54000042, 0xd518cc23, 0xd69f03e0, 0xb9400ec3, 0x71006c7f, 0x540000c0, // 10f0
-    0x7100807f, 0x54000061, 0x97ffffeb, 0xb90012c3, 0xd69f03e0, 0xd51be315, // 1108
-    0xd5033fdf, 0xb9452284, 0x11000484, 0xb9052284, 0xb90012c3, 0xd69f03e0, // 1120
+    0xd2800023, 0xd518cce3, 0xd5033fdf, 0x1400000a, 0xd2a10036, 0xb9453283, // 1078
+    0x340000e3, 0xd53be015, 0x9ac30ab5, 0xd51be315, 0xd2800023, 0xd51be323, // 1090
+    0xd5033fdf, 0x52800023, 0x39142283, 0xd50342ff, 0xd503207f, 0x17ffffff, // 10a8
+    0x39541284, 0x34000044, 0xb90002ff, 0xb9450284, 0x11000484, 0xb9050284, // 10c0
+    0xd65f03c0, 0xb5000120, 0xd538cc03, 0x7100807f, 0x54000041, 0x97fffff5, // 10d8
+    0x710ff07f, 0x54000042, 0xd518cc23, 0xd69f03e0, 0xb9400ec3, 0x71006c7f, // 10f0
+    0x540000c0, 0x7100807f, 0x54000061, 0x97ffffeb, 0xb90012c3, 0xd69f03e0, // 1108
+    0xd51be315, 0xd5033fdf, 0xb9452284, 0x11000484, 0xb9052284, 0xb90012c3, // 1120
+    0xd69f03e0, // 1138
 ];
 
-/// Offset of the ISR in the image (0x10d8 in the listing).
-const ISR_OFFSET: usize = 0xd8;
+/// Offset of the ISR in the image (0x10dc in the listing).
+const ISR_OFFSET: usize = 0xdc;
 /// Offset of the vector table (`VBAR_EL1`; 2 KiB aligned).
 const VECTORS_OFFSET: usize = 0x800;
 /// The vector slot for an IRQ taken at the current EL on SP_ELx.
@@ -282,7 +294,7 @@ mod tests {
     fn the_irq_vector_branches_to_the_isr_and_the_adr_finds_the_table() {
         assert_eq!(
             word(VECTORS_OFFSET + IRQ_SLOT * 0x80),
-            0x17ff_fd96,
+            0x17ff_fd97,
             "as gas encodes it"
         );
         assert_eq!(
@@ -306,18 +318,18 @@ mod tests {
     fn the_isr_uses_the_addresses_the_host_reads() {
         // ldrb w4, [x20, #ACK_ENABLE] (byte-scaled), str w4, [x20, #COUNT].
         assert_eq!(
-            RAM_BASE + u64::from((word(0xbc) >> 10) & 0xfff),
+            RAM_BASE + u64::from((word(0xc0) >> 10) & 0xfff),
             ACK_ENABLE_ADDR
         );
-        assert_eq!(RAM_BASE + ldst_w_offset(word(0xd0)), COUNT_ADDR);
+        assert_eq!(RAM_BASE + ldst_w_offset(word(0xd4)), COUNT_ADDR);
         assert_eq!(
-            Some(RAM_BASE + ldst_w_offset(word(0x12c))),
+            Some(RAM_BASE + ldst_w_offset(word(0x130))),
             TIMER_COUNT_ADDR
         );
-        assert_eq!(RAM_BASE + u64::from((word(0xac) >> 10) & 0xfff), READY_ADDR);
+        assert_eq!(RAM_BASE + u64::from((word(0xb0) >> 10) & 0xfff), READY_ADDR);
         // ldr w3, [x22, #IAR] and str w3, [x22, #EOIR].
-        assert_eq!(ldst_w_offset(word(0xfc)), IAR_OFFSET);
-        assert_eq!(ldst_w_offset(word(0x114)), EOIR_OFFSET);
+        assert_eq!(ldst_w_offset(word(0x100)), IAR_OFFSET);
+        assert_eq!(ldst_w_offset(word(0x118)), EOIR_OFFSET);
         // movz x20 / x23 / x22: imm16 << 16.
         let movz = |w: u32| u64::from((w >> 5) & 0xffff) << 16;
         assert_eq!(movz(word(0x00)), RAM_BASE);
@@ -326,8 +338,9 @@ mod tests {
         assert_eq!(movz(word(0x50)), GICR_ADDR);
         assert_eq!(movz(word(0x88)), CPU_IF_ADDR);
         // cmp w3, #INTID.
-        assert_eq!((word(0x100) >> 10) & 0xfff, TIMER_INTID);
-        assert_eq!((word(0x108) >> 10) & 0xfff, DEVICE_INTID);
+        assert_eq!((word(0x104) >> 10) & 0xfff, TIMER_INTID);
+        assert_eq!((word(0x10c) >> 10) & 0xfff, DEVICE_INTID);
+        assert_eq!(RAM_BASE + ldst_w_offset(word(0x8c)), TIMER_DIV_ADDR);
         assert_eq!(FAULT_ADDR, Some(RAM_BASE + ldst_w_offset(0xb905_2a83)));
         const { assert!(LOAD_ADDR % 4096 == 0 && ACK_ADDR < RAM_BASE && CPU_IF_ADDR < RAM_BASE) };
     }

@@ -17,7 +17,8 @@ use kvm_ioctls::{DeviceFd, VcpuFd, VmFd};
 
 use super::guest;
 use crate::route::Irqchip;
-use crate::soak::vm::{kvm_err, VmError};
+use crate::soak::vcpu::kick_enabled;
+use crate::soak::vm::{kvm_err, GuestRam, VmError};
 
 /// What to do when `/dev/kvm` cannot be opened.
 pub const KVM_HINT: &str = "boot the host at EL2 (KVM is built into arm64 kernels; `dmesg | grep kvm` says whether it initialised) and check that /dev/kvm exists and is accessible";
@@ -48,8 +49,11 @@ fn set_reg(vcpu: &VcpuFd, offset: usize, value: u64, what: &'static str) -> Resu
 }
 
 /// Creates the vCPU, points it at the guest, and for [`Irqchip::Kernel`]
-/// creates and initialises the vGICv3.
-pub fn build(vm: &VmFd, irqchip: Irqchip) -> Result<(VcpuFd, ArchVm), VmError> {
+/// creates and initialises the vGICv3. With the userspace irqchip the guest
+/// arms its timer, unless the controller's kick is off
+/// ([`crate::soak::vcpu::KICK_ENV`]): its ticks would wake a vCPU parked in
+/// WFI and hide the stall that run is there to show.
+pub fn build(vm: &VmFd, ram: &GuestRam, irqchip: Irqchip) -> Result<(VcpuFd, ArchVm), VmError> {
     let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
     let mut init = kvm_vcpu_init::default();
     vm.get_preferred_target(&mut init)
@@ -79,6 +83,10 @@ pub fn build(vm: &VmFd, irqchip: Irqchip) -> Result<(VcpuFd, ArchVm), VmError> {
         mode,
         "set the vCPU's x0",
     )?;
+    if irqchip == Irqchip::User {
+        let div = if kick_enabled() { guest::TIMER_DIV } else { 0 };
+        ram.set_u32(guest::TIMER_DIV_ADDR, div);
+    }
     let vgic = match irqchip {
         Irqchip::Kernel => Some(create_vgic(vm)?),
         _ => None,

@@ -85,6 +85,9 @@ pub const TIMER_COUNT_ADDR: Option<u64> = None;
 pub const FAULT_ADDR: Option<u64> = None;
 /// How long the guest may take to come up.
 pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a run may go without a delivered interrupt before it counts as
+/// a stall.
+pub const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 /// The master PIC's command port, where the ISR's last EOI goes.
 pub const EOI_PORT: u16 = 0x20;
 /// The GSI (IRQ10 on the slave PIC).

@@ -6,7 +6,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 
 use super::guest;
 use crate::route::Irqchip;
-use crate::soak::vm::{kvm_err, VmError};
+use crate::soak::vm::{kvm_err, GuestRam, VmError};
 
 /// What to do when `/dev/kvm` cannot be opened.
 pub const KVM_HINT: &str =
@@ -18,7 +18,7 @@ pub struct ArchVm;
 
 /// Creates the in-kernel irqchip (for [`Irqchip::Kernel`]) and the vCPU,
 /// and points the vCPU at the guest.
-pub fn build(vm: &VmFd, irqchip: Irqchip) -> Result<(VcpuFd, ArchVm), VmError> {
+pub fn build(vm: &VmFd, _ram: &GuestRam, irqchip: Irqchip) -> Result<(VcpuFd, ArchVm), VmError> {
     // Needed for real mode on Intel (VMX); harmless elsewhere.
     vm.set_tss_address(0xfffb_d000)
         .map_err(kvm_err("set the TSS address"))?;
