@@ -11,6 +11,8 @@ pub mod bench;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod doctor;
+pub mod lab;
 pub mod pci;
 pub mod relay;
 pub mod route;

@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod daemon_cmd;
+mod doctor_cmd;
 mod logging;
 mod soak_cmd;
 mod status_cmd;
@@ -82,6 +83,16 @@ enum Cmd {
         #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = hold_seconds)]
         hold: f64,
     },
+    /// Check the host and each configured device for INTx passthrough (reads
+    /// only): IOMMU, vfio-pci, KVM, systemd, shared lines, IOMMU groups.
+    Doctor {
+        /// Main config file (default: the daemon's; the host alone if absent).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Soak a device: a built-in VMM attaches it and counts every interrupt.
     Soak(SoakArgs),
     /// Serve emulated devices from a process of their own, so that they
@@ -144,6 +155,12 @@ pub struct SoakArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Write a lab report (JSON lines per interval, summary, HTML page) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Seconds per report interval.
+    #[arg(long, default_value_t = 10.0, requires = "report")]
+    interval: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -244,6 +261,10 @@ pub fn main() -> ExitCode {
             mode,
             hold,
         } => status_cmd::attach(&socket, &device, &mode, hold),
+        Cmd::Doctor { config, json } => match config {
+            Some(c) => doctor_cmd::doctor(&c, true, json),
+            None => doctor_cmd::doctor(intxd::config::DEFAULT_PATH.as_ref(), false, json),
+        },
         Cmd::Soak(args) => soak_cmd::soak(&args),
         Cmd::SimHost { socket } => {
             logging::init("info");

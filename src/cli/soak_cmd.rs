@@ -16,7 +16,11 @@ const DEFAULT_CYCLES: u64 = 50_000;
 pub fn soak(args: &SoakArgs) -> CmdResult {
     logging::init("warn");
     if !std::path::Path::new("/dev/kvm").exists() {
-        return Err("/dev/kvm is missing: the soak runs a real KVM guest; load kvm_intel or kvm_amd (or run on a host with hardware virtualisation)".into());
+        return Err(format!(
+            "/dev/kvm is missing: the soak runs a real KVM guest; {}",
+            intxd::soak::arch::setup::KVM_HINT
+        )
+        .into());
     }
     let config = match &args.config {
         Some(p) => intxd::config::load(p)?,
@@ -57,6 +61,13 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
     let duration = args.duration.map(Duration::from_secs_f64);
     let tty = std::io::stderr().is_terminal() && !args.json;
     let before = daemon_figures(&socket);
+    let mut recorder = match &args.report {
+        Some(_) => Some(intxd::lab::Recorder::connect(
+            &socket,
+            Duration::from_secs_f64(args.interval.max(0.1)),
+        )?),
+        None => None,
+    };
     let mut report = SoakReport {
         runs: Vec::new(),
         resources: None,
@@ -68,12 +79,23 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
                 irqchip,
                 cycles,
                 duration,
-                stall: Duration::from_secs(2),
+                stall: intxd::soak::guest::STALL_BOUND,
             };
             let label = format!("{device} {mode}/{irqchip}");
+            if let Some(r) = recorder.as_mut() {
+                r.begin_run(
+                    report.runs.len(),
+                    &device,
+                    &mode.to_string(),
+                    &irqchip.to_string(),
+                );
+            }
             let bar = progress_bar(tty, cycles, &label);
             let mut last_line = Instant::now();
             let mut progress = |count: u64, elapsed: Duration| {
+                if let Some(r) = recorder.as_mut() {
+                    r.progress(count, elapsed);
+                }
                 let rate = count as f64 / elapsed.as_secs_f64().max(1e-9);
                 if let Some(b) = &bar {
                     b.set_position(count);
@@ -92,6 +114,9 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
+            if let Some(r) = recorder.as_mut() {
+                r.end_run(&run);
+            }
             report.runs.push(run);
         }
     }
@@ -107,6 +132,10 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         });
     }
     drop(inproc);
+    let first_failure = match (recorder, &args.report) {
+        (Some(r), Some(dir)) => r.finish(dir, &report)?.first_failure,
+        _ => None,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -114,13 +143,33 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         for r in &report.runs {
             if !r.is_clean() {
                 println!(
-                    "FAIL {} {}/{}: delivered {} of {} cycles, {} lost, {} spurious",
-                    r.device, r.mode, r.irqchip, r.delivered, r.cycles, r.lost, r.spurious
+                    "FAIL {} {}/{}: delivered {} of {} cycles, {} lost, {} spurious{}",
+                    r.device,
+                    r.mode,
+                    r.irqchip,
+                    r.delivered,
+                    r.cycles,
+                    r.lost,
+                    r.spurious,
+                    if r.stall.is_some() {
+                        " (stalled: see STALL above)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
     }
-    Ok(if report.is_clean() {
+    if let Some(dir) = &args.report {
+        eprintln!(
+            "intxd soak: report in {}",
+            dir.join("report.html").display()
+        );
+    }
+    if let Some(f) = &first_failure {
+        println!("FAIL first failing {f}");
+    }
+    Ok(if report.is_clean() && first_failure.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -430,6 +430,7 @@ impl IntxDevice for SimDevice {
             latency_p50_us: p50,
             latency_p99_us: p99,
             latency_max_us: max,
+            latency_hist: super::model::latency_buckets(&st.model.latency_ns),
         })
     }
 

@@ -123,6 +123,10 @@ pub struct SimCounters {
     pub latency_p99_us: f64,
     /// Raise-to-ack latency, maximum, microseconds.
     pub latency_max_us: f64,
+    /// Raise-to-ack latency counted into fixed quarter-octave buckets
+    /// (`sim::model::latency_buckets`), for histograms of an interval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_hist: Vec<u64>,
 }
 
 /// A PCI function's INTx as VFIO exposes it. Each method is one
