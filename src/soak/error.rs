@@ -38,7 +38,7 @@ pub enum SoakError {
         /// The device.
         device: String,
     },
-    /// [`Wiring::attach`] was used for a real PCI function.
+    /// [`Wiring::attach`](super::wiring::Wiring::attach) was used for a real PCI function.
     #[error("{device}: a real PCI function; attach it with attach_device")]
     NotEmulated {
         /// The device.

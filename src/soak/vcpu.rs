@@ -212,9 +212,10 @@ impl VcpuRunner {
         install_kick_handler();
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(ChipCounters::default());
-        counters
-            .kick_enabled
-            .store(user_chip.is_some() && kick_enabled(), Ordering::SeqCst);
+        counters.kick_enabled.store(
+            chip::KICKS && user_chip.is_some() && kick_enabled(),
+            Ordering::SeqCst,
+        );
         let ctx = ChipContext {
             vm,
             stop: Arc::clone(&stop),

@@ -53,6 +53,10 @@ const CPU_IRQ: u32 = (KVM_ARM_IRQ_TYPE_CPU << KVM_ARM_IRQ_TYPE_SHIFT)
 const IAR: u64 = guest::CPU_IF_ADDR + guest::IAR_OFFSET;
 const EOIR: u64 = guest::CPU_IF_ADDR + guest::EOIR_OFFSET;
 
+/// Whether the userspace controller kicks the vCPU after a raise from its
+/// own thread (unless `INTXD_SOAK_KICK=off`).
+pub const KICKS: bool = true;
+
 /// The vCPU loop with the vGICv3: nothing to serve but the stop kick.
 pub fn run_kernel_chip(mut vcpu: VcpuFd, ctx: &ChipContext) -> Result<(), VcpuError> {
     while !ctx.stop.load(Ordering::SeqCst) {

@@ -42,6 +42,10 @@ fn inject_interrupt(vcpu: &VcpuFd, vector: u32) -> io::Result<()> {
     }
 }
 
+/// Whether the userspace controller kicks the vCPU: no, it runs on the
+/// vCPU's own thread.
+pub const KICKS: bool = false;
+
 /// The vCPU loop with the in-kernel irqchip: nothing to serve but the
 /// set-up's port writes and the stop kick.
 pub fn run_kernel_chip(mut vcpu: VcpuFd, ctx: &ChipContext) -> Result<(), VcpuError> {
