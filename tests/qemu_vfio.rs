@@ -15,15 +15,16 @@
 //! missing prerequisite is a failure; elsewhere the test says loudly why it
 //! did not run.
 
+#[path = "qemu/harness.rs"]
+mod harness;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
-const CYCLES: u64 = 3000;
+use harness::{field, line, num, text};
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+const CYCLES: u64 = 3000;
 
 /// Why the harness cannot run here, if it cannot.
 fn missing_prerequisite() -> Option<String> {
@@ -32,61 +33,19 @@ fn missing_prerequisite() -> Option<String> {
             "the QEMU harness boots an amd64 guest kernel; this is not an x86_64 host".into(),
         );
     }
-    let on_path = |tool: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-    };
-    let can_install = nix::unistd::geteuid().is_root() && on_path("apt-get");
-    if !(on_path("qemu-system-x86_64") || can_install) {
+    if !(harness::on_path("qemu-system-x86_64") || harness::can_install()) {
         return Some("qemu-system-x86_64 is not installed, and tests/qemu/prepare.sh can only install it as root with apt-get".into());
     }
     None
 }
 
-fn run(step: &str, cmd: &mut Command) -> Output {
-    let t = Instant::now();
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{step}: cannot run {cmd:?}: {e}"));
-    eprintln!(
-        "qemu_vfio: {step}: {:.1}s, {}",
-        t.elapsed().as_secs_f64(),
-        out.status
-    );
-    out
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The value of `key=` in a `vfio-e2e:` line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// The guest's `vfio-e2e: <prefix>...` line (without run.sh's timestamp).
-fn line<'a>(log: &'a str, prefix: &str) -> &'a str {
-    log.lines()
-        .filter_map(|l| l.find("vfio-e2e: ").map(|i| &l[i..]))
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("the guest printed no `{prefix}` line; guest output:\n{log}"))
+fn run(step: &str, cmd: &mut Command) -> std::process::Output {
+    harness::run("qemu_vfio", step, cmd)
 }
 
 #[test]
 fn edu_goes_through_vfio_pci_and_back_in_a_qemu_guest() {
-    if let Some(why) = missing_prerequisite() {
-        assert!(
-            !ci(),
-            "CI=true, but the QEMU vfio-pci test cannot run: {why}"
-        );
-        eprintln!("qemu_vfio: NOT RUN: {why}");
-        eprintln!("qemu_vfio: (with CI=true this is a failure)");
+    if !harness::may_run("qemu_vfio", missing_prerequisite()) {
         return;
     }
     let t0 = Instant::now();
@@ -174,11 +133,7 @@ fn edu_goes_through_vfio_pci_and_back_in_a_qemu_guest() {
         let soak = line(&log, &format!("vfio-e2e: soak {mode}:"));
         assert_eq!(field(soak, "rc"), Some("0"), "{soak}");
         assert_eq!(field(soak, "mode"), Some(mode), "{soak}");
-        let num = |k: &str| -> u64 {
-            field(soak, k)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {k}= in `{soak}`"))
-        };
+        let num = |k: &str| num(soak, k);
         assert_eq!(num("cycles"), CYCLES, "{soak}");
         assert_eq!(num("delivered"), CYCLES, "{soak}");
         assert_eq!(num("lost"), 0, "{soak}");

@@ -82,7 +82,7 @@ impl DaemonProc {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn intxd run");
-        let d = DaemonProc {
+        let mut d = DaemonProc {
             child,
             dir,
             socket,
@@ -92,9 +92,17 @@ impl DaemonProc {
         d
     }
 
-    fn wait_ready(&self) {
+    /// Waits for the first `hello` answered. The bound is generous: under
+    /// emulation (the arm64 lane's TCG guest) a daemon start takes seconds.
+    fn wait_ready(&mut self) {
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
+        while t0.elapsed() < Duration::from_secs(60) {
+            if let Some(status) = self.child_exit() {
+                panic!(
+                    "the daemon exited ({status}) before it came up on {}",
+                    self.socket.display()
+                );
+            }
             if let Ok(mut c) = Client::connect(&self.socket) {
                 if c.hello("test").is_ok() {
                     return;

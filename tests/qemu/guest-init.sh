@@ -7,6 +7,8 @@
 #   <module>.<param>=<value>   forwarded to insmod (busybox insmod does not read /proc/cmdline)
 #   intxd.shell=1              start a shell on the console after the test (interactive debugging)
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+# a cross-built initramfs has only /bin/sh (mkinitrd.sh could not run a foreign busybox)
+[ -e /bin/mount ] || /bin/busybox --install -s
 export HOME=/root TERM=dumb   # the serial console is a tty; keep TUI output (progress bars) plain
 umask 022
 

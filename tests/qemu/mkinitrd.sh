@@ -10,8 +10,11 @@
 #                                    decompressed; *.order files give the load order
 #   /init                            tests/qemu/guest-init.sh
 #   /test.sh                         GUEST_SCRIPT (run by /init with busybox sh)
-#   optional extra files: SRC:DEST pairs (DEST absolute inside the guest)
-# Run prepare.sh CACHE_DIR first.
+#   optional extra files: SRC:DEST pairs (DEST absolute inside the guest); an executable ELF SRC
+#                                    is stripped and gets its libraries, as intxd does
+# Run prepare.sh CACHE_DIR first (tests/arm64/prepare.sh for an arm64 guest: its env sets
+# ARCH=aarch64, CROSS_LIBDIR (libraries come from there, found with readelf, not ldd), EXTRA_LIBS
+# and MODULES, the module list; x86's KVM vendor modules are then left out).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,19 +36,27 @@ chmod 0755 "$R"; chmod 1777 "$R/tmp"
 
 # ---- busybox ----------------------------------------------------------------------------------
 cp "$BUSYBOX" "$R/bin/busybox"
-for a in $("$R/bin/busybox" --list-full); do   # e.g. bin/sh, sbin/insmod, usr/bin/timeout
+ln -s busybox "$R/bin/sh"
+# e.g. bin/sh, sbin/insmod, usr/bin/timeout; a foreign busybox does not run here, and /init
+# installs its links in the guest (busybox --install -s)
+for a in $("$R/bin/busybox" --list-full 2>/dev/null); do
     [ -e "$R/$a" ] || ln -s /bin/busybox "$R/$a"
 done
-echo "root:x:0:0:root:/root:/bin/sh" > "$R/etc/passwd"
-echo "root:x:0:" > "$R/etc/group"
+# root, and nobody for the tests that drop to uid 65534
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$R/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$R/etc/group"
+ARCH=${ARCH:-x86_64}
+CROSS=
+[ "$ARCH" = "$(uname -m)" ] || CROSS=$ARCH-linux-gnu-
 
 # ---- a dynamically linked binary and its libraries ----------------------------------------------
 copy_with_libs() { # src dest-in-guest
     local src=$1 dst=$2
     install -D -m 0755 "$src" "$R$dst"
-    if [ "${INTXD_QEMU_STRIP:-1}" != 0 ] && command -v strip >/dev/null; then
-        strip --strip-debug "$R$dst" 2>/dev/null || true
+    if [ "${INTXD_QEMU_STRIP:-1}" != 0 ] && command -v "${CROSS}strip" >/dev/null; then
+        "${CROSS}strip" --strip-debug "$R$dst" 2>/dev/null || true
     fi
+    if [ -n "$CROSS" ]; then copy_cross_libs "$src"; return; fi
     local out
     if ! out=$(ldd "$src" 2>&1); then
         case $out in
@@ -60,6 +71,28 @@ $(printf '%s\n' "$out" | grep 'not found')"
     for lib in $(printf '%s\n' "$out" | sed -n -e 's/.*=> \(\/[^ ]*\) (0x.*/\1/p' -e 's/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p'); do
         [ -e "$R$lib" ] && continue
         install -D -m 0755 "$(readlink -f "$lib")" "$R$lib"   # same path as on the host, symlinks resolved
+    done
+}
+# A foreign binary: ldd cannot run it. Follow its interpreter and DT_NEEDED entries (readelf)
+# into CROSS_LIBDIR / EXTRA_LIBS, and put each library in /lib, the loader's default path.
+copy_cross_libs() { # binary
+    local todo=$1 f lib dir found interp
+    interp=$("${CROSS}readelf" -l "$1" 2>/dev/null | sed -n 's/.*program interpreter: \(.*\)\]/\1/p')
+    if [ -n "$interp" ] && [ ! -e "$R$interp" ]; then
+        install -D -m 0755 "$(readlink -f "$CROSS_LIBDIR/$(basename "$interp")")" "$R$interp"
+    fi
+    while [ -n "$todo" ]; do
+        f=${todo%% *}; todo=${todo#"$f"}; todo=${todo# }
+        for lib in $("${CROSS}readelf" -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+            [ -e "$R/lib/$lib" ] && continue
+            found=
+            for dir in "$CROSS_LIBDIR" ${EXTRA_LIBS:-}; do
+                [ -e "$dir/$lib" ] && { found=$(readlink -f "$dir/$lib"); break; }
+            done
+            [ -n "$found" ] || die "$f needs $lib, which is in neither $CROSS_LIBDIR nor ${EXTRA_LIBS:-(no EXTRA_LIBS)}"
+            install -D -m 0755 "$found" "$R/lib/$lib"
+            todo="$todo $found"; todo=${todo# }
+        done
     done
 }
 copy_with_libs "$INTXD" /bin/intxd
@@ -110,11 +143,14 @@ install_modules() { # order-file
 }
 
 O=$R/lib/modules/intxd-qemu
-COMMON=$(resolve_modules irqbypass,vfio,vfio_iommu_type1,vfio_pci_core,vfio_pci,kvm "") ||
+COMMON=$(resolve_modules "${MODULES:-irqbypass,vfio,vfio_iommu_type1,vfio_pci_core,vfio_pci,kvm}" "") ||
     die "cannot resolve modules in $MODDIR/modules.dep"
 EXCL=$(printf '%s\n' "$COMMON" | cut -d' ' -f1 | paste -sd,)
-AMD=$(resolve_modules kvm_amd "$EXCL") || die "cannot resolve kvm_amd"
-INTEL=$(resolve_modules 'kvm_intel?' "$EXCL") || die "cannot resolve kvm_intel"
+AMD= INTEL=
+if [ "$ARCH" = x86_64 ]; then
+    AMD=$(resolve_modules kvm_amd "$EXCL") || die "cannot resolve kvm_amd"
+    INTEL=$(resolve_modules 'kvm_intel?' "$EXCL") || die "cannot resolve kvm_intel"
+fi
 printf '%s\n' "$COMMON" | install_modules > "$O/common.order"
 [ -z "$AMD" ] || printf '%s\n' "$AMD" | install_modules > "$O/amd.order"
 [ -z "$INTEL" ] || printf '%s\n' "$INTEL" | install_modules > "$O/intel.order"
@@ -126,7 +162,11 @@ install -m 0755 "$GUEST_SCRIPT" "$R/test.sh"
 for x in "$@"; do
     src=${x%%:*} dst=${x#*:}
     [ "$src" != "$x" ] && [ "${dst#/}" != "$dst" ] || die "extra file '$x': want SRC:/abs/DEST"
-    install -D "$src" "$R$dst"
+    if [ -f "$src" ] && [ -x "$src" ] && [ "$(head -c4 "$src" | od -An -c | tr -d ' ')" = 177ELF ]; then
+        copy_with_libs "$src" "$dst"
+    else
+        install -D "$src" "$R$dst"
+    fi
 done
 
 # ---- pack -----------------------------------------------------------------------------------------

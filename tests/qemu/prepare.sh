@@ -30,17 +30,8 @@ die() { echo "prepare: ERROR: $*" >&2; exit 1; }
 exec 9>"$CACHE/.lock"
 flock 9
 
-export DEBIAN_FRONTEND=noninteractive
-APT_UPDATED=0
-apt_update_once() {
-    [ "$APT_UPDATED" = 1 ] && return 0
-    [ "$(id -u)" = 0 ] || die "need root to run apt-get update/install"
-    log "apt-get update"
-    apt-get update -qq >&2 || die "apt-get update failed"
-    APT_UPDATED=1
-}
-
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
+# shellcheck source=tests/qemu/apt.sh
+. "$HERE/apt.sh"
 
 # ---------------------------------------------------------------------------------------------
 # 1. host packages
@@ -65,14 +56,6 @@ if [ ${#NEED[@]} -gt 0 ]; then
 fi
 
 mkdir -p "$CACHE/debs"
-# apt-get download as root into a directory _apt cannot read works but warns; keep it quiet.
-apt_download() { # pkg dir
-    local out rc=0
-    out=$(cd "$2" && apt-get download -q "$1" 2>&1) || rc=$?
-    printf '%s\n' "$out" | grep -v -e 'Download is performed unsandboxed' -e '^$' >&2 || true
-    return $rc
-}
-
 if [ -z "$BUSYBOX" ]; then
     BB_DIR=$CACHE/busybox-static
     if [ ! -x "$BB_DIR/bin/busybox" ]; then
@@ -80,8 +63,7 @@ if [ -z "$BUSYBOX" ]; then
         rm -f "$CACHE"/debs/busybox-static_*.deb
         apt_download busybox-static "$CACHE/debs" || { apt_update_once; apt_download busybox-static "$CACHE/debs"; } \
             || die "apt-get download busybox-static failed"
-        rm -rf "$BB_DIR.tmp" && dpkg-deb -x "$CACHE"/debs/busybox-static_*.deb "$BB_DIR.tmp"
-        rm -rf "$BB_DIR" && mv "$BB_DIR.tmp" "$BB_DIR"
+        unpack_deb "$(ls "$CACHE"/debs/busybox-static_*.deb | head -1)" "$BB_DIR"
     fi
     BUSYBOX=$BB_DIR/bin/busybox
 fi
@@ -129,15 +111,7 @@ if [ ! -d "$KDIR/boot" ]; then
     DEB=$(ls "$CACHE/debs/${KPKG}"_*.deb | head -1)
     log "unpacking $(basename "$DEB")"
     mkdir -p "$CACHE/kernel"
-    rm -rf "$KDIR.tmp"
-    dpkg-deb -x "$DEB" "$KDIR.tmp"
-    # trixie and later ship modules under usr/lib/modules; depmod -b wants <base>/lib/modules
-    if [ ! -d "$KDIR.tmp/lib/modules" ] && [ -d "$KDIR.tmp/usr/lib/modules" ]; then
-        ln -s usr/lib "$KDIR.tmp/lib"
-    fi
-    dpkg-deb -f "$DEB" Version > "$KDIR.tmp/.deb-version"
-    rm -rf "$KDIR"
-    mv "$KDIR.tmp" "$KDIR"
+    unpack_deb "$DEB" "$KDIR"
     rm -f "$DEB"   # the unpacked tree is the cache; the .deb is 26 MB of dead weight
 fi
 

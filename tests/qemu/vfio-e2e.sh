@@ -12,10 +12,14 @@
 #      0 spurious, every cycle delivered;
 #   then the same in relay mode; then SIGTERM to the daemon, and the device must be given back
 #   (driver link as before, driver_override cleared), read from sysfs.
+# VFIO_E2E_IRQCHIPS (default "kernel") lists the soak's irqchips; each one past the first soaks
+# direct and relay too, and its lines read `soak MODE IRQCHIP:` (the arm64 lane adds `user`).
+# On arm64 edu may have no IOMMU group before the daemon's vfio-pci probe gives it one.
 # Every figure is printed on a `vfio-e2e:` line; the Rust test asserts on those lines.
 # Exit 0 only if every check passed.
 
 CYCLES=${VFIO_E2E_CYCLES:-3000}
+IRQCHIPS=${VFIO_E2E_IRQCHIPS:-kernel}
 SOCK=/run/intxd/control.sock
 FAILS=0
 say() { echo "vfio-e2e: $*"; }
@@ -42,7 +46,8 @@ done
 [ -n "$EDU" ] || { fail "no edu device (1234:11e8): QEMU needs -device edu"; finish; }
 D=/sys/bus/pci/devices/$EDU
 BEFORE_DRV=$(drv "$D") BEFORE_OVR=$(rd "$D/driver_override")
-say "edu at $EDU, iommu_group $(basename "$(readlink "$D/iommu_group")"), irq pin $(od -An -tu1 -j 0x3d -N1 "$D/config" | tr -d ' ')"
+grp() { [ -e "$D/iommu_group" ] && basename "$(readlink "$D/iommu_group")" || echo none; }
+say "edu at $EDU, iommu_group $(grp), irq pin $(od -An -tu1 -j 0x3d -N1 "$D/config" | tr -d ' ')"
 say "sysfs before: driver=$BEFORE_DRV driver_override=$BEFORE_OVR"
 [ "$BEFORE_DRV" = none ] || fail "edu should start without a driver (it has $BEFORE_DRV)"
 # The config names edu by address; -nodefaults puts it at 00:01.0, but follow the guest.
@@ -57,36 +62,39 @@ i=0
 while [ ! -S "$SOCK" ] && [ $i -lt 200 ] && kill -0 "$DPID" 2>/dev/null; do sleep 0.05; i=$((i + 1)); done
 if [ -S "$SOCK" ]; then pass "intxd run is up (socket after $i polls, guest uptime $T0 -> $(up))"; else fail "intxd run did not create $SOCK"; finish; fi
 BOUND_DRV=$(drv "$D")
-say "sysfs bound: driver=$BOUND_DRV driver_override=$(rd "$D/driver_override")"
+say "sysfs bound: driver=$BOUND_DRV driver_override=$(rd "$D/driver_override") iommu_group=$(grp)"
 if [ "$BOUND_DRV" = vfio-pci ]; then pass "the daemon bound $EDU to vfio-pci through sysfs"; else fail "driver is $BOUND_DRV, not vfio-pci"; fi
 /bin/intxd status --socket "$SOCK" --json > /tmp/status0.json 2>&1
 say "status: state=$(json_str /tmp/status0.json state) pci=$(json_str /tmp/status0.json pci) vendor=$(json_num /tmp/status0.json vendor) device=$(json_num /tmp/status0.json device) pin=$(json_num /tmp/status0.json pin) shared_line=$(sed -n 's/^ *"shared_line": \([a-z]*\),\{0,1\}$/\1/p' /tmp/status0.json | head -1) pci_2_3=$(sed -n 's/^ *"pci_2_3": \([a-z]*\),\{0,1\}$/\1/p' /tmp/status0.json | head -1)"
 [ "$(json_str /tmp/status0.json state)" = opened ] || fail "the device is $(json_str /tmp/status0.json state), not opened: $(json_str /tmp/status0.json failure)"
 
 # ---- 2-4. the soak, direct and relay --------------------------------------------------------------
-soak() { # mode
-    m=$1
+soak() { # mode irqchip
+    m=$1 c=$2
+    l=$m; [ "$c" = "${IRQCHIPS%% *}" ] || l="$m $c"
     t=$(up)
     RUST_LOG=warn,intxd::soak=info /bin/intxd soak --connect "$SOCK" --device edu0 --config /tmp/edu.toml \
-        --mode "$m" --irqchip kernel --cycles "$CYCLES" --json > "/tmp/soak-$m.json" 2> "/tmp/soak-$m.err"
+        --mode "$m" --irqchip "$c" --cycles "$CYCLES" --json > "/tmp/soak-$m-$c.json" 2> "/tmp/soak-$m-$c.err"
     rc=$?
-    sed "s/^/vfio-e2e: soak $m stderr: /" "/tmp/soak-$m.err"
-    f=/tmp/soak-$m.json
+    sed "s/^/vfio-e2e: soak $l stderr: /" "/tmp/soak-$m-$c.err"
+    f=/tmp/soak-$m-$c.json
     cyc=$(json_num "$f" cycles) del=$(json_num "$f" delivered) lost=$(json_num "$f" lost)
     spur=$(json_num "$f" spurious) trig=$(json_num "$f" triggered) eois=$(json_num "$f" eois)
     rate=$(json_num "$f" rate_per_s) el=$(json_num "$f" elapsed_s) wk=$(json_num "$f" loop_wakeups_per_irq)
     got=$(json_str "$f" mode)
-    say "soak $m: rc=$rc mode=$got cycles=$cyc delivered=$del lost=$lost spurious=$spur host_irqs=$trig eois=$eois rate=${rate%%.*}/s elapsed=${el}s wakeups_per_irq=$wk guest_uptime=$t->$(up)"
+    say "soak $l: rc=$rc mode=$got irqchip=$(json_str "$f" irqchip) cycles=$cyc delivered=$del lost=$lost spurious=$spur host_irqs=$trig eois=$eois rate=${rate%%.*}/s elapsed=${el}s wakeups_per_irq=$wk guest_uptime=$t->$(up)"
     if [ "$rc" = 0 ] && [ "$got" = "$m" ] && [ "$cyc" = "$CYCLES" ] && [ "$del" = "$CYCLES" ] && [ "$lost" = 0 ] && [ "$spur" = 0 ]; then
-        pass "soak $m: $del of $CYCLES interrupts through vfio-pci, 0 lost, 0 spurious"
+        pass "soak $l: $del of $CYCLES interrupts through vfio-pci, 0 lost, 0 spurious"
     else
-        fail "soak $m (rc $rc): $(tr -s ' \n' ' ' < "$f")"
+        fail "soak $l (rc $rc): $(tr -s ' \n' ' ' < "$f")"
     fi
-    grep -q "BAR 0 page mapped into the guest" "/tmp/soak-$m.err" && pass "soak $m: edu's BAR0 page is in the soak guest" || fail "soak $m: no BAR mapping line"
-    grep -q "acked and re-raised by the guest's ISR through the BAR" "/tmp/soak-$m.err" && pass "soak $m: the guest ISR acked edu through its BAR" || fail "soak $m: no ISR line"
+    grep -q "BAR 0 page mapped into the guest" "/tmp/soak-$m-$c.err" && pass "soak $l: edu's BAR0 page is in the soak guest" || fail "soak $l: no BAR mapping line"
+    grep -q "acked and re-raised by the guest's ISR through the BAR" "/tmp/soak-$m-$c.err" && pass "soak $l: the guest ISR acked edu through its BAR" || fail "soak $l: no ISR line"
 }
-soak direct
-soak relay
+for c in $IRQCHIPS; do
+    soak direct "$c"
+    soak relay "$c"
+done
 /bin/intxd status --socket "$SOCK" --json > /tmp/status1.json 2>&1
 say "status after: state=$(json_str /tmp/status1.json state) host_interrupts=$(json_num /tmp/status1.json host_interrupts) attaches=$(json_num /tmp/status1.json attaches)"
 

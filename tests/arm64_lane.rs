@@ -1,0 +1,376 @@
+//! The arm64 lane: intxd cross-built for aarch64 and run in an emulated arm64 host.
+//!
+//! `tests/arm64/prepare.sh` installs (idempotently) Debian's Rust cross toolchain and QEMU and
+//! unpacks Debian's arm64 cloud kernel, busybox and prlimit into `target/arm64-cache/`; this test
+//! cross-builds intxd and its test binaries (Debian's cargo, `target/aarch64/`), packs them
+//! with `tests/qemu/mkinitrd.sh` and boots them with `tests/qemu/run.sh`: QEMU TCG `-M
+//! virt,virtualization=on,gic-version=3,iommu=smmuv3 -cpu max` (a real `/dev/kvm` in the guest,
+//! VHE) with QEMU's `edu` behind the emulated SMMUv3. The guest runs `tests/arm64/lane.sh`: the
+//! soak of the emulated device in every mode and irqchip, edu through vfio-pci (bound by the
+//! daemon, soaked direct and relay with the vGIC and with the user irqchip, given back at
+//! SIGTERM), the project's test binaries, and `intxd bench`. This test asserts on the exact
+//! figures of its JSON.
+//!
+//! `INTXD_ARM64_SUITES` (default: the host's release) lists the Debian releases whose kernels
+//! the lane boots, e.g. `host,trixie`; `INTXD_ARM64_TIMEOUT` (default 480) is each boot's hard
+//! timeout in seconds. Needs an x86_64 Debian host, root (or everything
+//! installed); with `CI=true` a missing prerequisite is a failure.
+
+#[path = "qemu/harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use harness::{field, line, num, run, run_ok, text};
+use serde_json::Value;
+
+const LANE: &str = "arm64_lane";
+const TARGET: &str = "aarch64-unknown-linux-gnu";
+/// Cycles of every soak in the guest.
+const CYCLES: u64 = 2000;
+/// The test binaries that run in the guest: all but those that need an x86 guest kernel
+/// (`qemu_vfio`), this lane itself, a systemd (`systemd`) or much time (`bench`; the lane
+/// runs `intxd bench` itself).
+const SKIP: &[&str] = &["qemu_vfio", "arm64_lane", "systemd", "bench"];
+
+fn missing_prerequisite() -> Option<String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Some("the lane cross-builds from an x86_64 Debian host".into());
+    }
+    let have = Path::new("/usr/bin/cargo").is_file() && harness::on_path("qemu-system-aarch64");
+    if !(have || harness::can_install()) {
+        return Some("Debian's cargo and qemu-system-aarch64 are missing, and tests/arm64/prepare.sh can only install them as root with apt-get".into());
+    }
+    None
+}
+
+/// The cross-built intxd and test binaries, by name (`lib` for the unit tests).
+struct Build {
+    intxd: PathBuf,
+    tests: BTreeMap<String, PathBuf>,
+}
+
+fn cross_build(repo: &Path) -> Build {
+    let out = run_ok(
+        LANE,
+        "cargo build --release --target aarch64 (bin + tests)",
+        Command::new("/usr/bin/cargo")
+            .current_dir(repo)
+            .args(["build", "--release", "--bins", "--tests", "-j2"])
+            .args([
+                "--target",
+                TARGET,
+                "--message-format=json-render-diagnostics",
+            ])
+            .arg("--target-dir")
+            .arg(repo.join("target/aarch64"))
+            .env(
+                "PATH",
+                format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                "aarch64-linux-gnu-gcc",
+            )
+            // rustup's toolchain (this test's) must not leak into Debian's cargo.
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTDOC")
+            .env_remove("CARGO")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET"),
+    );
+    let mut intxd = None;
+    let mut tests = BTreeMap::new();
+    for m in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(m) = serde_json::from_str::<Value>(m) else {
+            continue;
+        };
+        let Some(exe) = m["executable"].as_str() else {
+            continue;
+        };
+        let name = m["target"]["name"].as_str().unwrap_or_default();
+        let kind = m["target"]["kind"][0].as_str().unwrap_or_default();
+        match (kind, m["profile"]["test"].as_bool()) {
+            ("bin", Some(false)) if name == "intxd" => intxd = Some(PathBuf::from(exe)),
+            ("lib", Some(true)) => {
+                tests.insert("lib".to_string(), PathBuf::from(exe));
+            }
+            ("test", _) if !SKIP.contains(&name) => {
+                tests.insert(name.to_string(), PathBuf::from(exe));
+            }
+            _ => {}
+        }
+    }
+    Build {
+        intxd: intxd.expect("cargo built no aarch64 intxd binary"),
+        tests,
+    }
+}
+
+/// Every `arm64-json NAME: {...}` line of the guest, parsed.
+fn guest_json(log: &str) -> BTreeMap<String, Value> {
+    log.lines()
+        .filter_map(|l| l.split_once("arm64-json ").map(|(_, r)| r))
+        .filter_map(|r| r.split_once(": "))
+        .map(|(name, j)| {
+            let v = serde_json::from_str(j)
+                .unwrap_or_else(|e| panic!("guest JSON `{name}` does not parse ({e}): {j}"));
+            (name.to_string(), v)
+        })
+        .collect()
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number `{key}` in {v}"))
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no figure `{key}` in {v}"))
+}
+
+/// A soak run: exact counts, and a direct run that stays off the daemon's loop.
+fn assert_clean_run(what: &str, r: &Value) {
+    let id = format!("{what} {}/{}", r["mode"], r["irqchip"]);
+    assert_eq!(n(r, "cycles"), CYCLES, "{id}: {r}");
+    assert_eq!(n(r, "delivered"), CYCLES, "{id}: {r}");
+    assert_eq!(n(r, "lost"), 0, "{id}: {r}");
+    assert_eq!(n(r, "spurious"), 0, "{id}: {r}");
+    assert!(r["stall"].is_null(), "{id}: a stall: {r}");
+    if r["mode"] == "direct" {
+        assert!(f(r, "loop_wakeups_per_irq") <= 0.001, "{id}: {r}");
+    }
+    eprintln!(
+        "{LANE}: {id}: {:.0}/s, p50/p99/max {:.0}/{:.0}/{:.0} us, {:.4} wakeups/irq, {} triggered, {} eois, {} timer irqs, {} kicks",
+        f(r, "rate_per_s"),
+        f(&r["latency_us"], "p50"),
+        f(&r["latency_us"], "p99"),
+        f(&r["latency_us"], "max"),
+        f(r, "loop_wakeups_per_irq"),
+        n(r, "triggered"),
+        n(r, "eois"),
+        n(r, "timer_interrupts"),
+        n(r, "vcpu_kicks"),
+    );
+}
+
+/// One boot of the lane on the kernel of `suite`; returns the guest's log.
+fn boot(repo: &Path, build: &Build, suite: &str) -> String {
+    let cache = repo.join("target/arm64-cache").join(suite);
+    let mut prep = Command::new(repo.join("tests/arm64/prepare.sh"));
+    prep.arg(&cache);
+    if suite != "host" {
+        prep.arg(suite);
+    }
+    run_ok(LANE, &format!("prepare.sh ({suite})"), &mut prep);
+
+    // The whole boot's hard timeout; each guest step gets half of it. 480 s fits a quiet 2-core
+    // host with room; a heavily loaded one (load 10+) slows TCG 10-30x and needs more.
+    let timeout: u64 = std::env::var("INTXD_ARM64_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(480);
+    let step = timeout / 2;
+    let env = cache.join("lane.env");
+    let tests: Vec<&str> = build.tests.keys().map(String::as_str).collect();
+    std::fs::write(
+        &env,
+        format!(
+            "CYCLES={CYCLES}\nSOAK_TIMEOUT={step}\nTEST_TIMEOUT={step}\nBENCH_TIMEOUT={step}\n\
+             BENCH_ARGS='--cycles 2000 --rounds 2 --scale 1,4 --scale-secs 2'\n\
+             TESTS='{}'\nMANIFEST='{}'\nBIN_EXE='{}'\n",
+            tests.join(" "),
+            repo.display(),
+            build.intxd.display()
+        ),
+    )
+    .expect("write lane.env");
+    let initrd = cache.join("lane.cpio.gz");
+    let mut mk = Command::new(repo.join("tests/qemu/mkinitrd.sh"));
+    mk.arg(&cache)
+        .arg(&build.intxd)
+        .arg(repo.join("tests/arm64/lane.sh"))
+        .arg(&initrd)
+        .arg(format!("{}:/lane.env", env.display()))
+        .arg(format!(
+            "{}:/vfio-e2e.sh",
+            repo.join("tests/qemu/vfio-e2e.sh").display()
+        ))
+        .arg(format!(
+            "{}:/edu.toml",
+            repo.join("config/examples/edu.toml").display()
+        ));
+    let prlimit = cache.join("util-linux/usr/bin/prlimit");
+    mk.arg(format!("{}:/usr/bin/prlimit", prlimit.display()));
+    for (name, exe) in &build.tests {
+        mk.arg(format!("{}:/tbin/{name}", exe.display()));
+    }
+    for e in walk(&repo.join("config")) {
+        let rel = e.strip_prefix(repo).expect("under the repo");
+        mk.arg(format!("{}:/src/{}", e.display(), rel.display()));
+    }
+    run_ok(LANE, &format!("mkinitrd.sh ({suite})"), &mut mk);
+
+    let out = run(
+        LANE,
+        &format!("run.sh ({suite}: boot, lane, power-off)"),
+        Command::new(repo.join("tests/qemu/run.sh"))
+            .arg(&cache)
+            .arg(&initrd)
+            .arg(timeout.to_string())
+            .env("INTXD_QEMU_LOG", cache.join("lane.log")),
+    );
+    let log = text(&out);
+    for l in log.lines().filter(|l| {
+        (l.contains("arm64-lane: ") || l.contains("vfio-e2e: ") || l.starts_with("run: "))
+            && !l.contains(" stderr: ")
+    }) {
+        eprintln!("{LANE} [{suite}]: {l}");
+    }
+    assert!(
+        out.status.success(),
+        "the arm64 guest ({suite}) failed ({}); log: {}",
+        out.status,
+        cache.join("lane.log").display()
+    );
+    log
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn intxd_builds_soaks_and_passes_its_tests_on_arm64() {
+    if !harness::may_run(LANE, missing_prerequisite()) {
+        return;
+    }
+    let t0 = Instant::now();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The host packages first (the cross-build needs them), on the host's own kernel.
+    run_ok(
+        LANE,
+        "prepare.sh (host)",
+        Command::new(repo.join("tests/arm64/prepare.sh")).arg(repo.join("target/arm64-cache/host")),
+    );
+    let build = cross_build(repo);
+    let suites = std::env::var("INTXD_ARM64_SUITES").unwrap_or_else(|_| "host".into());
+    for suite in suites.split(',').filter(|s| !s.is_empty()) {
+        let log = boot(repo, &build, suite);
+        check(&log, suite);
+    }
+    eprintln!("{LANE}: total {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+fn check(log: &str, suite: &str) {
+    let json = guest_json(log);
+    let get = |name: &str| {
+        json.get(name)
+            .unwrap_or_else(|| panic!("[{suite}] the guest printed no `arm64-json {name}:` line"))
+    };
+    let kernel = line(log, "arm64-lane: kernel ");
+    eprintln!("{LANE} [{suite}]: {kernel}");
+
+    // (a) the soak of the emulated device: four runs, exact.
+    let soak = get("soak-sim");
+    let runs = soak["runs"].as_array().expect("soak runs");
+    let combos: Vec<(String, String)> = runs
+        .iter()
+        .map(|r| (r["mode"].to_string(), r["irqchip"].to_string()))
+        .collect();
+    assert_eq!(combos.len(), 4, "[{suite}] soak runs: {combos:?}");
+    for r in runs {
+        assert_clean_run(&format!("[{suite}] sim"), r);
+        if r["irqchip"] == "user" {
+            // The guest's virtual timer shares the CPU line through device_irq_level.
+            assert!(
+                n(r, "timer_interrupts") > 0,
+                "[{suite}] no timer interrupts: {r}"
+            );
+        }
+    }
+    // The same without the kick: a finding about this kernel, reported, not asserted.
+    match json.get("soak-nokick").and_then(|s| s["runs"].get(0)) {
+        Some(r) if r["stall"].is_null() && n(r, "delivered") == CYCLES => eprintln!(
+            "{LANE} [{suite}]: without the vCPU kick: no stall, {} of {CYCLES} delivered ({:.0}/s)",
+            n(r, "delivered"),
+            f(r, "rate_per_s")
+        ),
+        Some(r) => eprintln!(
+            "{LANE} [{suite}]: without the vCPU kick: STALL after {} of {CYCLES}: {}",
+            n(r, "delivered"),
+            r["stall"]
+        ),
+        None => eprintln!("{LANE} [{suite}]: without the vCPU kick: no report (see the log)"),
+    }
+
+    // (b) edu through vfio-pci: bound by the daemon, soaked, given back.
+    let status = get("vfio-status0");
+    let caps = &status["daemon"]["capabilities"];
+    for cap in ["kvm", "irqfd", "irqfd_resample", "arm_user_irq", "vfio"] {
+        assert_eq!(
+            caps[cap],
+            Value::Bool(true),
+            "[{suite}] capability {cap}: {caps}"
+        );
+    }
+    let before = line(log, "vfio-e2e: sysfs before:");
+    assert_eq!(field(before, "driver"), Some("none"), "{before}");
+    let bound = line(log, "vfio-e2e: sysfs bound:");
+    assert_eq!(field(bound, "driver"), Some("vfio-pci"), "{bound}");
+    assert_ne!(field(bound, "iommu_group"), Some("none"), "{bound}");
+    for (mode, chip) in [
+        ("direct", "kernel"),
+        ("relay", "kernel"),
+        ("direct", "user"),
+        ("relay", "user"),
+    ] {
+        let r = get(&format!("vfio-soak-{mode}-{chip}"));
+        assert_eq!(r["runs"][0]["mode"], mode, "[{suite}] {r}");
+        assert_eq!(r["runs"][0]["irqchip"], chip, "[{suite}] {r}");
+        assert_clean_run(&format!("[{suite}] edu"), &r["runs"][0]);
+    }
+    line(log, "intxd INFO  seccomp filter installed");
+    let after = line(log, "vfio-e2e: sysfs after:");
+    assert_eq!(field(after, "driver"), Some("none"), "{after}");
+    assert_eq!(field(after, "driver_override"), Some("(null)"), "{after}");
+    line(log, "vfio-e2e: ALL PASSED");
+
+    // (c) the test binaries.
+    for l in log
+        .lines()
+        .filter_map(|l| l.find("arm64-lane: tests ").map(|i| &l[i..]))
+    {
+        if l.contains(" FAILED ") || l.contains(" | ") {
+            continue;
+        }
+        assert_eq!(field(l, "rc"), Some("0"), "[{suite}] {l}");
+        assert_eq!(num(l, "failed"), 0, "[{suite}] {l}");
+        assert!(num(l, "passed") > 0, "[{suite}] {l}");
+    }
+
+    // (d) the benchmark: every variant clean, its ratios printed.
+    let bench = get("bench");
+    for v in bench["variants"].as_array().expect("bench variants") {
+        assert_eq!(v["clean"], Value::Bool(true), "[{suite}] bench {v}");
+    }
+    eprintln!("{LANE} [{suite}]: bench ratios {}", bench["ratios"]);
+    line(log, "arm64-lane: ALL PASSED");
+}
