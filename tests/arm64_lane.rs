@@ -257,7 +257,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+// Not yet part of the default run (issue 12 is open): the aarch64 guest has no exerciser for a
+// real function yet, and direct-mode wakeups on the slow emulated host are above the target.
+// `.ci/run` runs it with `--ignored` as a reported step; `cargo test --release --test
+// arm64_lane -- --ignored` runs it by hand.
 #[test]
+#[ignore = "arm64 lane: run with --ignored (issue 12 is open; see docs/testing.md)"]
 fn intxd_builds_soaks_and_passes_its_tests_on_arm64() {
     if !harness::may_run(LANE, missing_prerequisite()) {
         return;
