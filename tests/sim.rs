@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use intxd::sim::{AckPolicy, LineState, SimDevice, SimHost};
 use intxd::util::fd::new_eventfd;
-use intxd::vfio::{IntxDevice, IntxError, IntxOp};
+use intxd::vfio::{DeviceFds, DeviceProbe, IntxActions, IntxError, IntxOp, VmmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 fn device(policy: AckPolicy) -> (SimHost, SimDevice) {
@@ -213,8 +213,11 @@ fn armed(dev: &mut SimDevice, trigger: &EventFd, unmask: &EventFd) -> (EventFd, 
     dev.set_trigger(trigger).unwrap();
     dev.set_unmask(Some(unmask)).unwrap();
     let mut fds = dev.vmm_fds().unwrap().into_iter();
-    let ack = intxd::util::fd::owned_into_eventfd(fds.next().unwrap());
-    let doorbell = intxd::util::fd::owned_into_eventfd(fds.next().unwrap());
+    let (ack_role, ack) = fds.next().unwrap();
+    let (doorbell_role, doorbell) = fds.next().unwrap();
+    assert_eq!((ack_role, doorbell_role), (VmmFd::Ack, VmmFd::Doorbell));
+    let ack = intxd::util::fd::owned_into_eventfd(ack);
+    let doorbell = intxd::util::fd::owned_into_eventfd(doorbell);
     (ack, doorbell)
 }
 

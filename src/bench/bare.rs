@@ -25,7 +25,7 @@ use crate::route::{Irqchip, Mode};
 use crate::sim::{AckPolicy, SimHost};
 use crate::soak::{Attached, Snapshot, SoakError, Wiring};
 use crate::util::fd::{borrow_eventfd, owned_into_eventfd};
-use crate::vfio::IntxDevice;
+use crate::vfio::{DeviceFds, DeviceProbe, IntxActions};
 
 /// The bench side: a device process, as a [`Wiring`].
 pub struct BareDevice {
@@ -162,7 +162,7 @@ pub fn serve(path: &Path) -> io::Result<()> {
                 let (irq, resample) = (owned_into_eventfd(irq), owned_into_eventfd(resample));
                 dev.set_trigger(&irq).map_err(io::Error::other)?;
                 dev.set_unmask(Some(&resample)).map_err(io::Error::other)?;
-                reply = dev.vmm_fds()?;
+                reply = dev.vmm_fds()?.into_iter().map(|(_, fd)| fd).collect();
             }
             b"s" => {
                 data = serde_json::to_vec(&dev.sim_counters().unwrap_or_default())

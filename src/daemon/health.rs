@@ -94,7 +94,7 @@ impl Daemon {
             let irq = route
                 .fds()
                 .into_iter()
-                .find(|(role, _)| *role == "irq")
+                .find(|(role, _)| *role == crate::vfio::ParkedFd::Irq)
                 .map(|(_, fd)| fd);
             let unread = irq
                 .and_then(|fd| eventfd_count(std::os::fd::AsRawFd::as_raw_fd(&fd)))

@@ -251,10 +251,18 @@ impl Daemon {
             let parked = record
                 .as_ref()
                 .filter(|(_, r)| r.routes.iter().any(|x| x.device == d.name))
-                .and_then(|_| inherited.take(&persist::route_fd_name(&d.name, "dev")))
+                .and_then(|_| {
+                    inherited.take(&persist::route_fd_name(
+                        &d.name,
+                        crate::vfio::ParkedFd::Device,
+                    ))
+                })
                 .map(|dev| devices::Parked {
                     dev,
-                    container: inherited.take(&persist::route_fd_name(&d.name, "container")),
+                    container: inherited.take(&persist::route_fd_name(
+                        &d.name,
+                        crate::vfio::ParkedFd::Container,
+                    )),
                 });
             devices.push(DeviceSlot::open(
                 d.clone(),

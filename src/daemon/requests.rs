@@ -329,11 +329,10 @@ impl Daemon {
             }
         };
         let facts = backend.facts();
-        let roles = if matches!(dev.cfg.pci, crate::config::PciAddr::Sim(_)) {
-            vec!["ack".to_string(), "doorbell".to_string()]
-        } else {
-            vec!["vfio_device".to_string(), "vfio_container".to_string()]
-        };
+        let (roles, device_fds): (Vec<String>, Vec<OwnedFd>) = device_fds
+            .into_iter()
+            .map(|(role, fd)| (role.name().to_string(), fd))
+            .unzip();
         dev.route = Some(route);
         dev.health.reset(backend.host_count());
         dev.irqchip = Some(irqchip);

@@ -19,6 +19,7 @@ use crate::control::auth::Peer;
 use crate::route::{AdoptedFds, Mode, RelayRegistrar, Route};
 use crate::systemd::Inherited;
 use crate::util::fd::{owned_into_eventfd, FdKind};
+use crate::vfio::ParkedFd;
 use mio::unix::SourceFd;
 use mio::Interest;
 
@@ -127,15 +128,15 @@ impl Daemon {
             return;
         };
         let tag = self.devices[di].tag();
-        let mut take = |role: &str| {
+        let mut take = |role: ParkedFd| {
             inherited
                 .take(&route_fd_name(&r.device, role))
                 .filter(|f| FdKind::of(f.as_raw_fd()).ok() == Some(FdKind::EventFd))
                 .map(owned_into_eventfd)
         };
-        let (irq, resample) = (take("irq"), take("resample"));
+        let (irq, resample) = (take(ParkedFd::Irq), take(ParkedFd::Resample));
         let relay = match r.mode {
-            Mode::Relay => match (take("trigger"), take("unmask")) {
+            Mode::Relay => match (take(ParkedFd::Trigger), take(ParkedFd::Unmask)) {
                 (Some(t), Some(u)) => Some((t, u)),
                 _ => None,
             },
@@ -154,7 +155,7 @@ impl Daemon {
             owner_conn && kept_open,
         ) else {
             log::warn!("{tag}: restart: the route's fds, its device or its VMM's connection did not survive; it is dropped");
-            for role in ["irq", "resample", "trigger", "unmask", "dev", "container"] {
+            for role in ParkedFd::ALL {
                 self.fdstore.remove(&route_fd_name(&r.device, role));
             }
             return;
@@ -252,7 +253,7 @@ impl Daemon {
             return;
         }
         let name = self.devices[di].cfg.name.clone();
-        for role in ["irq", "resample", "trigger", "unmask", "dev", "container"] {
+        for role in ParkedFd::ALL {
             self.fdstore.remove(&route_fd_name(&name, role));
         }
     }

@@ -10,7 +10,7 @@ use crate::relay::{RelayConfig, RelayPath, RelayStats};
 use std::os::fd::BorrowedFd;
 
 use crate::util::fd::{borrow_eventfd, new_eventfd};
-use crate::vfio::{IntxDevice, IntxError};
+use crate::vfio::{IntxDevice, IntxError, ParkedFd};
 
 /// One setup step, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,17 +297,17 @@ impl Route {
 
     /// Every eventfd the route holds, by role (`irq`, `resample`, and for a
     /// relay `trigger` and `unmask`), for systemd's fd store.
-    pub fn fds(&self) -> Vec<(&'static str, BorrowedFd<'_>)> {
+    pub fn fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)> {
         match (&self.direct, &self.relay) {
             (Some((irq, resample)), _) => vec![
-                ("irq", borrow_eventfd(irq)),
-                ("resample", borrow_eventfd(resample)),
+                (ParkedFd::Irq, borrow_eventfd(irq)),
+                (ParkedFd::Resample, borrow_eventfd(resample)),
             ],
             (_, Some(p)) => vec![
-                ("irq", borrow_eventfd(&p.irq)),
-                ("resample", borrow_eventfd(&p.resample)),
-                ("trigger", borrow_eventfd(&p.trigger)),
-                ("unmask", borrow_eventfd(&p.unmask)),
+                (ParkedFd::Irq, borrow_eventfd(&p.irq)),
+                (ParkedFd::Resample, borrow_eventfd(&p.resample)),
+                (ParkedFd::Trigger, borrow_eventfd(&p.trigger)),
+                (ParkedFd::Unmask, borrow_eventfd(&p.unmask)),
             ],
             _ => Vec::new(),
         }

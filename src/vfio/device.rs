@@ -8,7 +8,7 @@
 //! that a device can be adopted from bare fds after a daemon restart
 //! ([`VfioIntx::adopt`]), which `vfio-ioctls` cannot wrap in group mode.
 //!
-//! vfio-pci keeps the contract of [`IntxDevice`] in the kernel
+//! vfio-pci keeps the contract of [`IntxActions`] in the kernel
 //! (`drivers/vfio/pci/vfio_pci_intrs.c`): its hard IRQ handler masks INTx
 //! and signals the trigger eventfd (`AUTOMASKED`); an unmask with the line
 //! still asserted leaves it masked and signals the trigger again; every action
@@ -33,7 +33,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::interrupts::{self, vfio_intx_action};
 use super::ioctl;
 use crate::config::PciAddr;
-use crate::vfio::{DeviceFacts, IntxDevice, IntxError, IntxInfo, IntxOp, SimCounters};
+use crate::vfio::{
+    DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, ParkedFd,
+    SimCounters, VmmFd,
+};
 
 /// Where sysfs lists PCI functions.
 const SYSFS_DEVICES: &str = "/sys/bus/pci/devices";
@@ -220,7 +223,8 @@ impl Drop for Opened {
     }
 }
 
-/// A real PCI function's INTx through vfio-pci; implements [`IntxDevice`].
+/// A real PCI function's INTx through vfio-pci; implements
+/// [`IntxDevice`](crate::vfio::IntxDevice).
 ///
 /// Opened with [`VfioIntx::open`] (container and group through
 /// `vfio-ioctls`) or taken over from a previous daemon's fds with
@@ -564,25 +568,9 @@ fn intx_masking_enabled() -> bool {
         .unwrap_or(true)
 }
 
-impl IntxDevice for VfioIntx {
+impl IntxActions for VfioIntx {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn info(&self) -> IntxInfo {
-        self.info
-    }
-
-    fn facts(&self) -> DeviceFacts {
-        DeviceFacts {
-            pci: self.bdf.clone(),
-            vendor: self.vendor,
-            device: self.device_id,
-            pin: self.pin,
-            intx: self.info,
-            shared_line: self.shared_line(),
-            pci_2_3: self.pci_2_3,
-        }
     }
 
     fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError> {
@@ -683,6 +671,24 @@ impl IntxDevice for VfioIntx {
             raw,
         )
     }
+}
+
+impl DeviceProbe for VfioIntx {
+    fn info(&self) -> IntxInfo {
+        self.info
+    }
+
+    fn facts(&self) -> DeviceFacts {
+        DeviceFacts {
+            pci: self.bdf.clone(),
+            vendor: self.vendor,
+            device: self.device_id,
+            pin: self.pin,
+            intx: self.info,
+            shared_line: self.shared_line(),
+            pci_2_3: self.pci_2_3,
+        }
+    }
 
     /// The count of the host IRQ line that carries `vfio-intx(<bdf>)` in
     /// `/proc/interrupts`, summed over CPUs. vfio-pci requests that line only
@@ -699,12 +705,6 @@ impl IntxDevice for VfioIntx {
         }
     }
 
-    /// `[VFIO device fd, container fd]`, fresh duplicates, in the order the
-    /// attach reply names them (`vfio_device`, `vfio_container`).
-    fn vmm_fds(&self) -> io::Result<Vec<OwnedFd>> {
-        Ok(vec![self.device.try_clone()?, self.container.try_clone()?])
-    }
-
     fn sim_counters(&self) -> Option<SimCounters> {
         None
     }
@@ -712,13 +712,24 @@ impl IntxDevice for VfioIntx {
     fn is_gone(&self) -> bool {
         self.gone
     }
+}
+
+impl DeviceFds for VfioIntx {
+    /// `[VFIO device fd, container fd]`, fresh duplicates, in the order the
+    /// attach reply names them (`vfio_device`, `vfio_container`).
+    fn vmm_fds(&self) -> io::Result<Vec<(VmmFd, OwnedFd)>> {
+        Ok(vec![
+            (VmmFd::VfioDevice, self.device.try_clone()?),
+            (VmmFd::VfioContainer, self.container.try_clone()?),
+        ])
+    }
 
     /// `dev` (the VFIO device fd, which also keeps the group open) and
     /// `container`: what [`VfioIntx::adopt`] takes back.
-    fn store_fds(&self) -> Vec<(&'static str, BorrowedFd<'_>)> {
+    fn store_fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)> {
         vec![
-            ("dev", self.device.as_fd()),
-            ("container", self.container.as_fd()),
+            (ParkedFd::Device, self.device.as_fd()),
+            (ParkedFd::Container, self.container.as_fd()),
         ]
     }
 }

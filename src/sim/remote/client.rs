@@ -1,4 +1,5 @@
-//! The daemon's side of a device in the sim host: an [`IntxDevice`] whose
+//! The daemon's side of a device in the sim host: an
+//! [`IntxDevice`](crate::vfio::IntxDevice) whose
 //! every call is one request on the device's connection.
 
 use std::io;
@@ -14,7 +15,10 @@ use super::{SimReply, SimRequest};
 use crate::control::wire;
 use crate::sim::{sim_facts, AckPolicy, SIM_INTX_INFO};
 use crate::util::fd::borrow_eventfd;
-use crate::vfio::{DeviceFacts, IntxDevice, IntxError, IntxInfo, IntxOp, SimCounters};
+use crate::vfio::{
+    DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, ParkedFd,
+    SimCounters, VmmFd,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -134,17 +138,9 @@ impl RemoteSim {
     }
 }
 
-impl IntxDevice for RemoteSim {
+impl IntxActions for RemoteSim {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn info(&self) -> IntxInfo {
-        SIM_INTX_INFO
-    }
-
-    fn facts(&self) -> DeviceFacts {
-        sim_facts(self.index)
     }
 
     fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError> {
@@ -178,26 +174,19 @@ impl IntxDevice for RemoteSim {
     fn set_request(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError> {
         self.intx(IntxOp::SetRequest, fd)
     }
+}
+
+impl DeviceProbe for RemoteSim {
+    fn info(&self) -> IntxInfo {
+        SIM_INTX_INFO
+    }
+
+    fn facts(&self) -> DeviceFacts {
+        sim_facts(self.index)
+    }
 
     fn host_count(&self) -> u64 {
         self.sim_counters().map(|c| c.triggers).unwrap_or(0)
-    }
-
-    fn vmm_fds(&self) -> io::Result<Vec<OwnedFd>> {
-        // `call` needs `&mut`; a duplicate of the socket is the same
-        // connection, and request/reply pairs never interleave on this thread.
-        let mut me = RemoteSim {
-            name: self.name.clone(),
-            index: self.index,
-            sock: self.sock.try_clone()?,
-            gone: false,
-        };
-        match me.call(&SimRequest::VmmFds, &[])? {
-            (SimReply::Ok, fds) if fds.len() == 2 => Ok(fds),
-            (other, _) => Err(io::Error::other(format!(
-                "sim host gave no device fds: {other:?}"
-            ))),
-        }
     }
 
     fn sim_counters(&self) -> Option<SimCounters> {
@@ -216,8 +205,29 @@ impl IntxDevice for RemoteSim {
     fn is_gone(&self) -> bool {
         self.gone
     }
+}
 
-    fn store_fds(&self) -> Vec<(&'static str, BorrowedFd<'_>)> {
-        vec![("dev", self.sock.as_fd())]
+impl DeviceFds for RemoteSim {
+    fn vmm_fds(&self) -> io::Result<Vec<(VmmFd, OwnedFd)>> {
+        // `call` needs `&mut`; a duplicate of the socket is the same
+        // connection, and request/reply pairs never interleave on this thread.
+        let mut me = RemoteSim {
+            name: self.name.clone(),
+            index: self.index,
+            sock: self.sock.try_clone()?,
+            gone: false,
+        };
+        match me.call(&SimRequest::VmmFds, &[])? {
+            (SimReply::Ok, fds) if fds.len() == 2 => {
+                Ok([VmmFd::Ack, VmmFd::Doorbell].into_iter().zip(fds).collect())
+            }
+            (other, _) => Err(io::Error::other(format!(
+                "sim host gave no device fds: {other:?}"
+            ))),
+        }
+    }
+
+    fn store_fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)> {
+        vec![(ParkedFd::Device, self.sock.as_fd())]
     }
 }

@@ -15,7 +15,7 @@ use super::{SimReply, SimRequest};
 use crate::control::wire;
 use crate::sim::{SimDevice, SimHost};
 use crate::util::fd::owned_into_eventfd;
-use crate::vfio::{IntxDevice, IntxError, IntxOp};
+use crate::vfio::{DeviceFds, DeviceProbe, IntxActions, IntxError, IntxOp};
 
 const LISTENER: Token = Token(usize::MAX);
 
@@ -186,7 +186,7 @@ fn handle(
         }
         SimRequest::VmmFds => {
             return match dev.vmm_fds() {
-                Ok(f) => (SimReply::Ok, f),
+                Ok(f) => (SimReply::Ok, f.into_iter().map(|(_, fd)| fd).collect()),
                 Err(e) => fail(e.to_string()),
             }
         }
