@@ -1,11 +1,10 @@
 //! Connections and requests: accept, read, decode, check, act, reply.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use mio::unix::SourceFd;
 use mio::Interest;
-use nix::sys::socket::{accept4, SockFlag};
 
 use super::conn::{Conn, Outgoing, SendState};
 use super::devices::{choose_mode, DeviceState, Holder};
@@ -16,20 +15,14 @@ use crate::control::validate::{validate, PacketMeta};
 use crate::control::wire::{self, Packet};
 use crate::route;
 use crate::util::fd::{owned_into_eventfd, FdKind};
+use crate::util::sock;
 use crate::PROTOCOL_VERSION;
 
 impl Daemon {
     pub(super) fn accept_all(&mut self) {
         loop {
-            match accept4(
-                self.listener.as_raw_fd(),
-                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            ) {
-                Ok(raw) => {
-                    // SAFETY-free adoption: accept4 returned a new fd we own.
-                    let sock = adopt(raw);
-                    self.add_conn(sock);
-                }
+            match sock::accept(self.listener.as_fd()) {
+                Ok(sock) => self.add_conn(sock),
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::ECONNABORTED) => continue,
                 Err(nix::errno::Errno::EMFILE) | Err(nix::errno::Errno::ENFILE) => {
@@ -48,16 +41,12 @@ impl Daemon {
     /// close it, and take the reserve back. Existing routes are untouched.
     fn refuse_for_fds(&mut self) {
         self.reserve_fd = None;
-        if let Ok(raw) = accept4(
-            self.listener.as_raw_fd(),
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        ) {
-            let sock = adopt(raw);
+        if let Ok(sock) = sock::accept(self.listener.as_fd()) {
             let reply = Reply::error(
                 ErrorCode::ResourceExhausted,
                 "intxd is out of file descriptors (RLIMIT_NOFILE); existing devices keep working; raise LimitNOFILE= or try later",
             );
-            let _ = wire::send(sock.as_raw_fd(), &encode(&reply), &[]);
+            let _ = wire::send(sock.as_fd(), &encode(&reply), &[]);
             log::error!("control socket: out of file descriptors; refused a new client");
         }
         self.reserve_fd = std::fs::File::open("/dev/null").ok();
@@ -83,7 +72,7 @@ impl Daemon {
                     "intxd already serves {open} connections (daemon.max_connections); close one and retry"
                 ),
             );
-            let _ = wire::send(sock.as_raw_fd(), &encode(&reply), &[]);
+            let _ = wire::send(sock.as_fd(), &encode(&reply), &[]);
             log::warn!(
                 "control socket: refused pid {} uid {}: too many connections",
                 peer.pid,
@@ -139,7 +128,7 @@ impl Daemon {
             let Some(conn) = self.conns.get(i).and_then(Option::as_ref) else {
                 return;
             };
-            match wire::recv(conn.sock.as_raw_fd()) {
+            match wire::recv(conn.sock.as_fd()) {
                 Ok(Some(p)) => {
                     let (reply, fds) = self.handle_packet(i, p);
                     self.reply(i, &reply, fds);
@@ -575,10 +564,3 @@ fn encode(r: &Reply) -> Vec<u8> {
 }
 
 pub use crate::util::error::chain;
-
-#[allow(unsafe_code)]
-fn adopt(raw: std::os::fd::RawFd) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: accept4 just returned this fd; nothing else refers to it.
-    unsafe { OwnedFd::from_raw_fd(raw) }
-}
