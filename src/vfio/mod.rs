@@ -10,18 +10,25 @@
 //! the daemon, the soak and the benchmarks run unchanged on a kernel without
 //! VFIO. [`VfioIntx`] implements it for a real function bound to vfio-pci.
 //!
-//! Files: `intx.rs` (the trait and its types), `device.rs` (`VfioIntx`:
-//! open, adopt, the INTx actions, facts and counts), `ioctl.rs` (the raw
-//! device ioctls, which keep the errno), `interrupts.rs` (`/proc/interrupts`),
-//! `region.rs` (config space and BAR mappings, for a VMM such as the soak).
+//! Files: `intx.rs` (the traits and their types), `device.rs` (`VfioIntx`
+//! and its INTx actions), `open.rs` (open, adopt, and the `vfio-ioctls`
+//! objects' guarded close), `error.rs` (open errors and the errno mappings
+//! of INTx actions), `probe.rs` (what sysfs and `/proc` say, through
+//! [`crate::pci::HostFs`]), `ioctl.rs` (the raw device ioctls, which keep
+//! the errno), `interrupts.rs` (`/proc/interrupts`), `region.rs` (config
+//! space and BAR mappings, for a VMM such as the soak).
 
 mod device;
+mod error;
 pub mod interrupts;
 mod intx;
 mod ioctl;
+mod open;
+mod probe;
 pub mod region;
 
-pub use device::{Cause, VfioError, VfioIntx};
+pub use device::VfioIntx;
+pub use error::{Cause, VfioError};
 pub use intx::{
     DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxDevice, IntxError, IntxInfo, IntxOp,
     ParkedFd, SimCounters, VmmFd,
