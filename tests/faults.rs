@@ -8,7 +8,7 @@ mod common;
 #[path = "pci/fake.rs"]
 mod fake;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -234,7 +234,7 @@ impl SimHostProc {
         )
         .unwrap();
         let req = format!(r#"{{"op":"surprise_remove","index":{index}}}"#);
-        intxd::control::wire::send(s.as_raw_fd(), req.as_bytes(), &[]).unwrap();
+        intxd::control::wire::send(s.as_fd(), req.as_bytes(), &[]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -16,6 +16,7 @@ use super::{caps, listener, loop_err, Daemon, DaemonError, DaemonOptions, LoopSt
 use crate::config::Config;
 use crate::control::proto::{Capabilities, Event};
 use crate::sim::SimHost;
+use crate::vfio::ParkedFd;
 
 impl Daemon {
     /// Brings the configured devices up and starts listening. On return the
@@ -55,10 +56,10 @@ impl Daemon {
             let parked = record
                 .as_ref()
                 .filter(|(_, r)| r.routes.iter().any(|x| x.device == d.name))
-                .and_then(|_| inherited.take(&route_fd_name(&d.name, "dev")))
+                .and_then(|_| inherited.take(&route_fd_name(&d.name, ParkedFd::Device)))
                 .map(|dev| Parked {
                     dev,
-                    container: inherited.take(&route_fd_name(&d.name, "container")),
+                    container: inherited.take(&route_fd_name(&d.name, ParkedFd::Container)),
                 });
             let state = open_now(d, at, &binder, parked);
             devices.push(DeviceSlot::new(d.clone(), state));

@@ -6,6 +6,7 @@ use std::os::fd::BorrowedFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::util::fd::{borrow_eventfd, new_eventfd};
+use crate::vfio::ParkedFd;
 
 /// The VMM's end of one level-triggered interrupt line (crosvm calls this
 /// pair `IrqLevelEvent`).
@@ -60,54 +61,20 @@ impl VfioLine {
     }
 }
 
-/// The role of one of a route's fds, as systemd's fd store names it
-/// (`<device>-<role>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteFd {
-    /// [`VmmLine::irq`].
-    Irq,
-    /// [`VmmLine::resample`].
-    Resample,
-    /// [`VfioLine::trigger`] (relay routes).
-    Trigger,
-    /// [`VfioLine::unmask`] (relay routes).
-    Unmask,
-}
-
-impl RouteFd {
-    /// Every role.
-    pub const ALL: [RouteFd; 4] = [
-        RouteFd::Irq,
-        RouteFd::Resample,
-        RouteFd::Trigger,
-        RouteFd::Unmask,
-    ];
-
-    /// The role's name in the fd store.
-    pub fn name(self) -> &'static str {
-        match self {
-            RouteFd::Irq => "irq",
-            RouteFd::Resample => "resample",
-            RouteFd::Trigger => "trigger",
-            RouteFd::Unmask => "unmask",
-        }
-    }
-}
-
 impl VmmLine {
-    pub(super) fn fds(&self) -> [(RouteFd, BorrowedFd<'_>); 2] {
+    pub(super) fn fds(&self) -> [(ParkedFd, BorrowedFd<'_>); 2] {
         [
-            (RouteFd::Irq, borrow_eventfd(&self.irq)),
-            (RouteFd::Resample, borrow_eventfd(&self.resample)),
+            (ParkedFd::Irq, borrow_eventfd(&self.irq)),
+            (ParkedFd::Resample, borrow_eventfd(&self.resample)),
         ]
     }
 }
 
 impl VfioLine {
-    pub(super) fn fds(&self) -> [(RouteFd, BorrowedFd<'_>); 2] {
+    pub(super) fn fds(&self) -> [(ParkedFd, BorrowedFd<'_>); 2] {
         [
-            (RouteFd::Trigger, borrow_eventfd(&self.trigger)),
-            (RouteFd::Unmask, borrow_eventfd(&self.unmask)),
+            (ParkedFd::Trigger, borrow_eventfd(&self.trigger)),
+            (ParkedFd::Unmask, borrow_eventfd(&self.unmask)),
         ]
     }
 }

@@ -20,7 +20,7 @@ mod lines;
 mod registration;
 mod steps;
 
-pub use lines::{RouteFd, VfioLine, VmmLine};
+pub use lines::{VfioLine, VmmLine};
 pub use registration::{Registration, RelayRegistrar};
 pub use steps::{attach, AdoptedFds, RelayWiring, Route, RouteError, Step, Wiring};
 

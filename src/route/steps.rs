@@ -4,11 +4,11 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use super::lines::{RouteFd, VfioLine, VmmLine};
+use super::lines::{VfioLine, VmmLine};
 use super::registration::{Registration, RelayRegistrar};
 use super::Mode;
 use crate::relay::{RelayConfig, RelayPath, RelayStats};
-use crate::vfio::{IntxDevice, IntxError};
+use crate::vfio::{IntxDevice, IntxError, ParkedFd};
 
 /// One setup step, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +297,7 @@ impl Route {
     }
 
     /// Every eventfd the route holds, by role, for systemd's fd store.
-    pub fn fds(&self) -> Vec<(RouteFd, BorrowedFd<'_>)> {
+    pub fn fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)> {
         let mut fds = self.vmm().fds().to_vec();
         if let Some(p) = self.relay() {
             fds.extend(p.vfio().fds());

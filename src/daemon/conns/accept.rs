@@ -1,12 +1,11 @@
 //! Accepting clients: every waiting connection, the connection limit, and
 //! what happens when the process runs out of fds.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use mio::Interest;
 use nix::errno::Errno;
-use nix::sys::socket::{accept4, SockFlag};
 
 use super::{encode, Conn};
 use crate::control::auth::Peer;
@@ -14,6 +13,7 @@ use crate::control::proto::{ErrorCode, Reply};
 use crate::control::wire;
 use crate::daemon::event_loop::Tok;
 use crate::daemon::Daemon;
+use crate::util::sock;
 
 /// The control socket and the fd kept in reserve for refusing clients.
 pub struct Acceptor {
@@ -49,11 +49,7 @@ impl Acceptor {
     }
 
     fn accept(&self) -> nix::Result<OwnedFd> {
-        let raw = accept4(
-            self.listener.as_raw_fd(),
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        )?;
-        Ok(adopt(raw))
+        sock::accept(self.listener.as_fd())
     }
 }
 
@@ -93,7 +89,7 @@ impl Daemon {
                 ErrorCode::ResourceExhausted,
                 "intxd is out of file descriptors (RLIMIT_NOFILE); existing devices keep working; raise LimitNOFILE= or try later",
             );
-            let _ = wire::send(sock.as_raw_fd(), &encode(&reply), &[]);
+            let _ = wire::send(sock.as_fd(), &encode(&reply), &[]);
             log::error!("control socket: out of file descriptors; refused a new client");
         }
         self.accept.reserve_fd = std::fs::File::open("/dev/null").ok();
@@ -119,7 +115,7 @@ impl Daemon {
                     "intxd already serves {open} connections (daemon.max_connections); close one and retry"
                 ),
             );
-            let _ = wire::send(sock.as_raw_fd(), &encode(&reply), &[]);
+            let _ = wire::send(sock.as_fd(), &encode(&reply), &[]);
             log::warn!(
                 "control socket: refused pid {} uid {}: too many connections",
                 peer.pid,
@@ -149,11 +145,4 @@ impl Daemon {
         );
         self.conns.insert(slot, conn);
     }
-}
-
-#[allow(unsafe_code)]
-fn adopt(raw: std::os::fd::RawFd) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: accept4 just returned this fd; nothing else refers to it.
-    unsafe { OwnedFd::from_raw_fd(raw) }
 }

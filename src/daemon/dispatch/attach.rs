@@ -3,7 +3,6 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::config::PciAddr;
 use crate::control::proto::{ErrorCode, ModeRequest, Owner, Reply};
 use crate::daemon::device::{choose_mode, AttachOrigin, Attachment, Holder};
 use crate::daemon::Daemon;
@@ -104,11 +103,10 @@ impl Daemon {
             }
         };
         let facts = backend.facts();
-        let roles = if matches!(dev.cfg.pci, PciAddr::Sim(_)) {
-            vec!["ack".to_string(), "doorbell".to_string()]
-        } else {
-            vec!["vfio_device".to_string(), "vfio_container".to_string()]
-        };
+        let (roles, device_fds): (Vec<String>, Vec<OwnedFd>) = device_fds
+            .into_iter()
+            .map(|(role, fd)| (role.name().to_string(), fd))
+            .unzip();
         let holder = Holder {
             conn_id,
             owner: Owner {

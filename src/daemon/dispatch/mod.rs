@@ -6,7 +6,7 @@ mod attach;
 mod status;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use super::event_loop::Ready;
 use super::Daemon;
@@ -29,7 +29,7 @@ impl Daemon {
             let Some(conn) = self.conns.get(i) else {
                 return;
             };
-            match wire::recv(conn.sock.as_raw_fd()) {
+            match wire::recv(conn.sock.as_fd()) {
                 Ok(Some(p)) => {
                     let (reply, fds) = self.handle_packet(i, p);
                     self.reply(i, &reply, fds);

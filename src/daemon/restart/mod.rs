@@ -20,15 +20,12 @@ use super::device::{AttachOrigin, Attachment, Holder};
 use super::event_loop::Tok;
 use super::Daemon;
 use crate::control::auth::Peer;
-use crate::route::{AdoptedFds, Mode, Route, RouteFd, VfioLine, VmmLine};
+use crate::route::{AdoptedFds, Mode, Route, VfioLine, VmmLine};
 use crate::systemd::Inherited;
 use crate::util::error::chain;
 use crate::util::fd::{owned_into_eventfd, FdKind};
+use crate::vfio::ParkedFd;
 use persist::{ConnRecord, RouteRecord, STATE_VERSION};
-
-/// What a device parks besides its route's fds (its backend's, see
-/// `IntxDevice::store_fds`).
-const DEVICE_FDS: [&str; 2] = ["dev", "container"];
 
 /// Takes the state record a previous daemon parked, if any.
 pub(super) fn take_record(inherited: &mut Inherited) -> Option<(StateFile, StateRecord)> {
@@ -134,15 +131,15 @@ impl Daemon {
             return;
         };
         let tag = self.devices[di].tag();
-        let mut take = |role: RouteFd| {
+        let mut take = |role: ParkedFd| {
             inherited
-                .take(&route_fd_name(&r.device, role.name()))
+                .take(&route_fd_name(&r.device, role))
                 .filter(|f| FdKind::of(f.as_raw_fd()).ok() == Some(FdKind::EventFd))
                 .map(owned_into_eventfd)
         };
-        let (irq, resample) = (take(RouteFd::Irq), take(RouteFd::Resample));
+        let (irq, resample) = (take(ParkedFd::Irq), take(ParkedFd::Resample));
         let vfio = match r.mode {
-            Mode::Relay => match (take(RouteFd::Trigger), take(RouteFd::Unmask)) {
+            Mode::Relay => match (take(ParkedFd::Trigger), take(ParkedFd::Unmask)) {
                 (Some(trigger), Some(unmask)) => Some(VfioLine { trigger, unmask }),
                 _ => None,
             },
@@ -206,8 +203,7 @@ impl Daemon {
 
     /// Takes every fd a device may have parked out of the store.
     fn forget_route_fds(&mut self, device: &str) {
-        let roles = RouteFd::ALL.map(RouteFd::name);
-        for role in roles.iter().chain(DEVICE_FDS.iter()) {
+        for role in ParkedFd::ALL {
             self.sd.fdstore.remove(&route_fd_name(device, role));
         }
     }
@@ -240,7 +236,7 @@ impl Daemon {
             fds.extend(
                 r.fds()
                     .into_iter()
-                    .map(|(role, fd)| (route_fd_name(&name, role.name()), fd)),
+                    .map(|(role, fd)| (route_fd_name(&name, role), fd)),
             );
         }
         if let Some(o) = dev.state.open() {

@@ -16,7 +16,7 @@ mod client;
 mod server;
 
 pub use client::RemoteSim;
-pub use server::serve;
+pub use server::{serve, serve_connection, ServeError};
 
 use serde::{Deserialize, Serialize};
 
