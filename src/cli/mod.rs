@@ -76,8 +76,8 @@ enum Cmd {
         #[arg(long, default_value = "/run/intxd/control.sock")]
         socket: PathBuf,
         /// Mode to ask for.
-        #[arg(long, default_value = "auto")]
-        mode: String,
+        #[arg(long, value_enum, default_value_t = AttachModeArg::Auto)]
+        mode: AttachModeArg,
         /// Seconds to hold the device before detaching.
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
@@ -146,6 +146,14 @@ pub struct SoakArgs {
     json: bool,
 }
 
+/// The mode `intxd attach` asks for.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AttachModeArg {
+    Auto,
+    Direct,
+    Relay,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ModeArg {
     Direct,
@@ -176,7 +184,7 @@ pub fn main() -> ExitCode {
             socket,
             mode,
             hold,
-        } => status_cmd::attach(&socket, &device, &mode, hold),
+        } => status_cmd::attach(&socket, &device, mode, hold),
         Cmd::Soak(args) => soak_cmd::soak(&args),
         Cmd::SimHost { socket } => {
             logging::init("info");
