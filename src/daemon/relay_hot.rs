@@ -21,10 +21,7 @@ impl Daemon {
     /// Device `i`'s VFIO trigger fired: carry it to the VMM.
     #[inline]
     pub(super) fn on_trigger(&mut self, i: usize, now: Instant) {
-        let Some((_, att)) = self.devices.get_mut(i).and_then(|d| d.state.attached_mut()) else {
-            return;
-        };
-        let Some(path) = att.route.relay_mut() else {
+        let Some((_, path)) = self.devices.get_mut(i).and_then(|d| d.state.relay_mut()) else {
             return;
         };
         match path.on_trigger(now) {
@@ -40,10 +37,7 @@ impl Daemon {
     /// storm holds the line.
     #[inline]
     pub(super) fn on_resample(&mut self, i: usize, now: Instant) {
-        let Some((open, att)) = self.devices.get_mut(i).and_then(|d| d.state.attached_mut()) else {
-            return;
-        };
-        let Some(path) = att.route.relay_mut() else {
+        let Some((open, path)) = self.devices.get_mut(i).and_then(|d| d.state.relay_mut()) else {
             return;
         };
         let backend = &mut open.backend;
@@ -89,11 +83,7 @@ impl Daemon {
         let mut fired = Vec::new();
         for (i, dev) in self.devices.iter_mut().enumerate() {
             let tag = dev.tag();
-            let Some(path) = dev
-                .state
-                .attached_mut()
-                .and_then(|(_, att)| att.route.relay_mut())
-            else {
+            let Some((_, path)) = dev.state.relay_mut() else {
                 continue;
             };
             match path.on_timer(now) {

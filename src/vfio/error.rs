@@ -91,7 +91,7 @@ pub enum VfioError {
         /// `vfio_irq_info.flags`.
         flags: u32,
     },
-    /// An fd handed to [`VfioIntx::adopt`] is of the wrong kind.
+    /// An fd handed to [`VfioIntx::adopt`](crate::vfio::VfioIntx::adopt) is of the wrong kind.
     #[error("{device} {addr}: the {role} fd is `{found}`, not a {expected}")]
     WrongFd {
         /// Device name from the config.

@@ -4,14 +4,12 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
-use mio::Interest;
 use nix::errno::Errno;
 
 use super::{encode, Conn};
 use crate::control::auth::Peer;
 use crate::control::proto::{ErrorCode, Reply};
 use crate::control::wire;
-use crate::daemon::event_loop::Tok;
 use crate::daemon::Daemon;
 use crate::util::sock;
 
@@ -123,11 +121,6 @@ impl Daemon {
             );
             return;
         }
-        let slot = self.conns.free_slot();
-        if let Err(e) = self.lp.watch(&sock, Tok::Conn(slot), Interest::READABLE) {
-            log::error!("control socket: cannot watch a new connection: {e}");
-            return;
-        }
         let conn = Conn {
             id: self.conns.new_id(),
             sock,
@@ -137,12 +130,10 @@ impl Daemon {
             want_write: false,
             parked: false,
         };
-        log::debug!(
-            "connection {} from pid {} uid {}",
-            conn.id,
-            conn.peer.pid,
-            conn.peer.uid
-        );
-        self.conns.insert(slot, conn);
+        let (id, pid, uid) = (conn.id, conn.peer.pid, conn.peer.uid);
+        match self.add_to_table(conn) {
+            Ok(()) => log::debug!("connection {id} from pid {pid} uid {uid}"),
+            Err(e) => log::error!("control socket: cannot watch a new connection: {e}"),
+        }
     }
 }

@@ -104,6 +104,15 @@ impl ConnTable {
 }
 
 impl Daemon {
+    /// Watches `conn`'s socket and puts it in the table.
+    pub(super) fn add_to_table(&mut self, conn: Conn) -> std::io::Result<()> {
+        let slot = self.conns.free_slot();
+        self.lp
+            .watch(&conn.sock, Tok::Conn(slot), Interest::READABLE)?;
+        self.conns.insert(slot, conn);
+        Ok(())
+    }
+
     pub(super) fn reply(&mut self, ci: usize, reply: &Reply, fds: Vec<OwnedFd>) {
         self.push(
             ci,

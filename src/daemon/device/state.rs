@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::proto::{DeviceState, Owner};
 use crate::pci::BindRecord;
+use crate::relay::RelayPath;
 use crate::route::{Irqchip, Route};
 use crate::util::error::chain;
 use crate::vfio::IntxDevice;
@@ -122,6 +123,12 @@ impl Lifecycle {
             Lifecycle::Attached(o, a) => Some((o, a)),
             _ => None,
         }
+    }
+
+    /// The backend and the relay path, while attached by a relay route.
+    pub fn relay_mut(&mut self) -> Option<(&mut Open, &mut RelayPath)> {
+        let (open, att) = self.attached_mut()?;
+        Some((open, att.route.relay_mut()?))
     }
 
     /// The attachment, while attached.

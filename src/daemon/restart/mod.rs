@@ -13,11 +13,8 @@ pub use persist::{conn_fd_name, route_fd_name, StateFile, StateRecord};
 
 use std::os::fd::AsRawFd;
 
-use mio::Interest;
-
 use super::conns::Conn;
 use super::device::{AttachOrigin, Attachment, Holder};
-use super::event_loop::Tok;
 use super::Daemon;
 use crate::control::auth::Peer;
 use crate::route::{AdoptedFds, Mode, Route, VfioLine, VmmLine};
@@ -94,28 +91,23 @@ impl Daemon {
             );
             return;
         };
-        let slot = self.conns.free_slot();
-        if let Err(e) = self.lp.watch(&sock, Tok::Conn(slot), Interest::READABLE) {
-            log::error!("restart: cannot watch connection {}: {e}", c.id);
-            return;
-        }
-        self.conns.insert(
-            slot,
-            Conn {
-                id: c.id,
-                sock,
-                peer: Peer {
-                    pid: c.pid,
-                    uid: c.uid,
-                    gid: c.gid,
-                    groups: c.groups.clone(),
-                },
-                hello: c.hello,
-                outbox: Default::default(),
-                want_write: false,
-                parked: true,
+        let conn = Conn {
+            id: c.id,
+            sock,
+            peer: Peer {
+                pid: c.pid,
+                uid: c.uid,
+                gid: c.gid,
+                groups: c.groups.clone(),
             },
-        );
+            hello: c.hello,
+            outbox: Default::default(),
+            want_write: false,
+            parked: true,
+        };
+        if let Err(e) = self.add_to_table(conn) {
+            log::error!("restart: cannot watch connection {}: {e}", c.id);
+        }
     }
 
     fn adopt_route(&mut self, r: &RouteRecord, inherited: &mut Inherited) {
