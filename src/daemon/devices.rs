@@ -119,10 +119,11 @@ impl DeviceSlot {
                     None,
                     DeviceState::Failed,
                     Some(format!(
-                        "{} {}: cannot open it in the sim host at {}: {e}; is `intxd sim-host` running there?",
+                        "{} {}: cannot open it in the sim host at {}: {}; is `intxd sim-host` running there?",
                         cfg.name,
                         cfg.pci,
-                        path.display()
+                        path.display(),
+                        chain(&e)
                     )),
                 ),
             },
@@ -136,7 +137,7 @@ impl DeviceSlot {
                     bound = Some(rec);
                     match open_vfio(&cfg, parked) {
                         Ok(b) => (Some(b), DeviceState::Opened, None),
-                        Err(msg) => (None, DeviceState::Bound, Some(msg)),
+                        Err(e) => (None, DeviceState::Bound, Some(chain(&e))),
                     }
                 }
             },
@@ -258,7 +259,10 @@ pub fn choose_mode(
 
 /// Opens a bound real function through VFIO, or takes back the device and
 /// container fds a previous daemon parked (a VFIO group opens only once).
-fn open_vfio(cfg: &DeviceConfig, parked: Option<Parked>) -> Result<Box<dyn IntxDevice>, String> {
+fn open_vfio(
+    cfg: &DeviceConfig,
+    parked: Option<Parked>,
+) -> Result<Box<dyn IntxDevice>, crate::vfio::VfioError> {
     let dev = match parked {
         Some(Parked {
             dev,
@@ -267,7 +271,6 @@ fn open_vfio(cfg: &DeviceConfig, parked: Option<Parked>) -> Result<Box<dyn IntxD
         _ => VfioIntx::open(&cfg.name, cfg.pci),
     };
     dev.map(|d| Box::new(d) as Box<dyn IntxDevice>)
-        .map_err(|e| chain(&e))
 }
 
 /// The fds that kept a device open across a restart (from the fd store).

@@ -479,11 +479,7 @@ impl Daemon {
         ) else {
             return;
         };
-        let mut unmask = || {
-            backend
-                .unmask()
-                .map_err(|e| io::Error::other(requests::chain(&e)))
-        };
+        let mut unmask = || backend.unmask().map_err(io::Error::other);
         match path.on_resample(now, &mut unmask) {
             Ok(ResampleOutcome::Refired) => {
                 if self.next_scan.is_none() {
