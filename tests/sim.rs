@@ -476,3 +476,13 @@ fn sim_host_refuses_a_socket_someone_listens_on() {
     assert!(intxd::util::sock::answers(&path));
     drop(live);
 }
+
+#[test]
+fn the_host_thread_starts_with_the_first_device_only() {
+    let host = SimHost::start().unwrap();
+    assert!(!host.is_running());
+
+    let _dev = host.add_device("sim0", 0, AckPolicy::Raise).unwrap();
+
+    assert!(host.is_running());
+}

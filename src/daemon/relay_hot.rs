@@ -15,7 +15,6 @@ use super::event_loop::SCAN_INTERVAL;
 use super::Daemon;
 use crate::control::proto::Event;
 use crate::relay::{ResampleOutcome, TimerOutcome, WatchdogPolicy};
-use crate::util::error::chain;
 
 impl Daemon {
     /// Device `i`'s VFIO trigger fired: carry it to the VMM.
@@ -41,7 +40,7 @@ impl Daemon {
             return;
         };
         let backend = &mut open.backend;
-        let mut unmask = || backend.unmask().map_err(|e| io::Error::other(chain(&e)));
+        let mut unmask = || backend.unmask().map_err(io::Error::other);
         match path.on_resample(now, &mut unmask) {
             Ok(ResampleOutcome::Refired) => self.lp.timers.scan_soon(now),
             Ok(ResampleOutcome::Backoff(until)) => {

@@ -107,6 +107,23 @@ pub enum VfioError {
     },
 }
 
+impl VfioError {
+    /// Makes the [`VfioError::Query`] of `what` on `device`'s fd from the
+    /// errno it failed with (for `map_err`).
+    pub(super) fn query<'a>(
+        device: &'a str,
+        addr: PciAddr,
+        what: &'static str,
+    ) -> impl FnOnce(io::Error) -> VfioError + 'a {
+        move |source| VfioError::Query {
+            device: device.to_string(),
+            addr,
+            what,
+            source,
+        }
+    }
+}
+
 /// The cause of a failed open, boxed.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
@@ -206,35 +223,28 @@ mod tests {
         io::Error::from_raw_os_error(e)
     }
 
+    /// `action_error` for device `nic0`, with the node's presence given.
+    fn act(op: IntxOp, e: i32, gone: &mut bool, node: bool) -> IntxError {
+        action_error("nic0", op, errno(e), gone, || node)
+    }
+
     #[test]
     fn enodev_with_the_sysfs_node_gone_is_a_removal_and_stays_one() {
         let mut gone = false;
-        let e = action_error(
-            "nic0",
-            IntxOp::Unmask,
-            errno(libc::ENODEV),
-            &mut gone,
-            || false,
-        );
+        let e = act(IntxOp::Unmask, libc::ENODEV, &mut gone, false);
         assert!(
             matches!(&e, IntxError::Gone { device } if device == "nic0"),
             "{e}"
         );
         assert!(gone);
-        let later = action_error("nic0", IntxOp::Mask, errno(libc::EIO), &mut gone, || true);
+        let later = act(IntxOp::Mask, libc::EIO, &mut gone, true);
         assert!(matches!(later, IntxError::Gone { .. }), "{later}");
     }
 
     #[test]
     fn enodev_with_the_node_present_is_an_action_failure() {
         let mut gone = false;
-        let e = action_error(
-            "nic0",
-            IntxOp::SetTrigger,
-            errno(libc::ENODEV),
-            &mut gone,
-            || true,
-        );
+        let e = act(IntxOp::SetTrigger, libc::ENODEV, &mut gone, true);
         match e {
             IntxError::Action { device, op, source } => {
                 assert_eq!((device.as_str(), op), ("nic0", IntxOp::SetTrigger));

@@ -85,14 +85,7 @@ impl VfioIntx {
                 source,
             }
         })?;
-        let dup_err = |what: &'static str| {
-            move |source| VfioError::Query {
-                device: name.to_string(),
-                addr,
-                what,
-                source,
-            }
-        };
+        let dup_err = |what| VfioError::query(name, addr, what);
         let device_fd = ioctl::dup_of(&device).map_err(dup_err("duplicate the VFIO device fd"))?;
         let container_fd =
             ioctl::dup_of(&*container).map_err(dup_err("duplicate the VFIO container fd"))?;
@@ -154,14 +147,7 @@ impl VfioIntx {
         container: OwnedFd,
         opened: Option<Opened>,
     ) -> Result<VfioIntx, VfioError> {
-        let query = |what: &'static str| {
-            move |source| VfioError::Query {
-                device: name.to_string(),
-                addr,
-                what,
-                source,
-            }
-        };
+        let query = |what| VfioError::query(name, addr, what);
         let dev = device.as_fd();
         let dinfo = ioctl::device_info(dev)
             .map_err(query("read the device info (VFIO_DEVICE_GET_INFO)"))?;

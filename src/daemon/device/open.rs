@@ -41,10 +41,11 @@ pub fn open_sim(cfg: &DeviceConfig, n: u32, at: SimPlace<'_>, parked: Option<Par
         (Some(path), None) => match RemoteSim::open(path, &cfg.name, n, cfg.sim) {
             Ok(d) => opened(Box::new(d)),
             Err(e) => failed(format!(
-                "{} {}: cannot open it in the sim host at {}: {e}; is `intxd sim-host` running there?",
+                "{} {}: cannot open it in the sim host at {}: {}; is `intxd sim-host` running there?",
                 cfg.name,
                 cfg.pci,
-                path.display()
+                path.display(),
+                chain(&e)
             )),
         },
         (None, _) => match at.host.add_device(&cfg.name, n, cfg.sim) {

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{SimReply, SimRequest};
 use crate::control::channel::{decode_with_id, encode_with_id, Channel, ChannelError, Frame};
 use crate::control::wire;
-use crate::sim::{sim_facts, AckPolicy, SIM_INTX_INFO};
+use crate::sim::{sim_facts, AckPolicy};
 use crate::util::fd::borrow_eventfd;
 use crate::util::sock;
 use crate::vfio::{
@@ -26,6 +26,41 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// A reply as the channel hands it over: decoded, or why not.
 type Decoded = Result<SimReply, serde_json::Error>;
 
+/// Why a device could not be opened in the sim host.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The sim host's socket could not be reached.
+    #[error("cannot connect to the sim host at {}", .path.display())]
+    Connect {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The `open` request got no answer.
+    #[error("{device}: the sim host did not answer the open of sim:{index}")]
+    Call {
+        /// Device name.
+        device: String,
+        /// The `N` of `sim:N`.
+        index: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The sim host refused the open.
+    #[error("{device}: the sim host refused to open sim:{index}: {reply}")]
+    Refused {
+        /// Device name.
+        device: String,
+        /// The `N` of `sim:N`.
+        index: u32,
+        /// Its reply.
+        reply: String,
+    },
+}
+
 /// A device served by `intxd sim-host`.
 pub struct RemoteSim {
     name: String,
@@ -36,8 +71,17 @@ pub struct RemoteSim {
 
 impl RemoteSim {
     /// Connects to the sim host at `path` and opens `sim:index`.
-    pub fn open(path: &Path, name: &str, index: u32, policy: AckPolicy) -> io::Result<RemoteSim> {
-        Self::open_on(sock::connect(path)?, name, index, policy)
+    pub fn open(
+        path: &Path,
+        name: &str,
+        index: u32,
+        policy: AckPolicy,
+    ) -> Result<RemoteSim, RemoteError> {
+        let sock = sock::connect(path).map_err(|source| RemoteError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::open_on(sock, name, index, policy)
     }
 
     /// Opens `sim:index` over a socket already connected to a sim host.
@@ -46,18 +90,25 @@ impl RemoteSim {
         name: &str,
         index: u32,
         policy: AckPolicy,
-    ) -> io::Result<RemoteSim> {
+    ) -> Result<RemoteSim, RemoteError> {
         let d = Self::adopt(sock, name, index);
         let req = SimRequest::Open {
             index,
             name: name.to_string(),
             policy,
         };
-        match d.call(&req, &[])? {
+        let reply = d.call(&req, &[]).map_err(|source| RemoteError::Call {
+            device: name.to_string(),
+            index,
+            source,
+        })?;
+        match reply {
             (SimReply::Ok, _) => Ok(d),
-            (other, _) => Err(io::Error::other(format!(
-                "sim host refused open: {other:?}"
-            ))),
+            (other, _) => Err(RemoteError::Refused {
+                device: name.to_string(),
+                index,
+                reply: format!("{other:?}"),
+            }),
         }
     }
 
@@ -170,12 +221,12 @@ impl IntxActions for RemoteSim {
 }
 
 impl DeviceProbe for RemoteSim {
-    fn info(&self) -> IntxInfo {
-        SIM_INTX_INFO
-    }
-
     fn facts(&self) -> DeviceFacts {
         sim_facts(self.index)
+    }
+
+    fn info(&self) -> IntxInfo {
+        self.facts().intx
     }
 
     fn host_count(&self) -> u64 {

@@ -15,7 +15,7 @@
 mod client;
 mod server;
 
-pub use client::RemoteSim;
+pub use client::{RemoteError, RemoteSim};
 pub use server::{serve, serve_connection, ServeError};
 
 use serde::{Deserialize, Serialize};
