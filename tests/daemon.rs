@@ -393,7 +393,7 @@ fn the_kernel_irqchip_client_call_registers_the_irqfd_and_attaches_direct() {
     assert!(
         att.device_fds
             .iter()
-            .all(|f| intxd::util::fd::is_cloexec(f.as_raw_fd()).unwrap()),
+            .all(|f| intxd::util::fd::is_cloexec(f.as_fd()).unwrap()),
         "received close-on-exec"
     );
     assert_eq!(d.device("sim0").owner.unwrap().pid, std::process::id());

@@ -8,7 +8,7 @@ mod common;
 #[path = "pci/fake.rs"]
 mod fake;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -234,7 +234,7 @@ impl SimHostProc {
         )
         .unwrap();
         let req = format!(r#"{{"op":"surprise_remove","index":{index}}}"#);
-        intxd::control::wire::send(s.as_raw_fd(), req.as_bytes(), &[]).unwrap();
+        intxd::control::wire::send(s.as_fd(), req.as_bytes(), &[]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -585,4 +585,63 @@ fn every_fd_the_daemon_holds_is_close_on_exec_including_received_ones() {
         eventfds >= 4,
         "the relay's and the VMM's eventfds were checked ({eventfds})"
     );
+}
+
+#[test]
+fn a_reload_whose_bind_hangs_keeps_relay_routes_served_meanwhile() {
+    let kernel = fake::FakeKernel::new();
+    let bdf = "0000:04:00.0";
+    fake_nic(&kernel, bdf, "e1000e", 2);
+    make_fifo(&kernel.sys_root().join("bus/pci/drivers/e1000e/unbind"));
+    let state = tempfile::tempdir().unwrap();
+    let relay = format!("{}mode = \"relay\"\n", sim_device("sim0", 0));
+    let d = DaemonProc::start_with(&relay, &sysfs_extra(&kernel, state.path(), 3000), &[]);
+    let mut att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Auto).unwrap();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{text}[[device]]\nname = \"hangs\"\npci = \"{bdf}\"\n"),
+    )
+    .unwrap();
+
+    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    // The bind has started: driver_override is set, the unbind blocks.
+    assert!(wait_until(Duration::from_secs(5), || kernel
+        .driver_override(bdf)
+        .as_deref()
+        == Some("vfio-pci")));
+
+    // Meanwhile the loop serves requests and carries relay interrupts.
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        att.client.trigger("sim0").unwrap();
+        assert!(
+            wait_until(Duration::from_secs(1), || att.irq.read().is_ok()),
+            "the relay carried the interrupt"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+    assert_eq!(
+        kernel.driver_override(bdf).as_deref(),
+        Some("vfio-pci"),
+        "all that while the bind was still waiting on sysfs"
+    );
+    assert!(
+        d.client()
+            .status()
+            .is_ok_and(|r| matches!(&r, Reply::Status { devices, .. } if !devices.iter().any(|x| x.name == "hangs"))),
+        "a device being bound is not listed yet"
+    );
+
+    // Then the write times out and the bind rolls back, off the loop.
+    assert!(wait_until(Duration::from_secs(10), || {
+        d.client().status().is_ok_and(|r| matches!(&r, Reply::Status { devices, .. } if devices.iter().any(|x| x.name == "hangs")))
+    }));
+    let h = d.device("hangs");
+    assert_eq!(h.state, "failed");
+    assert!(h.failure.as_deref().unwrap().contains("timed out"), "{h:?}");
+    assert_eq!(d.device("sim0").state, "attached");
+    drop(att);
+    let log = d.stop();
+    assert!(log.contains("reload: 1 added"), "{log}");
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use intxd::sim::{AckPolicy, LineState, SimDevice, SimHost};
 use intxd::util::fd::new_eventfd;
-use intxd::vfio::{IntxDevice, IntxError, IntxOp};
+use intxd::vfio::{DeviceFds, DeviceProbe, IntxActions, IntxError, IntxOp, VmmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 fn device(policy: AckPolicy) -> (SimHost, SimDevice) {
@@ -213,8 +213,11 @@ fn armed(dev: &mut SimDevice, trigger: &EventFd, unmask: &EventFd) -> (EventFd, 
     dev.set_trigger(trigger).unwrap();
     dev.set_unmask(Some(unmask)).unwrap();
     let mut fds = dev.vmm_fds().unwrap().into_iter();
-    let ack = intxd::util::fd::owned_into_eventfd(fds.next().unwrap());
-    let doorbell = intxd::util::fd::owned_into_eventfd(fds.next().unwrap());
+    let (ack_role, ack) = fds.next().unwrap();
+    let (doorbell_role, doorbell) = fds.next().unwrap();
+    assert_eq!((ack_role, doorbell_role), (VmmFd::Ack, VmmFd::Doorbell));
+    let ack = intxd::util::fd::owned_into_eventfd(ack);
+    let doorbell = intxd::util::fd::owned_into_eventfd(doorbell);
     (ack, doorbell)
 }
 
@@ -343,4 +346,143 @@ fn surprise_removal_stops_the_line_and_fails_every_later_call() {
     assert_eq!(count(&trigger), 0);
     assert!(dev.is_gone());
     assert!(matches!(dev.unmask(), Err(IntxError::Gone { .. })));
+}
+
+/// A fake sim host on `path` that answers one request late: it holds the
+/// first request after `open` until the next one arrives (the client has
+/// given up on it by then), then answers both, in order. A reply echoes the
+/// request's `id` when the request has one.
+fn late_answering_host(path: &std::path::Path) -> std::thread::JoinHandle<()> {
+    use nix::sys::socket::{
+        accept, bind, listen, recv, send, socket, AddressFamily, Backlog, MsgFlags, SockFlag,
+        SockType, UnixAddr,
+    };
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let l = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(l.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    listen(&l, Backlog::new(1).unwrap()).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: accept just returned this fd; nothing else owns it.
+        #[allow(unsafe_code)]
+        let s = unsafe { OwnedFd::from_raw_fd(accept(l.as_raw_fd()).unwrap()) };
+        let next = || {
+            let mut buf = vec![0u8; 4096];
+            let n = recv(s.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&buf[..n]).unwrap()
+        };
+        let answer = |req: &serde_json::Value, mut reply: serde_json::Value| {
+            if let Some(id) = req.get("id") {
+                reply["id"] = id.clone();
+            }
+            let bytes = serde_json::to_vec(&reply).unwrap();
+            send(s.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL).unwrap();
+        };
+        let open = next();
+        answer(&open, serde_json::json!({"reply": "ok"}));
+        let slow = next();
+        let then = next();
+        answer(
+            &slow,
+            serde_json::json!({"reply": "failed", "errno": 5, "gone": false, "message": "late"}),
+        );
+        let mut counters = serde_json::to_value(intxd::vfio::SimCounters {
+            raised: 7,
+            ..Default::default()
+        })
+        .unwrap();
+        counters["reply"] = "counters".into();
+        answer(&then, counters);
+        // Hold the connection until the client is done.
+        let mut buf = [0u8; 16];
+        let _ = recv(s.as_raw_fd(), &mut buf, MsgFlags::empty());
+    })
+}
+
+#[test]
+fn a_sim_host_reply_after_the_timeout_is_not_taken_for_the_next_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sim.sock");
+    let host = late_answering_host(&path);
+    let mut dev = intxd::sim::remote::RemoteSim::open(&path, "sim0", 0, AckPolicy::Raise).unwrap();
+
+    let e = dev.mask().unwrap_err();
+    let counters = dev.sim_counters();
+
+    match e {
+        IntxError::Action { op, source, .. } => {
+            assert_eq!(op, IntxOp::Mask);
+            assert_eq!(source.kind(), std::io::ErrorKind::TimedOut, "{source}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(counters.map(|c| c.raised), Some(7));
+    drop(dev);
+    host.join().unwrap();
+}
+
+/// Runs `intxd sim-host --socket path` and waits (bounded) for it to exit.
+fn sim_host_exit(path: &std::path::Path) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_intxd"))
+        .args(["sim-host", "--socket"])
+        .arg(path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_for(Duration::from_secs(20), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(exited, "sim-host kept running at {}", path.display());
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sim_host_refuses_a_path_that_is_a_regular_file_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-socket");
+    std::fs::write(&path, b"precious").unwrap();
+
+    let (ok, stderr) = sim_host_exit(&path);
+
+    assert!(!ok);
+    assert!(stderr.contains("exists and is not a socket"), "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+}
+
+#[test]
+fn sim_host_refuses_a_socket_someone_listens_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.sock");
+    let live = intxd::util::sock::listen(&path, 4, |_| Ok(())).unwrap();
+
+    let (ok, stderr) = sim_host_exit(&path);
+
+    assert!(!ok);
+    assert!(stderr.contains("already listening there"), "{stderr}");
+    assert!(intxd::util::sock::answers(&path));
+    drop(live);
+}
+
+#[test]
+fn the_host_thread_starts_with_the_first_device_only() {
+    let host = SimHost::start().unwrap();
+    assert!(!host.is_running());
+
+    let _dev = host.add_device("sim0", 0, AckPolicy::Raise).unwrap();
+
+    assert!(host.is_running());
 }

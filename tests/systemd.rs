@@ -368,7 +368,7 @@ fn reload_adds_and_removes_devices_while_another_soaks_undisturbed() {
     let names = |c: &mut Client| match c.status().unwrap() {
         Reply::Status { devices, .. } => devices
             .into_iter()
-            .map(|d| (d.name, d.state))
+            .map(|d| (d.name, d.state.to_string()))
             .collect::<Vec<_>>(),
         _ => panic!(),
     };

@@ -4,33 +4,33 @@
 //! process for the same reason the daemon does, so that baseline and direct
 //! pay the same cross-process wakeups and differ only by intxd.
 //!
-//! The bench and the device process talk over a SEQPACKET socket, one
-//! letter a request: `a` with the VMM's two eventfds (answered with the ack
-//! and doorbell eventfds), `s` (answered with the counters as JSON), `d`
-//! (disable INTx and reset).
+//! The device process is a sim host on one connection
+//! ([`crate::sim::remote::serve_connection`]); the bench drives it as a
+//! [`RemoteSim`], with the sim host's requests (and their ids).
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{
-    accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
-};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::wire;
 use crate::route::{Irqchip, Mode};
-use crate::sim::{AckPolicy, SimHost};
+use crate::sim::remote::{serve_connection, RemoteSim, ServeError};
+use crate::sim::AckPolicy;
 use crate::soak::{Attached, Snapshot, SoakError, Wiring};
-use crate::util::fd::{borrow_eventfd, owned_into_eventfd};
-use crate::vfio::IntxDevice;
+use crate::util::error::chain;
+use crate::util::fd::owned_into_eventfd;
+use crate::util::sock;
+use crate::vfio::{DeviceFds, DeviceProbe, IntxActions, VmmFd};
+
+/// How long the bench waits for its device process to connect.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bench side: a device process, as a [`Wiring`].
 pub struct BareDevice {
+    dev: RemoteSim,
     child: Child,
-    sock: OwnedFd,
     _dir: tempfile::TempDir,
 }
 
@@ -43,44 +43,56 @@ impl BareDevice {
     pub fn start(exe: &Path) -> Result<BareDevice, SoakError> {
         let dir = tempfile::tempdir().map_err(setup)?;
         let path = dir.path().join("device.sock");
-        let listener = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(setup)?;
-        bind(
-            listener.as_raw_fd(),
-            &UnixAddr::new(path.as_path()).map_err(setup)?,
-        )
-        .map_err(setup)?;
-        listen(&listener, Backlog::new(1).map_err(setup)?).map_err(setup)?;
-        let child = Command::new(exe)
+        let listener = sock::listen(&path, 1, |_| Ok(())).map_err(|e| setup(chain(&e)))?;
+        let mut child = Command::new(exe)
             .arg("bench-device")
             .arg(&path)
             .stdin(Stdio::null())
             .spawn()
             .map_err(setup)?;
-        let raw = accept(listener.as_raw_fd()).map_err(setup)?;
-        let sock = adopt(raw);
-        Ok(BareDevice {
-            child,
-            sock,
-            _dir: dir,
-        })
+        let conn = accept_within(&listener, START_TIMEOUT);
+        let dev = conn
+            .and_then(|s| RemoteSim::open_on(s, "baseline", 0, AckPolicy::Raise).map_err(setup));
+        match dev {
+            Ok(dev) => Ok(BareDevice {
+                dev,
+                child,
+                _dir: dir,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
     }
+}
 
-    fn exchange(
-        &mut self,
-        op: &[u8],
-        fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<wire::Packet, SoakError> {
-        wire::send(self.sock.as_raw_fd(), op, fds).map_err(setup)?;
-        wait_readable(self.sock.as_fd())?;
-        wire::recv(self.sock.as_raw_fd())
-            .map_err(setup)?
-            .ok_or_else(|| setup("the device process went away"))
+/// Accepts the device process's connection, waiting at most `limit`.
+fn accept_within(
+    listener: &std::os::fd::OwnedFd,
+    limit: Duration,
+) -> Result<std::os::fd::OwnedFd, SoakError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + limit;
+    loop {
+        match sock::accept(listener.as_fd()) {
+            Ok(s) => return Ok(s),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(setup(e)),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(setup(format!(
+                "the device process did not connect within {limit:?}"
+            )));
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut p = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut p, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(setup(e)),
+        }
     }
 }
 
@@ -92,11 +104,13 @@ impl Wiring for BareDevice {
         irq: &EventFd,
         resample: &EventFd,
     ) -> Result<Attached, SoakError> {
-        let mut fds = self
-            .exchange(b"a", &[borrow_eventfd(irq), borrow_eventfd(resample)])?
-            .fds
-            .into_iter();
-        let (Some(ack), Some(doorbell)) = (fds.next(), fds.next()) else {
+        self.dev
+            .set_trigger(irq)
+            .and_then(|()| self.dev.set_unmask(Some(resample)))
+            .map_err(|e| setup(chain(&e)))?;
+        let mut fds = self.dev.vmm_fds().map_err(setup)?.into_iter();
+        let (Some((VmmFd::Ack, ack)), Some((VmmFd::Doorbell, doorbell))) = (fds.next(), fds.next())
+        else {
             return Err(setup("no ack/doorbell fds in the reply"));
         };
         Ok(Attached {
@@ -108,15 +122,21 @@ impl Wiring for BareDevice {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot, SoakError> {
-        let p = self.exchange(b"s", &[])?;
+        let sim = self
+            .dev
+            .sim_counters()
+            .ok_or_else(|| setup("the device process sent no counters"))?;
         Ok(Snapshot {
-            sim: serde_json::from_slice(&p.data).map_err(setup)?,
+            sim,
             ..Snapshot::default()
         })
     }
 
     fn detach(&mut self) -> Result<(), SoakError> {
-        self.exchange(b"d", &[]).map(|_| ())
+        self.dev
+            .disable()
+            .and_then(|()| self.dev.reset())
+            .map_err(|e| setup(chain(&e)))
     }
 
     fn device(&self) -> &str {
@@ -132,71 +152,11 @@ impl Drop for BareDevice {
 }
 
 /// The device process: serves one bench over `path` until it hangs up.
-pub fn serve(path: &Path) -> io::Result<()> {
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    nix::sys::socket::connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
-    let host = SimHost::start().map_err(io::Error::other)?;
-    let mut dev = host
-        .add_device("baseline", 0, AckPolicy::Raise)
-        .map_err(io::Error::other)?;
-    loop {
-        if wait_readable(sock.as_fd()).is_err() {
-            return Ok(());
-        }
-        let Some(p) = wire::recv(sock.as_raw_fd())? else {
-            return Ok(());
-        };
-        let mut data = b"ok".to_vec();
-        let mut reply = Vec::new();
-        match p.data.as_slice() {
-            b"a" => {
-                let mut it = p.fds.into_iter();
-                let (Some(irq), Some(resample)) = (it.next(), it.next()) else {
-                    return Err(io::Error::other("attach without two eventfds"));
-                };
-                let (irq, resample) = (owned_into_eventfd(irq), owned_into_eventfd(resample));
-                dev.set_trigger(&irq).map_err(io::Error::other)?;
-                dev.set_unmask(Some(&resample)).map_err(io::Error::other)?;
-                reply = dev.vmm_fds()?;
-            }
-            b"s" => {
-                data = serde_json::to_vec(&dev.sim_counters().unwrap_or_default())
-                    .map_err(io::Error::other)?
-            }
-            _ => {
-                dev.disable().map_err(io::Error::other)?;
-                dev.reset().map_err(io::Error::other)?;
-            }
-        }
-        let b: Vec<_> = reply.iter().map(|f| f.as_fd()).collect();
-        wire::send(sock.as_raw_fd(), &data, &b)?;
-    }
-}
-
-fn wait_readable(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), SoakError> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let t0 = Instant::now();
-    loop {
-        let mut p = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut p, PollTimeout::from(1000u16)) {
-            Ok(n) if n > 0 => return Ok(()),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(setup(e)),
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            return Err(setup("no answer within 10 s"));
-        }
-    }
-}
-
-#[allow(unsafe_code)]
-fn adopt(raw: std::os::fd::RawFd) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: accept just returned this fd; nothing else refers to it.
-    unsafe { OwnedFd::from_raw_fd(raw) }
+pub fn serve(path: &Path) -> Result<(), ServeError> {
+    let conn = sock::connect(path).map_err(|source| ServeError::Loop {
+        path: path.to_path_buf(),
+        what: "connect to the bench",
+        source,
+    })?;
+    serve_connection(conn, path)
 }

@@ -77,8 +77,8 @@ enum Cmd {
         #[arg(long, default_value = "/run/intxd/control.sock")]
         socket: PathBuf,
         /// Mode to ask for.
-        #[arg(long, default_value = "auto")]
-        mode: String,
+        #[arg(long, value_enum, default_value_t = AttachModeArg::Auto)]
+        mode: AttachModeArg,
         /// Seconds to hold the device before detaching.
         #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = hold_seconds)]
         hold: f64,
@@ -161,6 +161,14 @@ pub struct SoakArgs {
     /// Seconds per report interval.
     #[arg(long, default_value_t = 10.0, requires = "report")]
     interval: f64,
+}
+
+/// The mode `intxd attach` asks for.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AttachModeArg {
+    Auto,
+    Direct,
+    Relay,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -260,7 +268,7 @@ pub fn main() -> ExitCode {
             socket,
             mode,
             hold,
-        } => status_cmd::attach(&socket, &device, &mode, hold),
+        } => status_cmd::attach(&socket, &device, mode, hold),
         Cmd::Doctor { config, json } => match config {
             Some(c) => doctor_cmd::doctor(&c, true, json),
             None => doctor_cmd::doctor(intxd::config::DEFAULT_PATH.as_ref(), false, json),

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::CmdResult;
+use super::{AttachModeArg, CmdResult};
 use intxd::control::client::Client;
 use intxd::control::proto::{ModeRequest, Reply};
 
@@ -62,12 +62,11 @@ pub fn trigger(socket: &Path, device: &str) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn attach(socket: &Path, device: &str, mode: &str, hold: f64) -> CmdResult {
+pub fn attach(socket: &Path, device: &str, mode: AttachModeArg, hold: f64) -> CmdResult {
     let mode = match mode {
-        "auto" => ModeRequest::Auto,
-        "direct" => ModeRequest::Direct,
-        "relay" => ModeRequest::Relay,
-        other => return Err(format!("--mode {other}: use auto, direct or relay").into()),
+        AttachModeArg::Auto => ModeRequest::Auto,
+        AttachModeArg::Direct => ModeRequest::Direct,
+        AttachModeArg::Relay => ModeRequest::Relay,
     };
     let mut att = intxd::control::client::attach_user_irqchip(socket, device, mode)?;
     println!("{}", serde_json::to_string(&att.reply)?);

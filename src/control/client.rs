@@ -26,19 +26,19 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::channel::{Channel, ChannelError, Frame};
 use super::proto::{ErrorCode, Event, FdRole, Incoming, ModeRequest, Reply, Request};
-use super::wire;
+use super::wire::Packet;
 use crate::route::Irqchip;
 use crate::util::fd::{borrow_eventfd, new_eventfd};
+use crate::util::sock;
 use crate::PROTOCOL_VERSION;
 
 /// Errors of the client.
@@ -94,9 +94,25 @@ impl ClientError {
     }
 }
 
+/// A reply as the channel hands it over: decoded, or why not.
+type Decoded = Result<Reply, serde_json::Error>;
+
+/// Sorts the daemon's packets: events are queued, replies go to the channel
+/// (the daemon answers in order, so they carry no id).
+fn sorter(events: &mut VecDeque<Event>) -> impl FnMut(&Packet) -> Frame<Decoded> + '_ {
+    move |p| match Incoming::decode(&p.data) {
+        Ok(Incoming::Event(e)) => {
+            events.push_back(e);
+            Frame::Other
+        }
+        Ok(Incoming::Reply(r)) => Frame::Reply(None, Ok(r)),
+        Err(e) => Frame::Reply(None, Err(e)),
+    }
+}
+
 /// A connection to the daemon.
 pub struct Client {
-    sock: OwnedFd,
+    chan: Channel<Decoded>,
     events: VecDeque<Event>,
     timeout: Duration,
 }
@@ -104,21 +120,12 @@ pub struct Client {
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let err = |source: io::Error| ClientError::Connect {
+        let sock = sock::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_path_buf(),
             source,
-        };
-        let sock = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(|e| err(e.into()))?;
-        let addr = UnixAddr::new(path).map_err(|e| err(e.into()))?;
-        connect(sock.as_raw_fd(), &addr).map_err(|e| err(e.into()))?;
+        })?;
         Ok(Client {
-            sock,
+            chan: Channel::new(sock),
             events: VecDeque::new(),
             timeout: Duration::from_secs(10),
         })
@@ -131,47 +138,67 @@ impl Client {
 
     /// The socket, for callers that poll it.
     pub fn socket(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.chan.socket()
     }
 
-    /// Sends raw bytes and fds (for tests of the daemon's input checks).
-    pub fn send_raw(&mut self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ClientError> {
+    fn lost(&self, e: ChannelError) -> ClientError {
+        match e {
+            ChannelError::Send(e) | ChannelError::Recv(e) => ClientError::Io(e),
+            ChannelError::Timeout => ClientError::Timeout(self.timeout),
+            ChannelError::Closed => ClientError::Closed,
+            ChannelError::Unexpected(n) => ClientError::Io(io::Error::other(format!(
+                "unexpected reply (the {n}th) with no request outstanding"
+            ))),
+        }
+    }
+
+    /// Sends one request packet; returns its id on the channel.
+    fn send_packet(&mut self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<u64, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        loop {
-            match wire::send(self.sock.as_raw_fd(), data, fds) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.wait(PollFlags::POLLOUT, deadline)?;
-                }
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)) =>
-                {
-                    // The daemon refused us and hung up (too many
-                    // connections, out of fds): its reason may be waiting.
-                    if let Ok((Incoming::Reply(Reply::Error { error }), _)) =
-                        self.recv_one(deadline)
-                    {
+        match self.chan.send(|_| data.to_vec(), fds, deadline) {
+            Ok(id) => Ok(id),
+            Err(ChannelError::Send(e))
+                if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)) =>
+            {
+                // The daemon refused us and hung up (too many
+                // connections, out of fds): its reason may be waiting.
+                if let Ok(p) = self.chan.recv(deadline) {
+                    if let Ok(Incoming::Reply(Reply::Error { error })) = Incoming::decode(&p.data) {
                         return Err(ClientError::Refused {
                             code: error.code,
                             message: error.message,
                         });
                     }
-                    return Err(ClientError::Io(e));
                 }
-                Err(e) => return Err(ClientError::Io(e)),
+                Err(ClientError::Io(e))
             }
+            Err(e) => Err(self.lost(e)),
         }
     }
 
-    /// Receives the next reply (queueing events met on the way) with its fds.
+    /// Sends raw bytes and fds (for tests of the daemon's input checks).
+    pub fn send_raw(&mut self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ClientError> {
+        self.send_packet(data, fds).map(|_| ())
+    }
+
+    /// Receives the reply to the oldest request still awaited (queueing
+    /// events met on the way) with its fds.
     pub fn recv_reply(&mut self) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let deadline = Instant::now() + self.timeout;
-        loop {
-            let (msg, fds) = self.recv_one(deadline)?;
-            match msg {
-                Incoming::Reply(r) => return Ok((r, fds)),
-                Incoming::Event(e) => self.events.push_back(e),
-            }
+        let r = self
+            .chan
+            .next_reply(deadline, &mut sorter(&mut self.events));
+        self.decoded(r)
+    }
+
+    fn decoded(
+        &self,
+        r: Result<(Decoded, Vec<OwnedFd>), ChannelError>,
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        match r {
+            Ok((Ok(reply), fds)) => Ok((reply, fds)),
+            Ok((Err(e), _)) => Err(ClientError::Decode(e)),
+            Err(e) => Err(self.lost(e)),
         }
     }
 
@@ -181,65 +208,29 @@ impl Client {
             return Ok(Some(e));
         }
         let deadline = Instant::now() + timeout;
-        match self.recv_one(deadline) {
-            Ok((Incoming::Event(e), _)) => Ok(Some(e)),
-            Ok((Incoming::Reply(r), _)) => Err(ClientError::Io(io::Error::other(format!(
-                "unexpected reply with no request outstanding: {r:?}"
-            )))),
-            Err(ClientError::Timeout(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn wait(&self, flags: PollFlags, deadline: Instant) -> Result<(), ClientError> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout(self.timeout));
-            }
-            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-            let mut p = [PollFd::new(self.sock.as_fd(), flags)];
-            match poll(&mut p, PollTimeout::from(ms)) {
-                Ok(0) => continue,
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(ClientError::Io(e.into())),
-            }
-        }
-    }
-
-    fn recv_one(&mut self, deadline: Instant) -> Result<(Incoming, Vec<OwnedFd>), ClientError> {
-        let mut reset_seen = false;
-        loop {
-            self.wait(PollFlags::POLLIN, deadline)?;
-            match wire::recv_limited(self.sock.as_raw_fd(), wire::MAX_REPLY) {
-                Ok(Some(p)) => {
-                    let msg = Incoming::decode(&p.data).map_err(ClientError::Decode)?;
-                    return Ok((msg, p.fds));
-                }
-                Ok(None) => return Err(ClientError::Closed),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                // A peer that closed with our packet unread reports
-                // ECONNRESET once, ahead of what it sent before closing
-                // (a refusal with its reason): read on once.
-                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) && !reset_seen => {
-                    reset_seen = true;
-                }
-                Err(e) => return Err(ClientError::Io(e)),
-            }
+        let r = self
+            .chan
+            .next_other(deadline, &mut sorter(&mut self.events));
+        match r {
+            Ok(()) => Ok(self.events.pop_front()),
+            Err(ChannelError::Timeout) => Ok(None),
+            Err(e) => Err(self.lost(e)),
         }
     }
 
     /// Sends a request and returns its reply; error replies become
-    /// [`ClientError::Refused`].
+    /// [`ClientError::Refused`]. A reply that comes after this call timed
+    /// out is dropped, never taken for the answer to a later request.
     pub fn request(
         &mut self,
         req: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let bytes = serde_json::to_vec(req).map_err(ClientError::Decode)?;
-        self.send_raw(&bytes, fds)?;
-        match self.recv_reply()? {
+        let id = self.send_packet(&bytes, fds)?;
+        let deadline = Instant::now() + self.timeout;
+        let r = self.chan.reply(id, deadline, &mut sorter(&mut self.events));
+        match self.decoded(r)? {
             (Reply::Error { error }, _) => Err(ClientError::Refused {
                 code: error.code,
                 message: error.message,

@@ -8,6 +8,7 @@
 //! description is `docs/protocol.md`.
 
 pub mod auth;
+pub mod channel;
 pub mod client;
 pub mod proto;
 pub mod validate;

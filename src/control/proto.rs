@@ -126,6 +126,61 @@ pub struct DeviceCounters {
     pub safety_unmasks: u64,
 }
 
+/// A device's lifecycle state as `status` shows it: the daemon's state
+/// machine (`daemon::device::Lifecycle`) without what each state owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Bound to vfio-pci, but VFIO could not open it (see `failure`).
+    Bound,
+    /// Open (VFIO, or the emulated device), never attached since.
+    Opened,
+    /// A VMM holds it.
+    Attached,
+    /// Released by its last VMM; ready for the next.
+    Detached,
+    /// A reload is binding it to vfio-pci, off the event loop (never listed
+    /// in `status`: a device shows up there once it is up).
+    Binding,
+    /// Could not be brought up, or went away (see `failure`).
+    Failed,
+    /// Dropped from the config by a reload (never listed in `status`).
+    Removed,
+}
+
+impl DeviceState {
+    /// The lower-case word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Bound => "bound",
+            DeviceState::Opened => "opened",
+            DeviceState::Attached => "attached",
+            DeviceState::Detached => "detached",
+            DeviceState::Binding => "binding",
+            DeviceState::Failed => "failed",
+            DeviceState::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for DeviceState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for DeviceState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One device in `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceStatus {
@@ -133,8 +188,8 @@ pub struct DeviceStatus {
     pub name: String,
     /// PCI address or `sim:N`.
     pub pci: String,
-    /// `unbound`, `bound`, `opened`, `attached`, `detached` or `failed`.
-    pub state: String,
+    /// Its lifecycle state.
+    pub state: DeviceState,
     /// Route mode while attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,

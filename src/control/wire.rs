@@ -2,7 +2,7 @@
 //! `SCM_RIGHTS`, received with `MSG_CMSG_CLOEXEC`.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
@@ -32,19 +32,20 @@ pub struct Packet {
 
 /// Receives one request-sized packet. `Ok(None)` means the peer closed the
 /// connection.
-pub fn recv(fd: RawFd) -> io::Result<Option<Packet>> {
-    recv_limited(fd, MAX_MESSAGE)
+pub fn recv(sock: BorrowedFd<'_>) -> io::Result<Option<Packet>> {
+    recv_limited(sock, MAX_MESSAGE)
 }
 
 /// Receives one packet of at most `limit` bytes (longer ones are cut and
 /// flagged `truncated`).
-pub fn recv_limited(fd: RawFd, limit: usize) -> io::Result<Option<Packet>> {
+#[allow(unsafe_code)]
+pub fn recv_limited(sock: BorrowedFd<'_>, limit: usize) -> io::Result<Option<Packet>> {
     let mut buf = vec![0u8; limit + 1];
     let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let (bytes, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<UnixAddr>(
-            fd,
+            sock.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg),
             MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
@@ -57,14 +58,16 @@ pub fn recv_limited(fd: RawFd, limit: usize) -> io::Result<Option<Packet>> {
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(raw) = c {
                     for r in raw {
-                        fds.push(adopt(r));
+                        // SAFETY: SCM_RIGHTS just installed this fd in our
+                        // table; nothing else refers to it, so we own it.
+                        fds.push(unsafe { crate::util::fd::adopt(r) });
                     }
                 }
             }
         }
         (msg.bytes, msg.flags, fds)
     };
-    if bytes == 0 && fds.is_empty() && peer_closed(fd) {
+    if bytes == 0 && fds.is_empty() && peer_closed(sock) {
         return Ok(None);
     }
     let truncated = flags.contains(MsgFlags::MSG_TRUNC) || bytes > limit;
@@ -79,7 +82,7 @@ pub fn recv_limited(fd: RawFd, limit: usize) -> io::Result<Option<Packet>> {
 
 /// Sends one packet with `fds`. Never raises SIGPIPE; `WouldBlock` when the
 /// peer's queue is full.
-pub fn send(fd: RawFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let iov = [IoSlice::new(data)];
     let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
@@ -88,7 +91,7 @@ pub fn send(fd: RawFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         vec![ControlMessage::ScmRights(&raw)]
     };
     let n = sendmsg::<UnixAddr>(
-        fd,
+        sock.as_raw_fd(),
         &iov,
         &cmsgs,
         MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
@@ -106,29 +109,15 @@ pub fn send(fd: RawFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
 
 /// A zero-byte read is both "empty packet" and "end of stream" on
 /// SEQPACKET; the socket's hang-up state tells them apart.
-fn peer_closed(fd: RawFd) -> bool {
+fn peer_closed(sock: BorrowedFd<'_>) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let b = borrow(fd);
     // The peer's close shuts both directions of a connected SEQPACKET
     // socket, which poll reports as POLLHUP.
-    let mut p = [PollFd::new(b, PollFlags::POLLIN)];
+    let mut p = [PollFd::new(sock, PollFlags::POLLIN)];
     match poll(&mut p, PollTimeout::ZERO) {
         Ok(_) => p[0]
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
         Err(_) => true,
     }
-}
-
-#[allow(unsafe_code)]
-fn adopt(raw: RawFd) -> OwnedFd {
-    // SAFETY: SCM_RIGHTS just installed this fd in our table; nothing else
-    // refers to it, so we own it.
-    unsafe { OwnedFd::from_raw_fd(raw) }
-}
-
-#[allow(unsafe_code)]
-fn borrow<'a>(raw: RawFd) -> BorrowedFd<'a> {
-    // SAFETY: the caller holds `raw` open for the duration of the poll call.
-    unsafe { BorrowedFd::borrow_raw(raw) }
 }

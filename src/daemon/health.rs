@@ -16,25 +16,71 @@
 
 use std::time::{Duration, Instant};
 
+use super::events::EventLimiter;
 use super::Daemon;
 use crate::control::proto::Event;
 use crate::route::Mode;
+use crate::util::error::chain;
 use crate::util::fd::eventfd_count;
 
 /// How often the health scan runs while routes are attached.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Direct-route storm reports go out at most once per this window.
+pub const STORM_REPORT_WINDOW: Duration = Duration::from_secs(10);
+
 /// What the scan remembers per device.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Health {
     last_count: Option<u64>,
     moved_last: bool,
     irq_unread_since: Option<Instant>,
-    last_storm_event: Option<Instant>,
+    storm_reports: EventLimiter,
     /// Seconds with a direct-route rate above `storm_rate`.
     pub storm_seconds: u64,
     /// Safety unmasks sent.
     pub safety_unmasks: u64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            last_count: None,
+            moved_last: false,
+            irq_unread_since: None,
+            storm_reports: EventLimiter::new(STORM_REPORT_WINDOW),
+            storm_seconds: 0,
+            safety_unmasks: 0,
+        }
+    }
+}
+
+/// What the scan sees of one attached route.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// The route's mode.
+    pub mode: Mode,
+    /// The host interrupt count now.
+    pub host_count: u64,
+    /// The unread count on the VMM's irq eventfd.
+    pub irq_unread: u64,
+    /// Time since the last scan.
+    pub elapsed: Duration,
+    /// The device's `storm_rate` (0: off).
+    pub storm_rate: u64,
+    /// The device's `irqfd_timeout_ms`.
+    pub irqfd_timeout: Duration,
+}
+
+/// What the scan found, for the daemon to act on.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Findings {
+    /// A direct-route storm to report, at this rate per second.
+    pub storm_report: Option<f64>,
+    /// A direct route whose interrupts stopped: send one unmask.
+    pub safety_unmask: bool,
+    /// The VMM's irq eventfd has gone unread this long: detach.
+    pub irqfd_lost: Option<Duration>,
 }
 
 impl Health {
@@ -46,6 +92,34 @@ impl Health {
         self.safety_unmasks = unmasks;
         self.last_count = Some(now_count);
     }
+
+    /// One scan of one route at `now`.
+    pub fn observe(&mut self, s: Sample, now: Instant) -> Findings {
+        let mut found = Findings::default();
+        let delta = self.last_count.map(|c| s.host_count.saturating_sub(c));
+        let moved = delta.is_some_and(|d| d > 0);
+        if s.mode == Mode::Direct {
+            let rate = delta.unwrap_or(0) as f64 / s.elapsed.as_secs_f64().max(1e-3);
+            if s.storm_rate > 0 && rate > s.storm_rate as f64 {
+                self.storm_seconds += 1;
+                if self.storm_reports.admit(now).is_some() {
+                    found.storm_report = Some(rate);
+                }
+            }
+            found.safety_unmask = self.moved_last && !moved;
+        }
+        self.moved_last = moved;
+        self.last_count = Some(s.host_count);
+        if s.irq_unread == 0 {
+            self.irq_unread_since = None;
+        } else {
+            let since = *self.irq_unread_since.get_or_insert(now);
+            if now - since >= s.irqfd_timeout {
+                found.irqfd_lost = Some(now - since);
+            }
+        }
+        found
+    }
 }
 
 impl Daemon {
@@ -54,59 +128,36 @@ impl Daemon {
         let mut lost = Vec::new();
         let mut storms = Vec::new();
         for (i, dev) in self.devices.iter_mut().enumerate() {
-            let (Some(route), Some(backend)) = (dev.route.as_ref(), dev.backend.as_mut()) else {
+            let tag = format!("{} {}", dev.cfg.name, dev.cfg.pci);
+            let Some((open, att)) = dev.state.attached_mut() else {
                 continue;
             };
-            let tag = format!("{} {}", dev.cfg.name, dev.cfg.pci);
-            let count = backend.host_count();
-            let delta = dev.health.last_count.map(|c| count.saturating_sub(c));
-            let moved = delta.is_some_and(|d| d > 0);
-            if route.mode() == Mode::Direct {
-                let rate = delta.unwrap_or(0) as f64 / elapsed.as_secs_f64().max(1e-3);
-                let limit = dev.cfg.relay.storm_rate;
-                if limit > 0 && rate > limit as f64 {
-                    dev.health.storm_seconds += 1;
-                    if dev
-                        .health
-                        .last_storm_event
-                        .is_none_or(|t| now - t >= Duration::from_secs(10))
-                    {
-                        dev.health.last_storm_event = Some(now);
-                        log::warn!("{tag}: interrupt storm on a direct route: {rate:.0}/s in the host counts (storm_rate {limit}); the kernel carries it, intxd reports it");
-                        storms.push((i, rate as u64, limit));
+            let irq = std::os::fd::AsRawFd::as_raw_fd(&att.route.vmm().irq);
+            let sample = Sample {
+                mode: att.route.mode(),
+                host_count: open.backend.host_count(),
+                irq_unread: eventfd_count(irq).unwrap_or(0),
+                elapsed,
+                storm_rate: dev.cfg.relay.storm_rate,
+                irqfd_timeout: Duration::from_millis(dev.cfg.irqfd_timeout_ms),
+            };
+            let found = dev.health.observe(sample, now);
+            if let Some(rate) = found.storm_report {
+                let limit = sample.storm_rate;
+                log::warn!("{tag}: interrupt storm on a direct route: {rate:.0}/s in the host counts (storm_rate {limit}); the kernel carries it, intxd reports it");
+                storms.push((i, rate as u64, limit));
+            }
+            if found.safety_unmask {
+                match open.backend.unmask() {
+                    Ok(()) => {
+                        dev.health.safety_unmasks += 1;
+                        log::debug!("{tag}: interrupts stopped; safety unmask sent");
                     }
-                }
-                if dev.health.moved_last && !moved {
-                    match backend.unmask() {
-                        Ok(()) => {
-                            dev.health.safety_unmasks += 1;
-                            log::debug!("{tag}: interrupts stopped; safety unmask sent");
-                        }
-                        Err(e) => log::warn!(
-                            "{tag}: safety unmask failed: {}",
-                            super::requests::chain(&e)
-                        ),
-                    }
+                    Err(e) => log::warn!("{tag}: safety unmask failed: {}", chain(&e)),
                 }
             }
-            dev.health.moved_last = moved;
-            dev.health.last_count = Some(count);
-            let irq = route
-                .fds()
-                .into_iter()
-                .find(|(role, _)| *role == "irq")
-                .map(|(_, fd)| fd);
-            let unread = irq
-                .and_then(|fd| eventfd_count(std::os::fd::AsRawFd::as_raw_fd(&fd)))
-                .unwrap_or(0);
-            if unread == 0 {
-                dev.health.irq_unread_since = None;
-            } else {
-                let since = *dev.health.irq_unread_since.get_or_insert(now);
-                let bound = Duration::from_millis(dev.cfg.irqfd_timeout_ms);
-                if now - since >= bound {
-                    lost.push((i, now - since));
-                }
+            if let Some(waited) = found.irqfd_lost {
+                lost.push((i, waited));
             }
         }
         for (i, rate, rate_limit) in storms {
@@ -140,12 +191,12 @@ impl Daemon {
         let Some(dev) = self.devices.get_mut(i) else {
             return;
         };
-        if let Some(r) = &dev.request {
+        if let Some(r) = dev.state.open().and_then(|o| o.request.as_ref()) {
             let _ = r.read();
         }
         let tag = dev.tag();
         log::warn!("{tag}: the device is going away (surprise removal, or the host wants it back)");
-        if dev.holder.is_some() {
+        if dev.holder().is_some() {
             let ev = Event::DeviceGone {
                 device: dev.cfg.name.clone(),
                 reason: "the device is going away (surprise removal, or the host wants it back); it has been detached".into(),
@@ -153,14 +204,123 @@ impl Daemon {
             self.send_event(i, &ev);
         }
         self.detach_device(i, "the device is going away");
-        let dev = &mut self.devices[i];
-        if let Some(r) = dev.request.take() {
-            let _ = self.poll.registry().deregister(&mut mio::unix::SourceFd(
-                &std::os::fd::AsRawFd::as_raw_fd(&r),
-            ));
+        let gone = self.devices[i]
+            .state
+            .go_away(format!("{tag}: the device went away"));
+        if let Some(r) = gone.as_ref().and_then(|o| o.request.as_ref()) {
+            self.lp.unwatch(r);
         }
-        dev.backend = None;
-        dev.state = super::DeviceState::Failed;
-        dev.failure = Some(format!("{tag}: the device went away"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn sample(mode: Mode, host_count: u64) -> Sample {
+        Sample {
+            mode,
+            host_count,
+            irq_unread: 0,
+            elapsed: SEC,
+            storm_rate: 1000,
+            irqfd_timeout: Duration::from_millis(2500),
+        }
+    }
+
+    #[test]
+    fn a_direct_storm_counts_every_second_and_reports_once_per_window() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.reset(0);
+        let mut reports = 0;
+        for s in 1..=12u64 {
+            let f = h.observe(sample(Mode::Direct, s * 5000), t0 + SEC * s as u32);
+            if let Some(rate) = f.storm_report {
+                assert!((rate - 5000.0).abs() < 1.0, "{rate}");
+                reports += 1;
+            }
+        }
+        assert_eq!(h.storm_seconds, 12);
+        assert_eq!(reports, 2, "at 1 s and at 11 s");
+    }
+
+    #[test]
+    fn a_rate_under_the_limit_or_a_relay_route_is_no_storm() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.reset(0);
+        assert_eq!(
+            h.observe(sample(Mode::Direct, 900), t0 + SEC).storm_report,
+            None
+        );
+        assert_eq!(
+            h.observe(sample(Mode::Relay, 90_000), t0 + SEC * 2)
+                .storm_report,
+            None
+        );
+        assert_eq!(h.storm_seconds, 0);
+    }
+
+    #[test]
+    fn a_direct_route_that_stops_moving_gets_one_safety_unmask() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.reset(0);
+        let steps = [
+            (10, false),
+            (20, false),
+            (20, true),
+            (20, false),
+            (30, false),
+        ];
+        for (i, (count, unmask)) in steps.into_iter().enumerate() {
+            let f = h.observe(sample(Mode::Direct, count), t0 + SEC * (i as u32 + 1));
+            assert_eq!(f.safety_unmask, unmask, "scan {i} at count {count}");
+        }
+    }
+
+    #[test]
+    fn a_relay_route_never_gets_a_safety_unmask() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.reset(0);
+        assert!(!h.observe(sample(Mode::Relay, 10), t0 + SEC).safety_unmask);
+        assert!(
+            !h.observe(sample(Mode::Relay, 10), t0 + SEC * 2)
+                .safety_unmask
+        );
+    }
+
+    #[test]
+    fn an_irq_eventfd_unread_past_the_timeout_is_lost_and_a_read_clears_it() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        let unread = |n| Sample {
+            irq_unread: n,
+            ..sample(Mode::Relay, 0)
+        };
+        assert_eq!(h.observe(unread(1), t0).irqfd_lost, None);
+        assert_eq!(h.observe(unread(1), t0 + SEC * 2).irqfd_lost, None);
+        assert_eq!(h.observe(unread(0), t0 + SEC * 3).irqfd_lost, None, "read");
+        assert_eq!(h.observe(unread(2), t0 + SEC * 4).irqfd_lost, None);
+        let f = h.observe(unread(2), t0 + SEC * 7);
+        assert_eq!(f.irqfd_lost, Some(SEC * 3));
+    }
+
+    #[test]
+    fn reset_keeps_the_counters_and_forgets_the_rest() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        h.reset(0);
+        h.observe(sample(Mode::Direct, 50_000), t0 + SEC);
+        h.safety_unmasks = 3;
+        h.reset(7);
+        assert_eq!((h.storm_seconds, h.safety_unmasks), (1, 3));
+        let f = h.observe(sample(Mode::Direct, 7), t0 + SEC * 2);
+        assert!(!f.safety_unmask && f.storm_report.is_none());
     }
 }

@@ -1,16 +1,32 @@
 //! `systemctl reload` (SIGHUP): re-read the config. Devices that nobody holds
 //! are added, replaced or removed; a change to an attached device is refused
 //! with a log line, and no live route is touched.
+//!
+//! The sysfs work (giving a function back, binding one to vfio-pci) goes to
+//! the binder's worker thread; a device it works on is `binding` meanwhile,
+//! and the loop goes on serving. `READY=1` (the end of the reload for
+//! systemd) is sent when the last job is back.
 
-use super::devices::{DeviceSlot, DeviceState};
+use super::binder::{Done, Job};
+use super::device::{log_outcome, open_bound, open_sim, DeviceSlot, Lifecycle, SimPlace};
 use super::Daemon;
-use crate::config::DeviceConfig;
+use crate::config::{DeviceConfig, PciAddr};
+use crate::util::error::chain;
 
 fn same(a: &DeviceConfig, b: &DeviceConfig) -> bool {
     let (mut a, mut b) = (a.clone(), b.clone());
     a.defined_at.clear();
     b.defined_at.clear();
     a == b
+}
+
+/// What a reload did, for its closing log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReloadCounts {
+    added: usize,
+    removed: usize,
+    changed: usize,
+    refused: usize,
 }
 
 impl Daemon {
@@ -20,24 +36,22 @@ impl Daemon {
             log::warn!("SIGHUP: this daemon was started without a config file; nothing to reload");
             return;
         };
-        self.notifier.reloading();
+        if self.reload.is_some() {
+            log::warn!("SIGHUP: the last reload is still binding devices; this one is ignored, send it again when it is done");
+            return;
+        }
+        self.sd.notifier.reloading();
         let new = match crate::config::load(&path) {
             Ok(c) => c,
             Err(e) => {
-                log::error!(
-                    "reload: {}; keeping the running config",
-                    super::requests::chain(&e)
-                );
+                log::error!("reload: {}; keeping the running config", chain(&e));
                 self.finish_reload();
                 return;
             }
         };
         for f in &new.files {
             if let Err(e) = crate::config::check_owner(f) {
-                log::error!(
-                    "reload: {}; keeping the running config",
-                    super::requests::chain(&e)
-                );
+                log::error!("reload: {}; keeping the running config", chain(&e));
                 self.finish_reload();
                 return;
             }
@@ -45,86 +59,70 @@ impl Daemon {
         if new.daemon != self.config.daemon {
             log::warn!("reload: changes to the [daemon] section take effect at the next restart");
         }
-        let (mut added, mut removed, mut changed, mut refused) = (0, 0, 0, 0);
+        let mut n = ReloadCounts::default();
         for i in 0..self.devices.len() {
-            if self.devices[i].state == DeviceState::Removed {
+            if self.devices[i].is_removed() {
                 continue;
             }
             let tag = self.devices[i].tag();
-            let attached = self.devices[i].holder.is_some();
-            match new
-                .devices
-                .iter()
-                .find(|d| d.name == self.devices[i].cfg.name)
-            {
-                Some(nd) if same(nd, &self.devices[i].cfg) => {}
+            let attached = self.devices[i].holder().is_some();
+            let cfg = self.devices[i].cfg.clone();
+            match new.devices.iter().find(|d| d.name == cfg.name) {
+                Some(nd) if same(nd, &cfg) => {}
                 _ if attached => {
                     log::error!("{tag}: reload: the device is attached; its config change is refused until it is detached");
-                    refused += 1;
+                    n.refused += 1;
                 }
                 Some(nd) => {
                     // Give the old function back first (its address may have
                     // changed), so its original driver is not forgotten.
-                    if self.devices[i].cfg.restore {
-                        self.devices[i].release(&self.binder);
-                    }
-                    self.notifier.watchdog();
-                    self.devices[i] = DeviceSlot::open(
-                        nd.clone(),
-                        &self._sim,
-                        &self.binder,
-                        self.config.daemon.sim_host.as_deref(),
-                        None,
-                    );
-                    self.watch_request(i);
-                    changed += 1;
+                    let record = self.devices[i].state.remove();
+                    let release = (cfg.restore && record.is_some()).then_some(cfg);
+                    self.devices[i] = DeviceSlot::new(nd.clone(), Lifecycle::Binding);
+                    self.bring_up(i, release);
+                    n.changed += 1;
                 }
                 None => {
                     log::info!("{tag}: removed by reload");
-                    if self.devices[i].cfg.restore {
-                        self.devices[i].release(&self.binder);
+                    let record = self.devices[i].state.remove();
+                    if cfg.restore && record.is_some() {
+                        let done = self.binder.submit(Job {
+                            slot: None,
+                            release: Some(cfg),
+                            bind: None,
+                        });
+                        self.apply(done);
                     }
-                    self.devices[i].backend = None;
-                    self.devices[i].state = DeviceState::Removed;
-                    removed += 1;
+                    n.removed += 1;
                 }
             }
         }
         for nd in &new.devices {
-            let known = self
+            let live = |d: &&DeviceSlot| !d.is_removed();
+            if self
                 .devices
                 .iter()
-                .any(|d| d.cfg.name == nd.name && d.state != DeviceState::Removed);
-            let addr_taken = self.devices.iter().any(|d| {
-                d.cfg.pci == nd.pci && d.cfg.name != nd.name && d.state != DeviceState::Removed
-            });
-            if known {
+                .filter(live)
+                .any(|d| d.cfg.name == nd.name)
+            {
                 continue;
             }
+            let addr_taken = self
+                .devices
+                .iter()
+                .filter(live)
+                .any(|d| d.cfg.pci == nd.pci && d.cfg.name != nd.name);
             if addr_taken {
                 log::error!(
                     "{} {}: reload: the address still belongs to an attached device; not added",
                     nd.name,
                     nd.pci
                 );
-                refused += 1;
+                n.refused += 1;
                 continue;
             }
-            // Binding may block on sysfs for up to sysfs_timeout_ms per
-            // write; keep the watchdog fed between devices.
-            self.notifier.watchdog();
-            let slot = DeviceSlot::open(
-                nd.clone(),
-                &self._sim,
-                &self.binder,
-                self.config.daemon.sim_host.as_deref(),
-                None,
-            );
-            let i = match self
-                .devices
-                .iter()
-                .position(|d| d.state == DeviceState::Removed)
-            {
+            let slot = DeviceSlot::new(nd.clone(), Lifecycle::Binding);
+            let i = match self.devices.iter().position(DeviceSlot::is_removed) {
                 Some(i) => {
                     self.devices[i] = slot;
                     i
@@ -134,25 +132,102 @@ impl Daemon {
                     self.devices.len() - 1
                 }
             };
-            self.watch_request(i);
-            added += 1;
+            self.bring_up(i, None);
+            n.added += 1;
         }
         self.config.devices = self
             .devices
             .iter()
-            .filter(|d| d.state != DeviceState::Removed)
+            .filter(|d| !d.is_removed())
             .map(|d| d.cfg.clone())
             .collect();
         self.config.files = new.files;
-        log::info!(
-            "reload: {added} added, {removed} removed, {changed} changed, {refused} refused"
-        );
-        self.finish_reload();
+        self.reload = Some(n);
+        if !self.binder.busy() {
+            self.finish_reload();
+        }
+    }
+
+    /// Brings slot `i` (in `Binding`, with its new config) up: an emulated
+    /// device at once, unless a function must be given back first; a real
+    /// function through the worker.
+    fn bring_up(&mut self, i: usize, release: Option<DeviceConfig>) {
+        let cfg = self.devices[i].cfg.clone();
+        let bind = matches!(cfg.pci, PciAddr::Bdf { .. }).then_some(cfg);
+        if release.is_none() && bind.is_none() {
+            self.finish_bring_up(i, None);
+            return;
+        }
+        let job = Job {
+            slot: Some(i),
+            release,
+            bind,
+        };
+        let done = self.binder.submit(job);
+        self.apply(done);
+    }
+
+    /// Opens a device whose sysfs work is done.
+    fn finish_bring_up(&mut self, i: usize, bound: Option<Done>) {
+        let dev = &self.devices[i];
+        if !matches!(dev.state, Lifecycle::Binding) {
+            return;
+        }
+        let cfg = dev.cfg.clone();
+        let state = match (cfg.pci, bound.and_then(|d| d.bound)) {
+            (_, Some((bcfg, result))) if bcfg.name == cfg.name => open_bound(&cfg, result, None),
+            (PciAddr::Sim(n), _) => {
+                let at = SimPlace {
+                    host: &self.sim,
+                    remote: self.config.daemon.sim_host.as_deref(),
+                };
+                open_sim(&cfg, n, at, None)
+            }
+            (PciAddr::Bdf { .. }, _) => return,
+        };
+        log_outcome(&cfg, &state);
+        self.devices[i].state = state;
+        self.watch_request(i);
+    }
+
+    fn apply(&mut self, done: Option<Done>) {
+        if let Some(d) = done {
+            if let Some(i) = d.slot {
+                self.finish_bring_up(i, Some(d));
+            }
+        }
+    }
+
+    /// The binder's worker finished jobs (it woke the loop).
+    pub(super) fn on_worker(&mut self) {
+        for done in self.binder.finished() {
+            self.apply(Some(done));
+        }
+        if self.reload.is_some() && !self.binder.busy() {
+            self.finish_reload();
+        }
+    }
+
+    /// Waits for the worker's jobs (a clean stop).
+    pub(super) fn finish_jobs(&mut self) {
+        for done in self.binder.wait_all() {
+            self.apply(Some(done));
+        }
+        self.reload = None;
     }
 
     fn finish_reload(&mut self) {
+        if let Some(n) = self.reload.take() {
+            log::info!(
+                "reload: {} added, {} removed, {} changed, {} refused",
+                n.added,
+                n.removed,
+                n.changed,
+                n.refused
+            );
+        }
         let status = self.status_line();
-        self.notifier.ready(&status);
-        self.last_status = status;
+        self.sd.notifier.ready(&status);
+        self.sd.last_status = status;
     }
 }

@@ -258,3 +258,38 @@ impl RealSysfs {
         TimedIo::new(Arc::new(DirIo::new(root)), timeout)
     }
 }
+
+/// The two trees intxd reads the host through: sysfs and procfs. Every
+/// `/sys` and `/proc` read of the VFIO backend goes through one of these,
+/// so a test can put a fake tree behind both.
+#[derive(Clone)]
+pub struct HostFs {
+    /// sysfs (normally `/sys`).
+    pub sys: Arc<dyn SysfsIo>,
+    /// procfs (normally `/proc`).
+    pub proc: Arc<dyn SysfsIo>,
+}
+
+impl HostFs {
+    /// The real `/sys` and `/proc` (reads only, so plain [`DirIo`]).
+    pub fn real() -> Self {
+        HostFs {
+            sys: Arc::new(DirIo::new("/sys")),
+            proc: Arc::new(DirIo::new("/proc")),
+        }
+    }
+
+    /// Both trees under one root (`root/sys`, `root/proc`), for tests.
+    pub fn under(root: &Path) -> Self {
+        HostFs {
+            sys: Arc::new(DirIo::new(root.join("sys"))),
+            proc: Arc::new(DirIo::new(root.join("proc"))),
+        }
+    }
+}
+
+impl fmt::Debug for HostFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HostFs")
+    }
+}

@@ -31,7 +31,8 @@ pub use group::{check_group, group_devices_dir, Offender, VFIO_FRIENDLY_DRIVERS}
 pub use identify::{enumerate, identify, is_bridge_class, FunctionInfo, IntxPin, DEVICES_DIR};
 pub use inuse::{find_uses, InUse};
 pub use io::{
-    DirIo, Entry, EntryKind, RealSysfs, SysfsIo, TimedIo, WriteTimedOut, DEFAULT_WRITE_TIMEOUT,
+    DirIo, Entry, EntryKind, HostFs, RealSysfs, SysfsIo, TimedIo, WriteTimedOut,
+    DEFAULT_WRITE_TIMEOUT,
 };
 pub use record::BindRecord;
 

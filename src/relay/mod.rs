@@ -6,10 +6,12 @@
 //! signal the VMM, drain the resample, unmask), and [`RelayPath`] does no
 //! more. On top it counts, times, limits storms and watches for lost EOIs.
 
+mod latency;
 mod path;
 mod storm;
 mod watchdog;
 
+pub use latency::EoiLatency;
 pub use path::{RelayPath, RelayStats, ResampleOutcome, TimerOutcome};
 pub use storm::StormLimiter;
 pub use watchdog::{EoiWatchdog, WatchdogPolicy};

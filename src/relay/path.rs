@@ -4,12 +4,12 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vmm_sys_util::eventfd::EventFd;
 
+use super::latency::EoiLatency;
 use super::storm::StormLimiter;
-use super::watchdog::{EoiWatchdog, Overdue};
+use super::watchdog::{EoiWatchdog, Overdue, WatchdogPolicy};
 use super::RelayConfig;
-use crate::sim::model::{new_latency_histogram, percentiles_us, LatencyHistogram};
+use crate::route::{VfioLine, VmmLine};
 
 /// Figures of one relay route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -53,44 +53,38 @@ pub enum TimerOutcome {
     Idle,
     /// A storm back-off ended; unmasked.
     BackoffEnded,
-    /// The EOI watchdog fired after this wait; `true` if it re-armed.
-    Watchdog(Duration, bool),
+    /// The EOI watchdog fired after an EOI was outstanding for `waited`;
+    /// `policy` says whether it re-armed the line or only reported it.
+    Watchdog {
+        /// How long the EOI was outstanding.
+        waited: Duration,
+        /// What was done about it.
+        policy: WatchdogPolicy,
+    },
 }
 
 /// The relay between VFIO's eventfds (ours) and the VMM's.
+#[derive(Debug)]
 pub struct RelayPath {
-    /// VFIO's trigger eventfd: readable when the device fired.
-    pub trigger: EventFd,
-    /// VFIO's unmask eventfd: written to unmask.
-    pub unmask: EventFd,
-    /// The VMM's irq eventfd (its KVM irqfd, or its userspace chip's input).
-    pub irq: EventFd,
-    /// The VMM's resample eventfd: readable at the guest's EOI.
-    pub resample: EventFd,
+    /// VFIO's line (intxd's own eventfds).
+    vfio: VfioLine,
+    /// The VMM's line.
+    vmm: VmmLine,
     storm: StormLimiter,
     watchdog: EoiWatchdog,
     backoff_until: Option<Instant>,
     relayed: u64,
     eois: u64,
     syscalls: u64,
-    latency_ns: LatencyHistogram,
+    latency: EoiLatency,
 }
 
 impl RelayPath {
-    /// A relay over these four eventfds.
-    pub fn new(
-        trigger: EventFd,
-        unmask: EventFd,
-        irq: EventFd,
-        resample: EventFd,
-        cfg: &RelayConfig,
-        now: Instant,
-    ) -> Self {
+    /// A relay between VFIO's line and the VMM's.
+    pub fn new(vfio: VfioLine, vmm: VmmLine, cfg: &RelayConfig, now: Instant) -> Self {
         RelayPath {
-            trigger,
-            unmask,
-            irq,
-            resample,
+            vfio,
+            vmm,
             storm: StormLimiter::new(
                 cfg.storm_rate,
                 Duration::from_millis(cfg.storm_backoff_ms),
@@ -102,7 +96,7 @@ impl RelayPath {
             relayed: 0,
             eois: 0,
             syscalls: 0,
-            latency_ns: new_latency_histogram(),
+            latency: EoiLatency::new(),
         }
     }
 
@@ -110,13 +104,13 @@ impl RelayPath {
     #[inline]
     pub fn on_trigger(&mut self, now: Instant) -> io::Result<bool> {
         self.syscalls += 1;
-        match self.trigger.read() {
+        match self.vfio.trigger.read() {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         }
         self.syscalls += 1;
-        self.irq.write(1)?;
+        self.vmm.irq.write(1)?;
         self.relayed += 1;
         self.watchdog.armed(now);
         Ok(true)
@@ -137,15 +131,14 @@ impl RelayPath {
         unmask: &mut dyn FnMut() -> io::Result<()>,
     ) -> io::Result<ResampleOutcome> {
         self.syscalls += 1;
-        match self.resample.read() {
+        match self.vmm.resample.read() {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ResampleOutcome::Idle),
             Err(e) => return Err(e),
         }
         self.eois += 1;
         if let Some(sent) = self.watchdog.eoi() {
-            let ns = now.saturating_duration_since(sent).as_nanos() as u64;
-            self.latency_ns.saturating_record(ns.max(1));
+            self.latency.record(now.saturating_duration_since(sent));
         }
         if self.backoff_until.is_some() {
             return Ok(ResampleOutcome::Backoff(self.backoff_until.unwrap_or(now)));
@@ -174,12 +167,28 @@ impl RelayPath {
         }
         match self.watchdog.check(now) {
             Overdue::No => Ok(TimerOutcome::Idle),
-            Overdue::Report(waited) => Ok(TimerOutcome::Watchdog(waited, false)),
+            Overdue::Report(waited) => Ok(TimerOutcome::Watchdog {
+                waited,
+                policy: WatchdogPolicy::Log,
+            }),
             Overdue::Rearm(waited) => {
                 self.do_unmask()?;
-                Ok(TimerOutcome::Watchdog(waited, true))
+                Ok(TimerOutcome::Watchdog {
+                    waited,
+                    policy: WatchdogPolicy::Rearm,
+                })
             }
         }
+    }
+
+    /// VFIO's line.
+    pub fn vfio(&self) -> &VfioLine {
+        &self.vfio
+    }
+
+    /// The VMM's line.
+    pub fn vmm(&self) -> &VmmLine {
+        &self.vmm
     }
 
     /// When the next timer check is due, if one is.
@@ -199,21 +208,20 @@ impl RelayPath {
 
     /// The route's figures.
     pub fn stats(&self) -> RelayStats {
-        let (p50, p99, max) = percentiles_us(&self.latency_ns);
         RelayStats {
             relayed: self.relayed,
             eois: self.eois,
             storms: self.storm.engaged,
             watchdog_fires: self.watchdog.fired,
             syscalls: self.syscalls,
-            latency_p50_us: p50,
-            latency_p99_us: p99,
-            latency_max_us: max,
+            latency_p50_us: self.latency.quantile_us(0.50),
+            latency_p99_us: self.latency.quantile_us(0.99),
+            latency_max_us: self.latency.max_us(),
         }
     }
 
     fn do_unmask(&mut self) -> io::Result<()> {
         self.syscalls += 1;
-        self.unmask.write(1)
+        self.vfio.unmask.write(1)
     }
 }

@@ -95,3 +95,51 @@ impl EoiWatchdog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn an_eoi_in_time_never_fires_and_gives_the_send_time_back() {
+        let t0 = Instant::now();
+        let mut w = EoiWatchdog::new(MS * 100, WatchdogPolicy::Rearm);
+        assert!(!w.pending());
+        w.armed(t0);
+        w.armed(t0 + MS * 5);
+        assert!(w.pending());
+        assert_eq!(w.check(t0 + MS * 99), Overdue::No);
+        assert_eq!(w.eoi(), Some(t0), "the first interrupt of the wait counts");
+        assert_eq!(w.check(t0 + MS * 500), Overdue::No);
+        assert_eq!(w.fired, 0);
+    }
+
+    #[test]
+    fn rearm_fires_once_per_wait_and_starts_a_new_one() {
+        let t0 = Instant::now();
+        let mut w = EoiWatchdog::new(MS * 100, WatchdogPolicy::Rearm);
+        w.armed(t0);
+        assert_eq!(w.check(t0 + MS * 100), Overdue::Rearm(MS * 100));
+        assert!(!w.pending(), "the unmask starts a new wait");
+        assert_eq!(w.check(t0 + MS * 300), Overdue::No);
+        w.armed(t0 + MS * 300);
+        assert_eq!(w.check(t0 + MS * 450), Overdue::Rearm(MS * 150));
+        assert_eq!(w.fired, 2);
+    }
+
+    #[test]
+    fn log_reports_once_until_the_eoi_comes() {
+        let t0 = Instant::now();
+        let mut w = EoiWatchdog::new(MS * 100, WatchdogPolicy::Log);
+        w.armed(t0);
+        assert_eq!(w.check(t0 + MS * 120), Overdue::Report(MS * 120));
+        assert_eq!(w.check(t0 + MS * 500), Overdue::No, "reported already");
+        assert!(w.pending(), "INTx is left masked");
+        assert_eq!(w.eoi(), Some(t0));
+        w.armed(t0 + MS * 600);
+        assert_eq!(w.check(t0 + MS * 700), Overdue::Report(MS * 100));
+        assert_eq!(w.fired, 2);
+    }
+}

@@ -16,9 +16,13 @@
 //! a VMM fd afterwards), leave the event loop, close our fds. It is
 //! idempotent.
 
+mod lines;
+mod registration;
 mod steps;
 
-pub use steps::{attach, AdoptedFds, RelayRegistrar, Route, RouteError, Step};
+pub use lines::{VfioLine, VmmLine};
+pub use registration::{Registration, RelayRegistrar};
+pub use steps::{attach, AdoptedFds, RelayWiring, Route, RouteError, Step, Wiring};
 
 use serde::{Deserialize, Serialize};
 

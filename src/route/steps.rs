@@ -1,16 +1,14 @@
 //! The setup steps of a route, their undo, and the route itself.
 
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use vmm_sys_util::eventfd::EventFd;
-
+use super::lines::{VfioLine, VmmLine};
+use super::registration::{Registration, RelayRegistrar};
 use super::Mode;
 use crate::relay::{RelayConfig, RelayPath, RelayStats};
-use std::os::fd::BorrowedFd;
-
-use crate::util::fd::{borrow_eventfd, new_eventfd};
-use crate::vfio::{IntxDevice, IntxError};
+use crate::vfio::{IntxDevice, IntxError, ParkedFd};
 
 /// One setup step, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,63 +91,85 @@ impl RouteError {
     }
 }
 
-/// Adds and removes a relay's eventfds in the event loop that serves it.
-pub trait RelayRegistrar {
-    /// Start watching `path.trigger` and `path.resample`.
-    fn register(&mut self, path: &RelayPath) -> io::Result<()>;
-    /// Stop watching them.
-    fn deregister(&mut self, path: &RelayPath);
+/// How a route carries its interrupts.
+#[derive(Debug)]
+pub enum Wiring {
+    /// VFIO's trigger is the VMM's irq eventfd and its unmask the VMM's
+    /// resample eventfd: the kernel carries every interrupt.
+    Direct(VmmLine),
+    /// intxd's event loop carries each interrupt between VFIO's line and the
+    /// VMM's.
+    Relay(Box<RelayWiring>),
 }
 
-/// One device's live wiring.
+/// A relay route's data path and its place in the event loop.
+#[derive(Debug)]
+pub struct RelayWiring {
+    // Declared first, so it is dropped (deregistered) before the path's fds
+    // close.
+    registration: Registration,
+    path: RelayPath,
+}
+
+/// One device's live wiring: the steps done so far and the fds they use.
+///
+/// A route ends only by [`Route::teardown`] or by [`Route::park`] (its fds
+/// outlive this daemon in systemd's fd store); dropping one otherwise is a
+/// bug, which a debug assertion catches.
+#[derive(Debug)]
 pub struct Route {
     device: String,
-    mode: Mode,
     done: Vec<Step>,
-    direct: Option<(EventFd, EventFd)>,
-    relay: Option<RelayPath>,
+    wiring: Wiring,
+    ended: bool,
 }
 
-impl std::fmt::Debug for Route {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route")
-            .field("device", &self.device)
-            .field("mode", &self.mode)
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-/// Wires `dev`'s INTx to the VMM's `irq`/`resample` eventfd pair.
+/// Wires `dev`'s INTx to the VMM's line `vmm`.
 ///
 /// On failure every completed step is undone in reverse and the error names
 /// the device and the step.
 pub fn attach(
     dev: &mut dyn IntxDevice,
     mode: Mode,
-    irq: EventFd,
-    resample: EventFd,
+    vmm: VmmLine,
     cfg: &RelayConfig,
     reg: &mut dyn RelayRegistrar,
 ) -> Result<Route, RouteError> {
-    let mut route = Route {
-        device: dev.name().to_string(),
-        mode,
-        done: Vec::new(),
-        direct: None,
-        relay: None,
-    };
-    let result = match mode {
-        Mode::Direct => {
-            route.direct = Some((irq, resample));
-            route.wire_direct(dev)
+    let device = dev.name().to_string();
+    let io_err = |step| {
+        let device = device.clone();
+        move |source| RouteError::Io {
+            device,
+            step,
+            source,
         }
-        Mode::Relay => route.wire_relay(dev, irq, resample, cfg, reg),
     };
-    match result {
+    let (wiring, done) = match mode {
+        Mode::Direct => (Wiring::Direct(vmm), Vec::new()),
+        Mode::Relay => {
+            let vfio = VfioLine::new().map_err(io_err(Step::CreateEventfds))?;
+            // The registration is owned by the route from here on, so every
+            // later failure removes it again.
+            let registration = reg
+                .register(&vfio.trigger, &vmm.resample)
+                .map_err(io_err(Step::RegisterRelay))?;
+            let path = RelayPath::new(vfio, vmm, cfg, Instant::now());
+            (
+                Wiring::Relay(Box::new(RelayWiring { registration, path })),
+                vec![Step::CreateEventfds, Step::RegisterRelay],
+            )
+        }
+    };
+    let mut route = Route {
+        device,
+        done,
+        wiring,
+        ended: false,
+    };
+    match route.wire(dev) {
         Ok(()) => Ok(route),
         Err(e) => {
-            for undo in route.teardown(dev, reg) {
+            for undo in route.teardown(dev) {
                 log::warn!("{undo}");
             }
             Err(e)
@@ -158,90 +178,45 @@ pub fn attach(
 }
 
 impl Route {
-    fn intx_step(&mut self, step: Step, r: Result<(), IntxError>) -> Result<(), RouteError> {
-        r.map_err(|source| RouteError::Intx {
-            device: self.device.clone(),
-            step,
-            source,
-        })?;
-        self.done.push(step);
-        Ok(())
-    }
-
-    fn wire_direct(&mut self, dev: &mut dyn IntxDevice) -> Result<(), RouteError> {
-        let Some((irq, resample)) = self
-            .direct
-            .as_ref()
-            .map(|(a, b)| (a.try_clone(), b.try_clone()))
-        else {
-            return Ok(());
+    /// Steps 2 to 5 (see the table in `route/mod.rs`).
+    fn wire(&mut self, dev: &mut dyn IntxDevice) -> Result<(), RouteError> {
+        let Route {
+            device,
+            done,
+            wiring,
+            ..
+        } = self;
+        let (trigger, unmask) = match wiring {
+            Wiring::Direct(vmm) => (&vmm.irq, &vmm.resample),
+            Wiring::Relay(r) => (&r.path.vfio().trigger, &r.path.vfio().unmask),
         };
-        let io_err = |step| {
-            let device = self.device.clone();
-            move |source| RouteError::Io {
-                device,
+        let mut step = |step: Step, r: Result<(), IntxError>| {
+            r.map_err(|source| RouteError::Intx {
+                device: device.clone(),
                 step,
                 source,
-            }
+            })?;
+            done.push(step);
+            Ok(())
         };
-        let irq = irq.map_err(io_err(Step::EnableTrigger))?;
-        let resample = resample.map_err(io_err(Step::SetUnmask))?;
-        self.intx_step(Step::EnableTrigger, dev.set_trigger(&irq))?;
-        self.intx_step(Step::Mask, dev.mask())?;
-        self.intx_step(Step::SetUnmask, dev.set_unmask(Some(&resample)))?;
-        self.intx_step(Step::Unmask, dev.unmask())
-    }
-
-    fn wire_relay(
-        &mut self,
-        dev: &mut dyn IntxDevice,
-        irq: EventFd,
-        resample: EventFd,
-        cfg: &RelayConfig,
-        reg: &mut dyn RelayRegistrar,
-    ) -> Result<(), RouteError> {
-        let io_err = |step: Step, source| RouteError::Io {
-            device: self.device.clone(),
-            step,
-            source,
-        };
-        let trigger = new_eventfd().map_err(|e| io_err(Step::CreateEventfds, e))?;
-        let unmask = new_eventfd().map_err(|e| io_err(Step::CreateEventfds, e))?;
-        self.done.push(Step::CreateEventfds);
-        let path = RelayPath::new(trigger, unmask, irq, resample, cfg, Instant::now());
-        reg.register(&path)
-            .map_err(|e| io_err(Step::RegisterRelay, e))?;
-        self.done.push(Step::RegisterRelay);
-        let (t, u) = (
-            path.trigger
-                .try_clone()
-                .map_err(|e| io_err(Step::EnableTrigger, e))?,
-            path.unmask
-                .try_clone()
-                .map_err(|e| io_err(Step::SetUnmask, e))?,
-        );
-        self.relay = Some(path);
-        self.intx_step(Step::EnableTrigger, dev.set_trigger(&t))?;
-        self.intx_step(Step::Mask, dev.mask())?;
-        self.intx_step(Step::SetUnmask, dev.set_unmask(Some(&u)))?;
-        self.intx_step(Step::Unmask, dev.unmask())
+        step(Step::EnableTrigger, dev.set_trigger(trigger))?;
+        step(Step::Mask, dev.mask())?;
+        step(Step::SetUnmask, dev.set_unmask(Some(unmask)))?;
+        step(Step::Unmask, dev.unmask())
     }
 
     /// Undoes every completed step in reverse. Idempotent: a second call does
     /// nothing. Failures are returned (and the remaining steps still run).
-    pub fn teardown(
-        &mut self,
-        dev: &mut dyn IntxDevice,
-        reg: &mut dyn RelayRegistrar,
-    ) -> Vec<RouteError> {
+    pub fn teardown(&mut self, dev: &mut dyn IntxDevice) -> Vec<RouteError> {
+        self.ended = true;
         let mut errors = Vec::new();
         while let Some(step) = self.done.pop() {
             let r = match step {
                 Step::SetUnmask => dev.set_unmask(None),
                 Step::EnableTrigger => dev.disable(),
                 Step::RegisterRelay => {
-                    if let Some(p) = &self.relay {
-                        reg.deregister(p);
+                    if let Wiring::Relay(r) = &mut self.wiring {
+                        r.registration.release();
                     }
                     Ok(())
                 }
@@ -255,14 +230,26 @@ impl Route {
                 });
             }
         }
-        self.relay = None;
-        self.direct = None;
         errors
+    }
+
+    /// Ends the route without touching the device: its fds are parked in
+    /// systemd's fd store and the next daemon takes it back (a restart).
+    pub fn park(mut self) {
+        self.ended = true;
     }
 
     /// The route's mode.
     pub fn mode(&self) -> Mode {
-        self.mode
+        match self.wiring {
+            Wiring::Direct(_) => Mode::Direct,
+            Wiring::Relay(_) => Mode::Relay,
+        }
+    }
+
+    /// How it carries interrupts.
+    pub fn wiring(&self) -> &Wiring {
+        &self.wiring
     }
 
     /// The steps completed so far (for tests and status).
@@ -275,101 +262,113 @@ impl Route {
         self.done.last() == Some(&Step::Unmask)
     }
 
+    /// Whether a relay route is still registered with the event loop.
+    pub fn is_registered(&self) -> bool {
+        matches!(&self.wiring, Wiring::Relay(r) if r.registration.is_live())
+    }
+
     /// The relay data path, for relay routes.
     pub fn relay_mut(&mut self) -> Option<&mut RelayPath> {
-        self.relay.as_mut()
+        match &mut self.wiring {
+            Wiring::Relay(r) => Some(&mut r.path),
+            Wiring::Direct(_) => None,
+        }
     }
 
     /// The relay data path, for relay routes.
     pub fn relay(&self) -> Option<&RelayPath> {
-        self.relay.as_ref()
+        match &self.wiring {
+            Wiring::Relay(r) => Some(&r.path),
+            Wiring::Direct(_) => None,
+        }
     }
 
     /// The relay's figures, for relay routes.
     pub fn relay_stats(&self) -> Option<RelayStats> {
-        self.relay.as_ref().map(RelayPath::stats)
+        self.relay().map(RelayPath::stats)
     }
 
-    /// The VMM's eventfds of a direct route.
-    pub fn direct_fds(&self) -> Option<(&EventFd, &EventFd)> {
-        self.direct.as_ref().map(|(a, b)| (a, b))
-    }
-
-    /// Every eventfd the route holds, by role (`irq`, `resample`, and for a
-    /// relay `trigger` and `unmask`), for systemd's fd store.
-    pub fn fds(&self) -> Vec<(&'static str, BorrowedFd<'_>)> {
-        match (&self.direct, &self.relay) {
-            (Some((irq, resample)), _) => vec![
-                ("irq", borrow_eventfd(irq)),
-                ("resample", borrow_eventfd(resample)),
-            ],
-            (_, Some(p)) => vec![
-                ("irq", borrow_eventfd(&p.irq)),
-                ("resample", borrow_eventfd(&p.resample)),
-                ("trigger", borrow_eventfd(&p.trigger)),
-                ("unmask", borrow_eventfd(&p.unmask)),
-            ],
-            _ => Vec::new(),
+    /// The VMM's line.
+    pub fn vmm(&self) -> &VmmLine {
+        match &self.wiring {
+            Wiring::Direct(vmm) => vmm,
+            Wiring::Relay(r) => r.path.vmm(),
         }
+    }
+
+    /// Every eventfd the route holds, by role, for systemd's fd store.
+    pub fn fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)> {
+        let mut fds = self.vmm().fds().to_vec();
+        if let Some(p) = self.relay() {
+            fds.extend(p.vfio().fds());
+        }
+        fds
     }
 
     /// Rebuilds a route that a previous daemon wired and that is still live
     /// in the kernel (its fds came back from systemd's fd store): every step
-    /// counts as done and nothing touches the device. A relay must still be
-    /// registered with the event loop; the caller then re-arms the line with
-    /// one unmask.
-    pub fn adopt(device: &str, fds: AdoptedFds, cfg: &RelayConfig) -> Route {
-        let (direct, relay, done) = match fds.relay {
-            None => (
-                Some((fds.irq, fds.resample)),
-                None,
-                vec![
-                    Step::EnableTrigger,
-                    Step::Mask,
-                    Step::SetUnmask,
-                    Step::Unmask,
-                ],
-            ),
-            Some((trigger, unmask)) => (
-                None,
-                Some(RelayPath::new(
-                    trigger,
-                    unmask,
-                    fds.irq,
-                    fds.resample,
-                    cfg,
-                    Instant::now(),
-                )),
-                vec![
-                    Step::CreateEventfds,
-                    Step::RegisterRelay,
-                    Step::EnableTrigger,
-                    Step::Mask,
-                    Step::SetUnmask,
-                    Step::Unmask,
-                ],
-            ),
+    /// counts as done and nothing touches the device. A relay is registered
+    /// with `reg`; the caller then re-arms the line with one unmask.
+    pub fn adopt(
+        device: &str,
+        fds: AdoptedFds,
+        cfg: &RelayConfig,
+        reg: &mut dyn RelayRegistrar,
+    ) -> Result<Route, RouteError> {
+        const WIRED: [Step; 4] = [
+            Step::EnableTrigger,
+            Step::Mask,
+            Step::SetUnmask,
+            Step::Unmask,
+        ];
+        let (wiring, done) = match fds.vfio {
+            None => (Wiring::Direct(fds.vmm), WIRED.to_vec()),
+            Some(vfio) => {
+                let registration =
+                    reg.register(&vfio.trigger, &fds.vmm.resample)
+                        .map_err(|source| RouteError::Io {
+                            device: device.to_string(),
+                            step: Step::RegisterRelay,
+                            source,
+                        })?;
+                let path = RelayPath::new(vfio, fds.vmm, cfg, Instant::now());
+                let mut done = vec![Step::CreateEventfds, Step::RegisterRelay];
+                done.extend(WIRED);
+                (
+                    Wiring::Relay(Box::new(RelayWiring { registration, path })),
+                    done,
+                )
+            }
         };
-        Route {
+        Ok(Route {
             device: device.to_string(),
-            mode: if relay.is_some() {
-                Mode::Relay
-            } else {
-                Mode::Direct
-            },
             done,
-            direct,
-            relay,
+            wiring,
+            ended: false,
+        })
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if !self.ended && !std::thread::panicking() {
+            log::error!(
+                "{}: a route was dropped without teardown or parking",
+                self.device
+            );
+            debug_assert!(
+                self.ended,
+                "{}: a route ends only by teardown() or park()",
+                self.device
+            );
         }
     }
 }
 
 /// The fds of a route that outlived its daemon.
 pub struct AdoptedFds {
-    /// The VMM's irq eventfd.
-    pub irq: EventFd,
-    /// The VMM's resample eventfd.
-    pub resample: EventFd,
-    /// A relay's own trigger and unmask eventfds.
-    pub relay: Option<(EventFd, EventFd)>,
+    /// The VMM's line.
+    pub vmm: VmmLine,
+    /// A relay's own VFIO line.
+    pub vfio: Option<VfioLine>,
 }

@@ -1,4 +1,4 @@
-//! One emulated function: its state and the [`IntxDevice`] handle the daemon
+//! One emulated function: its state and the [`IntxDevice`](crate::vfio::IntxDevice) handle the daemon
 //! holds.
 
 use std::collections::HashMap;
@@ -15,7 +15,10 @@ use super::host::{drain, lock, token, Shared, Slot, KIND_UNMASK};
 use super::line::IntxLine;
 use super::model::{percentiles_us, AckPolicy, DeviceModel, Next};
 use crate::util::fd::dup_eventfd;
-use crate::vfio::{DeviceFacts, IntxDevice, IntxError, IntxInfo, IntxOp, SimCounters};
+use crate::vfio::{
+    DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, ParkedFd,
+    SimCounters, VmmFd,
+};
 
 /// PCI ids the emulated function reports (QEMU's edu device, which it models).
 pub const SIM_VENDOR: u16 = 0x1234;
@@ -144,7 +147,8 @@ impl SimState {
     }
 }
 
-/// The daemon's handle on one emulated function; implements [`IntxDevice`].
+/// The daemon's handle on one emulated function; implements
+/// [`IntxDevice`](crate::vfio::IntxDevice).
 pub struct SimDevice {
     name: String,
     index: u32,
@@ -268,17 +272,9 @@ pub struct LineState {
     pub has_unmask_fd: bool,
 }
 
-impl IntxDevice for SimDevice {
+impl IntxActions for SimDevice {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn info(&self) -> IntxInfo {
-        SIM_INTX_INFO
-    }
-
-    fn facts(&self) -> DeviceFacts {
-        sim_facts(self.index)
     }
 
     fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError> {
@@ -407,13 +403,19 @@ impl IntxDevice for SimDevice {
         };
         Ok(())
     }
+}
+
+impl DeviceProbe for SimDevice {
+    fn info(&self) -> IntxInfo {
+        SIM_INTX_INFO
+    }
+
+    fn facts(&self) -> DeviceFacts {
+        sim_facts(self.index)
+    }
 
     fn host_count(&self) -> u64 {
         lock(&self.state).line.triggers
-    }
-
-    fn vmm_fds(&self) -> io::Result<Vec<OwnedFd>> {
-        Ok(vec![dup_eventfd(&self.ack)?, dup_eventfd(&self.doorbell)?])
     }
 
     fn sim_counters(&self) -> Option<SimCounters> {
@@ -437,8 +439,17 @@ impl IntxDevice for SimDevice {
     fn is_gone(&self) -> bool {
         lock(&self.state).gone
     }
+}
 
-    fn store_fds(&self) -> Vec<(&'static str, std::os::fd::BorrowedFd<'_>)> {
+impl DeviceFds for SimDevice {
+    fn vmm_fds(&self) -> io::Result<Vec<(VmmFd, OwnedFd)>> {
+        Ok(vec![
+            (VmmFd::Ack, dup_eventfd(&self.ack)?),
+            (VmmFd::Doorbell, dup_eventfd(&self.doorbell)?),
+        ])
+    }
+
+    fn store_fds(&self) -> Vec<(ParkedFd, std::os::fd::BorrowedFd<'_>)> {
         // This emulation lives in the daemon and dies with it.
         Vec::new()
     }

@@ -30,7 +30,8 @@ pub(super) const KIND_UNMASK: usize = 2;
 /// Errors of the emulated-device host.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// Creating the poll, an eventfd or the thread failed.
+    /// Creating the poll, an eventfd or the thread failed (at the first
+    /// device).
     #[error("could not start the emulated-device thread")]
     Start(#[source] io::Error),
     /// Registering a device's eventfds failed.
@@ -66,8 +67,15 @@ impl Shared {
     }
 }
 
-/// The emulated-device host: one thread serving every [`SimDevice`].
+/// The emulated-device host: one thread serving every [`SimDevice`]. The
+/// thread starts with the first device, so a daemon without emulated
+/// devices runs none.
 pub struct SimHost {
+    running: Mutex<Option<Running>>,
+}
+
+/// The host thread and what reaches it.
+struct Running {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     thread: Option<JoinHandle<()>>,
@@ -82,9 +90,8 @@ pub(super) fn lock(slot: &Slot) -> MutexGuard<'_, SimState> {
     slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl SimHost {
-    /// Starts the host thread.
-    pub fn start() -> Result<SimHost, SimError> {
+impl Running {
+    fn start() -> Result<Running, SimError> {
         let poll = Poll::new().map_err(SimError::Start)?;
         let registry = Arc::new(poll.registry().try_clone().map_err(SimError::Start)?);
         let waker = Waker::new(poll.registry(), WAKER).map_err(SimError::Start)?;
@@ -100,31 +107,52 @@ impl SimHost {
             .stack_size(256 * 1024)
             .spawn(move || run(poll, s2))
             .map_err(SimError::Start)?;
-        Ok(SimHost {
+        Ok(Running {
             shared,
             registry,
             thread: Some(thread),
         })
     }
+}
 
-    /// Adds an emulated function `sim:index` named `name`.
+impl SimHost {
+    /// A host for emulated devices. Nothing runs until the first
+    /// [`add_device`](Self::add_device) starts the host thread (which is
+    /// where a thread that cannot start is reported).
+    pub fn start() -> Result<SimHost, SimError> {
+        Ok(SimHost {
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Whether the host thread runs (it does once a device was added).
+    pub fn is_running(&self) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Adds an emulated function `sim:index` named `name`, starting the
+    /// host thread if this is the first.
     pub fn add_device(
         &self,
         name: &str,
         index: u32,
         policy: AckPolicy,
     ) -> Result<SimDevice, SimError> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let run: &Running = match &mut *running {
+            Some(r) => r,
+            none => none.insert(Running::start()?),
+        };
         let reg_err = |source| SimError::Register {
             device: name.to_string(),
             source,
         };
         let ack = new_eventfd().map_err(reg_err)?;
         let doorbell = new_eventfd().map_err(reg_err)?;
-        let mut devices = self
-            .shared
-            .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut devices = run.shared.devices.lock().unwrap_or_else(|e| e.into_inner());
         let slot_index = devices
             .iter()
             .position(Option::is_none)
@@ -135,19 +163,19 @@ impl SimHost {
             doorbell.try_clone().map_err(reg_err)?,
             policy,
         )));
-        self.registry
+        run.registry
             .register(
                 &mut SourceFd(&ack.as_raw_fd()),
                 token(slot_index, KIND_ACK),
                 Interest::READABLE,
             )
             .map_err(reg_err)?;
-        if let Err(e) = self.registry.register(
+        if let Err(e) = run.registry.register(
             &mut SourceFd(&doorbell.as_raw_fd()),
             token(slot_index, KIND_DOORBELL),
             Interest::READABLE,
         ) {
-            let _ = self.registry.deregister(&mut SourceFd(&ack.as_raw_fd()));
+            let _ = run.registry.deregister(&mut SourceFd(&ack.as_raw_fd()));
             return Err(reg_err(e));
         }
         if slot_index == devices.len() {
@@ -160,15 +188,15 @@ impl SimHost {
             index,
             slot_index,
             state,
-            Arc::clone(&self.shared),
-            Arc::clone(&self.registry),
+            Arc::clone(&run.shared),
+            Arc::clone(&run.registry),
             ack,
             doorbell,
         ))
     }
 }
 
-impl Drop for SimHost {
+impl Drop for Running {
     fn drop(&mut self) {
         self.shared
             .stop

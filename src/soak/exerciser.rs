@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::run::SoakError;
 use super::wiring::VfioAttached;
 use crate::config::Exerciser;
-use crate::vfio::{enable_memory_and_intx, BarPage, RegionError, BAR_PAGE};
+use crate::vfio::{enable_memory_and_intx, is_bar_register, BarPage, RegionError, BAR_PAGE};
 
 /// A real function the soak drives through its BAR.
 pub struct DeviceDriver {
@@ -32,7 +32,7 @@ impl DeviceDriver {
     pub fn prepare(name: &str, attached: VfioAttached) -> Result<DeviceDriver, SoakError> {
         let ex = attached.exerciser;
         for (what, offset) in [("raise", ex.raise_offset), ("ack", ex.ack_offset)] {
-            if offset % 4 != 0 || offset + 4 > BAR_PAGE as u64 {
+            if !is_bar_register(offset) {
                 return Err(SoakError::BadExerciser {
                     device: name.to_string(),
                     what,

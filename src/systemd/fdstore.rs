@@ -3,7 +3,7 @@
 //! The unit must set `FileDescriptorStoreMax=`.
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 /// Parks and removes named fds.
 pub trait FdStore: Send {
@@ -66,10 +66,14 @@ pub struct Inherited {
 
 impl Inherited {
     /// Takes the fds systemd passed to this process (none without systemd).
+    #[allow(unsafe_code)]
     pub fn from_env() -> std::io::Result<Inherited> {
         let mut fds: HashMap<String, Vec<OwnedFd>> = HashMap::new();
         for (raw, name) in sd_notify::listen_fds_with_names()? {
-            fds.entry(name).or_default().push(adopt(raw));
+            // SAFETY: systemd passed these fds to this process (LISTEN_PID
+            // matched), and nothing else in the process has claimed them.
+            let fd = unsafe { crate::util::fd::adopt(raw) };
+            fds.entry(name).or_default().push(fd);
         }
         Ok(Inherited { fds })
     }
@@ -88,11 +92,4 @@ impl Inherited {
     pub fn names(&self) -> Vec<String> {
         self.fds.keys().cloned().collect()
     }
-}
-
-#[allow(unsafe_code)]
-fn adopt(raw: std::os::fd::RawFd) -> OwnedFd {
-    // SAFETY: systemd passed these fds to this process (LISTEN_PID matched),
-    // and nothing else in the process has claimed them.
-    unsafe { OwnedFd::from_raw_fd(raw) }
 }

@@ -1,5 +1,6 @@
 //! Ownership conversions between `vmm_sys_util::eventfd::EventFd` and
-//! `std::os::fd::OwnedFd`, and the fd-kind check used on every received fd.
+//! `std::os::fd::OwnedFd`, the one raw-fd adoption (`adopt`), and the
+//! fd-kind check used on every received fd.
 //!
 //! `EventFd` predates the I/O-safety types and only offers raw fds, so the
 //! conversions need `unsafe`; they are kept here, in one place.
@@ -9,6 +10,18 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Takes ownership of a fd the kernel just installed in this process's fd
+/// table (by `accept4`, as `SCM_RIGHTS`, or from systemd's `LISTEN_FDS`):
+/// the one place intxd adopts a raw fd.
+///
+/// # Safety
+///
+/// `raw` must be open, and nothing else in the process may own or close it.
+pub(crate) unsafe fn adopt(raw: RawFd) -> OwnedFd {
+    // SAFETY: the caller guarantees `raw` is open and unowned.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
 
 /// Moves an `EventFd` into an `OwnedFd`.
 pub fn eventfd_into_owned(ev: EventFd) -> OwnedFd {
@@ -89,9 +102,7 @@ pub fn eventfd_count(fd: RawFd) -> Option<u64> {
 }
 
 /// Whether `fd` has close-on-exec set.
-pub fn is_cloexec(fd: RawFd) -> io::Result<bool> {
-    // SAFETY: only used on fds the caller holds open; the borrow ends here.
-    let b = unsafe { BorrowedFd::borrow_raw(fd) };
-    let flags = nix::fcntl::fcntl(b, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;
+pub fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;
     Ok(flags & libc::FD_CLOEXEC != 0)
 }

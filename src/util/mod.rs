@@ -1,5 +1,7 @@
-//! Small helpers shared by several modules: fd ownership and process figures.
+//! Small helpers shared by several modules: fd ownership ([`fd`]), SEQPACKET
+//! sockets ([`sock`]), error chains and process figures.
 
 pub mod error;
 pub mod fd;
 pub mod proc;
+pub mod sock;

@@ -1,6 +1,6 @@
 //! The INTx device trait: what vfio-pci lets userspace do with a level line.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
@@ -129,8 +129,80 @@ pub struct SimCounters {
     pub latency_hist: Vec<u64>,
 }
 
-/// A PCI function's INTx as VFIO exposes it. Each method is one
-/// `VFIO_DEVICE_SET_IRQS` call on `VFIO_PCI_INTX_IRQ_INDEX`.
+/// A fd the VMM receives with the attach reply, by role. The reply's `fds`
+/// names them in the order they travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VmmFd {
+    /// The emulated device's ack eventfd (bound to a guest port).
+    Ack,
+    /// The emulated device's doorbell eventfd (asks for cycles).
+    Doorbell,
+    /// The VFIO device fd of a real function.
+    VfioDevice,
+    /// The VFIO container fd (type1v2), for the VMM's DMA mappings.
+    VfioContainer,
+}
+
+impl VmmFd {
+    /// The role as the attach reply's `fds` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmmFd::Ack => "ack",
+            VmmFd::Doorbell => "doorbell",
+            VmmFd::VfioDevice => "vfio_device",
+            VmmFd::VfioContainer => "vfio_container",
+        }
+    }
+}
+
+/// A fd parked in systemd's fd store for a live route, by role: the route's
+/// eventfds and what keeps its device open. Parked as `<device>-<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParkedFd {
+    /// The VMM's irq eventfd.
+    Irq,
+    /// The VMM's resample eventfd.
+    Resample,
+    /// A relay route's own trigger eventfd (VFIO signals it).
+    Trigger,
+    /// A relay route's own unmask eventfd (VFIO waits on it).
+    Unmask,
+    /// What keeps the device open: the VFIO device fd (which also holds its
+    /// group), or the sim host connection.
+    Device,
+    /// The VFIO container fd.
+    Container,
+}
+
+impl ParkedFd {
+    /// Every role, for code that clears a device's parked fds.
+    pub const ALL: [ParkedFd; 6] = [
+        ParkedFd::Irq,
+        ParkedFd::Resample,
+        ParkedFd::Trigger,
+        ParkedFd::Unmask,
+        ParkedFd::Device,
+        ParkedFd::Container,
+    ];
+
+    /// The suffix of the fd-store name (stable across versions: a new
+    /// daemon takes back what an old one parked).
+    pub fn name(self) -> &'static str {
+        match self {
+            ParkedFd::Irq => "irq",
+            ParkedFd::Resample => "resample",
+            ParkedFd::Trigger => "trigger",
+            ParkedFd::Unmask => "unmask",
+            ParkedFd::Device => "dev",
+            ParkedFd::Container => "container",
+        }
+    }
+}
+
+/// A PCI function's INTx actions as VFIO exposes them: each method is one
+/// `VFIO_DEVICE_SET_IRQS` call on `VFIO_PCI_INTX_IRQ_INDEX` (or the request
+/// index, or `VFIO_DEVICE_RESET`). This is all a route and the relay hot
+/// path use.
 ///
 /// vfio-pci's contract, which every implementation keeps:
 /// - when the line rises while unmasked, INTx is masked and the trigger
@@ -140,13 +212,9 @@ pub struct SimCounters {
 ///   unmasks;
 /// - a loopback trigger signals the trigger eventfd without masking;
 /// - disable stops all signalling and drops both eventfds.
-pub trait IntxDevice: Send {
+pub trait IntxActions: Send {
     /// Device name from the config, for messages.
     fn name(&self) -> &str;
-    /// `VFIO_DEVICE_GET_IRQ_INFO` for the INTx index.
-    fn info(&self) -> IntxInfo;
-    /// The function's identity.
-    fn facts(&self) -> DeviceFacts;
     /// Enable INTx with `fd` as its trigger. Must come before the others.
     fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError>;
     /// Set (`Some`) or remove (`None`) the unmask eventfd.
@@ -165,6 +233,15 @@ pub trait IntxDevice: Send {
     /// Sets (`Some`) or removes the request eventfd (`VFIO_PCI_REQ_IRQ_INDEX`):
     /// signalled when the host wants the device back or it disappears.
     fn set_request(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError>;
+}
+
+/// What a device is and what it counted: read for `attach` replies,
+/// `status` and the health scan, never on the relay hot path.
+pub trait DeviceProbe {
+    /// `VFIO_DEVICE_GET_IRQ_INFO` for the INTx index.
+    fn info(&self) -> IntxInfo;
+    /// The function's identity.
+    fn facts(&self) -> DeviceFacts;
     /// Host-side interrupt count (`/proc/interrupts` for a real device).
     ///
     /// For a real device these are hard interrupts on its host line. A
@@ -173,17 +250,29 @@ pub trait IntxDevice: Send {
     /// before the guest's EOI this counts fewer interrupts than were
     /// delivered.
     fn host_count(&self) -> u64;
-    /// The fds a VMM needs to drive the device: the VFIO device fd and the
-    /// container fd for a real device; the ack and doorbell eventfds for the
-    /// emulated one. Each is a fresh duplicate.
-    fn vmm_fds(&self) -> std::io::Result<Vec<OwnedFd>>;
     /// Hardware-side counters, where the backend has them.
     fn sim_counters(&self) -> Option<SimCounters>;
     /// Whether the device has been removed underneath us.
     fn is_gone(&self) -> bool;
+}
+
+/// The device's fds that leave the backend: to the VMM, and to systemd's fd
+/// store.
+pub trait DeviceFds {
+    /// The fds a VMM needs to drive the device, by role: the VFIO device fd
+    /// and the container fd for a real device; the ack and doorbell eventfds
+    /// for the emulated one. Each is a fresh duplicate.
+    fn vmm_fds(&self) -> std::io::Result<Vec<(VmmFd, OwnedFd)>>;
     /// The fds that keep the device open (the VFIO device and container fds;
-    /// the sim host connection), named, for systemd's fd store: parked
+    /// the sim host connection), by role, for systemd's fd store: parked
     /// there, they keep a live route alive across a daemon restart. Empty
     /// when the device cannot outlive the daemon (an in-process emulation).
-    fn store_fds(&self) -> Vec<(&'static str, std::os::fd::BorrowedFd<'_>)>;
+    fn store_fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)>;
 }
+
+/// A whole backend, as the daemon holds it (`Box<dyn IntxDevice>`): its
+/// INTx actions, its facts and counters, and its fds. Implemented for every
+/// type that has all three.
+pub trait IntxDevice: IntxActions + DeviceProbe + DeviceFds {}
+
+impl<T: IntxActions + DeviceProbe + DeviceFds + ?Sized> IntxDevice for T {}

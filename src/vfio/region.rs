@@ -27,6 +27,12 @@ const PCI_COMMAND_INTX_DISABLE: u16 = 0x0400;
 /// The size of the mapped part of a BAR: one page.
 pub const BAR_PAGE: usize = 4096;
 
+/// Whether `offset` names a 4-byte register inside the mapped first
+/// [`BAR_PAGE`] bytes of a BAR: the one bounds check of BAR registers.
+pub const fn is_bar_register(offset: u64) -> bool {
+    offset % 4 == 0 && offset < BAR_PAGE as u64
+}
+
 /// Errors of region access.
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
@@ -210,7 +216,7 @@ impl BarPage {
     }
 
     fn reg(&self, offset: u64) -> Result<*mut u32, RegionError> {
-        if offset % 4 != 0 || offset + 4 > BAR_PAGE as u64 {
+        if !is_bar_register(offset) {
             return Err(RegionError::Offset {
                 device: self.device.clone(),
                 bar: self.bar,
@@ -257,5 +263,19 @@ impl std::fmt::Debug for BarPage {
             .field("bar", &self.bar)
             .field("addr", &self.ptr)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bar_register_is_aligned_and_inside_the_page() {
+        assert!(is_bar_register(0));
+        assert!(is_bar_register(BAR_PAGE as u64 - 4));
+        assert!(!is_bar_register(BAR_PAGE as u64));
+        assert!(!is_bar_register(2));
+        assert!(!is_bar_register(u64::MAX - 3));
     }
 }

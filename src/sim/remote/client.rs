@@ -1,57 +1,114 @@
-//! The daemon's side of a device in the sim host: an [`IntxDevice`] whose
+//! The daemon's side of a device in the sim host: an
+//! [`IntxDevice`](crate::vfio::IntxDevice) whose
 //! every call is one request on the device's connection.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{SimReply, SimRequest};
+use crate::control::channel::{decode_with_id, encode_with_id, Channel, ChannelError, Frame};
 use crate::control::wire;
-use crate::sim::{sim_facts, AckPolicy, SIM_INTX_INFO};
+use crate::sim::{sim_facts, AckPolicy};
 use crate::util::fd::borrow_eventfd;
-use crate::vfio::{DeviceFacts, IntxDevice, IntxError, IntxInfo, IntxOp, SimCounters};
+use crate::util::sock;
+use crate::vfio::{
+    DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, ParkedFd,
+    SimCounters, VmmFd,
+};
 
+/// How long a call waits for the sim host.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A reply as the channel hands it over: decoded, or why not.
+type Decoded = Result<SimReply, serde_json::Error>;
+
+/// Why a device could not be opened in the sim host.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The sim host's socket could not be reached.
+    #[error("cannot connect to the sim host at {}", .path.display())]
+    Connect {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The `open` request got no answer.
+    #[error("{device}: the sim host did not answer the open of sim:{index}")]
+    Call {
+        /// Device name.
+        device: String,
+        /// The `N` of `sim:N`.
+        index: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The sim host refused the open.
+    #[error("{device}: the sim host refused to open sim:{index}: {reply}")]
+    Refused {
+        /// Device name.
+        device: String,
+        /// The `N` of `sim:N`.
+        index: u32,
+        /// Its reply.
+        reply: String,
+    },
+}
 
 /// A device served by `intxd sim-host`.
 pub struct RemoteSim {
     name: String,
     index: u32,
-    sock: OwnedFd,
+    chan: Channel<Decoded>,
     gone: bool,
 }
 
 impl RemoteSim {
     /// Connects to the sim host at `path` and opens `sim:index`.
-    pub fn open(path: &Path, name: &str, index: u32, policy: AckPolicy) -> io::Result<RemoteSim> {
-        let sock = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
-        let mut d = RemoteSim {
-            name: name.to_string(),
-            index,
-            sock,
-            gone: false,
-        };
+    pub fn open(
+        path: &Path,
+        name: &str,
+        index: u32,
+        policy: AckPolicy,
+    ) -> Result<RemoteSim, RemoteError> {
+        let sock = sock::connect(path).map_err(|source| RemoteError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::open_on(sock, name, index, policy)
+    }
+
+    /// Opens `sim:index` over a socket already connected to a sim host.
+    pub fn open_on(
+        sock: OwnedFd,
+        name: &str,
+        index: u32,
+        policy: AckPolicy,
+    ) -> Result<RemoteSim, RemoteError> {
+        let d = Self::adopt(sock, name, index);
         let req = SimRequest::Open {
             index,
             name: name.to_string(),
             policy,
         };
-        match d.call(&req, &[])? {
+        let reply = d.call(&req, &[]).map_err(|source| RemoteError::Call {
+            device: name.to_string(),
+            index,
+            source,
+        })?;
+        match reply {
             (SimReply::Ok, _) => Ok(d),
-            (other, _) => Err(io::Error::other(format!(
-                "sim host refused open: {other:?}"
-            ))),
+            (other, _) => Err(RemoteError::Refused {
+                device: name.to_string(),
+                index,
+                reply: format!("{other:?}"),
+            }),
         }
     }
 
@@ -60,48 +117,39 @@ impl RemoteSim {
         RemoteSim {
             name: name.to_string(),
             index,
-            sock,
+            chan: Channel::new(sock),
             gone: false,
         }
     }
 
+    /// One request and its reply. A reply that comes after the call gave
+    /// up is dropped, never read as the answer to the next call.
     fn call(
-        &mut self,
+        &self,
         req: &SimRequest,
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<(SimReply, Vec<OwnedFd>)> {
-        let data = serde_json::to_vec(req).map_err(io::Error::other)?;
-        wire::send(self.sock.as_raw_fd(), &data, fds)?;
         let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the sim host did not answer",
-                ));
-            }
-            let mut p = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
-            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-            match poll(&mut p, PollTimeout::from(ms)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(e.into()),
-            }
-            match wire::recv_limited(self.sock.as_raw_fd(), wire::MAX_REPLY) {
-                Ok(Some(pkt)) => {
-                    let reply = serde_json::from_slice(&pkt.data).map_err(io::Error::other)?;
-                    return Ok((reply, pkt.fds));
-                }
-                Ok(None) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the sim host closed the device",
-                    ))
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+        let mut decode = |p: &wire::Packet| {
+            let (id, r) = decode_with_id(&p.data);
+            Frame::Reply(id, r)
+        };
+        match self
+            .chan
+            .call(|id| encode_with_id(id, req), fds, deadline, &mut decode)
+        {
+            Ok((Ok(reply), fds)) => Ok((reply, fds)),
+            Ok((Err(e), _)) => Err(io::Error::other(e)),
+            Err(ChannelError::Send(e) | ChannelError::Recv(e)) => Err(e),
+            Err(ChannelError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the sim host did not answer",
+            )),
+            Err(ChannelError::Closed) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the sim host closed the device",
+            )),
+            Err(e @ ChannelError::Unexpected(_)) => Err(io::Error::other(e)),
         }
     }
 
@@ -134,17 +182,9 @@ impl RemoteSim {
     }
 }
 
-impl IntxDevice for RemoteSim {
+impl IntxActions for RemoteSim {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn info(&self) -> IntxInfo {
-        SIM_INTX_INFO
-    }
-
-    fn facts(&self) -> DeviceFacts {
-        sim_facts(self.index)
     }
 
     fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError> {
@@ -178,36 +218,23 @@ impl IntxDevice for RemoteSim {
     fn set_request(&mut self, fd: Option<&EventFd>) -> Result<(), IntxError> {
         self.intx(IntxOp::SetRequest, fd)
     }
+}
+
+impl DeviceProbe for RemoteSim {
+    fn facts(&self) -> DeviceFacts {
+        sim_facts(self.index)
+    }
+
+    fn info(&self) -> IntxInfo {
+        self.facts().intx
+    }
 
     fn host_count(&self) -> u64 {
         self.sim_counters().map(|c| c.triggers).unwrap_or(0)
     }
 
-    fn vmm_fds(&self) -> io::Result<Vec<OwnedFd>> {
-        // `call` needs `&mut`; a duplicate of the socket is the same
-        // connection, and request/reply pairs never interleave on this thread.
-        let mut me = RemoteSim {
-            name: self.name.clone(),
-            index: self.index,
-            sock: self.sock.try_clone()?,
-            gone: false,
-        };
-        match me.call(&SimRequest::VmmFds, &[])? {
-            (SimReply::Ok, fds) if fds.len() == 2 => Ok(fds),
-            (other, _) => Err(io::Error::other(format!(
-                "sim host gave no device fds: {other:?}"
-            ))),
-        }
-    }
-
     fn sim_counters(&self) -> Option<SimCounters> {
-        let mut me = RemoteSim {
-            name: self.name.clone(),
-            index: self.index,
-            sock: self.sock.try_clone().ok()?,
-            gone: false,
-        };
-        match me.call(&SimRequest::Counters, &[]).ok()? {
+        match self.call(&SimRequest::Counters, &[]).ok()? {
             (SimReply::Counters(c), _) => Some(c),
             _ => None,
         }
@@ -216,8 +243,21 @@ impl IntxDevice for RemoteSim {
     fn is_gone(&self) -> bool {
         self.gone
     }
+}
 
-    fn store_fds(&self) -> Vec<(&'static str, BorrowedFd<'_>)> {
-        vec![("dev", self.sock.as_fd())]
+impl DeviceFds for RemoteSim {
+    fn vmm_fds(&self) -> io::Result<Vec<(VmmFd, OwnedFd)>> {
+        match self.call(&SimRequest::VmmFds, &[])? {
+            (SimReply::Ok, fds) if fds.len() == 2 => {
+                Ok([VmmFd::Ack, VmmFd::Doorbell].into_iter().zip(fds).collect())
+            }
+            (other, _) => Err(io::Error::other(format!(
+                "sim host gave no device fds: {other:?}"
+            ))),
+        }
+    }
+
+    fn store_fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)> {
+        vec![(ParkedFd::Device, self.chan.socket())]
     }
 }

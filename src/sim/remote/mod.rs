@@ -15,8 +15,8 @@
 mod client;
 mod server;
 
-pub use client::RemoteSim;
-pub use server::serve;
+pub use client::{RemoteError, RemoteSim};
+pub use server::{serve, serve_connection, ServeError};
 
 use serde::{Deserialize, Serialize};
 

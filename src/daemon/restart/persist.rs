@@ -74,8 +74,8 @@ pub fn conn_fd_name(id: u64) -> String {
 }
 
 /// The name of one of a route's fds.
-pub fn route_fd_name(device: &str, role: &str) -> String {
-    format!("{device}-{role}")
+pub fn route_fd_name(device: &str, role: crate::vfio::ParkedFd) -> String {
+    format!("{device}-{}", role.name())
 }
 
 /// The memfd that holds the record. systemd holds a duplicate of the same

@@ -7,7 +7,8 @@ use mio::Token;
 pub enum Tok {
     /// The control socket's listener.
     Listener,
-    /// The cross-thread waker (stop requests).
+    /// The cross-thread waker: stop requests, and the binder worker's
+    /// results.
     Waker,
     /// The signalfd (SIGTERM, SIGINT, SIGHUP).
     Signal,

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::control::auth::Peer;
 use crate::control::wire;
@@ -61,7 +61,7 @@ impl Conn {
     pub fn flush(&mut self) -> io::Result<SendState> {
         while let Some(out) = self.outbox.front() {
             let fds: Vec<_> = out.fds.iter().map(|f| f.as_fd()).collect();
-            match wire::send(self.sock.as_raw_fd(), &out.data, &fds) {
+            match wire::send(self.sock.as_fd(), &out.data, &fds) {
                 Ok(()) => {
                     self.outbox.pop_front();
                 }

@@ -14,6 +14,14 @@
 //! - **Crash or watchdog restart**: nothing is released; the next daemon
 //!   takes the live routes back from systemd's fd store.
 //! - `intxd bind NAME` / `intxd release NAME` do the same without a daemon.
+//!
+//! At start-up and at a clean stop the daemon binds and releases in its own
+//! thread (nothing is served yet, or any more); a reload hands the work to
+//! the worker thread (`worker.rs`).
+
+mod worker;
+
+pub use worker::{BindWorker, Done, Job};
 
 use std::path::PathBuf;
 use std::time::Duration;

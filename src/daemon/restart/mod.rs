@@ -7,20 +7,22 @@
 //! while no daemon was there to carry it is not lost, and a relay's pending
 //! trigger is read as soon as its eventfd is back in the loop.
 
+mod persist;
+
+pub use persist::{conn_fd_name, route_fd_name, StateFile, StateRecord};
+
 use std::os::fd::AsRawFd;
 
-use super::conn::Conn;
-use super::devices::{DeviceState, Holder};
-use super::persist::{
-    conn_fd_name, route_fd_name, ConnRecord, RouteRecord, StateFile, StateRecord, STATE_VERSION,
-};
-use super::{Daemon, LoopRegistrar, Tok};
+use super::conns::Conn;
+use super::device::{AttachOrigin, Attachment, Holder};
+use super::Daemon;
 use crate::control::auth::Peer;
-use crate::route::{AdoptedFds, Mode, RelayRegistrar, Route};
+use crate::route::{AdoptedFds, Mode, Route, VfioLine, VmmLine};
 use crate::systemd::Inherited;
+use crate::util::error::chain;
 use crate::util::fd::{owned_into_eventfd, FdKind};
-use mio::unix::SourceFd;
-use mio::Interest;
+use crate::vfio::ParkedFd;
+use persist::{ConnRecord, RouteRecord, STATE_VERSION};
 
 /// Takes the state record a previous daemon parked, if any.
 pub(super) fn take_record(inherited: &mut Inherited) -> Option<(StateFile, StateRecord)> {
@@ -48,8 +50,8 @@ impl Daemon {
         mut inherited: Inherited,
     ) {
         if let Some((file, rec)) = record {
-            self.state_file = Some(file);
-            self.next_conn_id = self.next_conn_id.max(rec.next_conn_id);
+            self.sd.state_file = Some(file);
+            self.conns.skip_ids_below(rec.next_conn_id);
             for c in &rec.conns {
                 self.adopt_conn(c, &mut inherited);
             }
@@ -58,19 +60,19 @@ impl Daemon {
             }
             log::info!(
                 "restart: took back {} connection(s) and {} route(s) from the fd store",
-                self.conns.iter().flatten().count(),
-                self.devices.iter().filter(|d| d.route.is_some()).count()
+                self.conns.open(),
+                self.devices.iter().filter(|d| d.route().is_some()).count()
             );
         }
         for name in inherited.names() {
             log::warn!("restart: dropping parked fd `{name}`, which nothing claims");
-            self.fdstore.remove(&name);
+            self.sd.fdstore.remove(&name);
         }
-        if self.state_file.is_none() && self.fdstore.active() {
+        if self.sd.state_file.is_none() && self.sd.fdstore.active() {
             match StateFile::create() {
                 Ok(f) => {
-                    self.fdstore.store("state", f.fd());
-                    self.state_file = Some(f);
+                    self.sd.fdstore.store("state", f.fd());
+                    self.sd.state_file = Some(f);
                 }
                 Err(e) => {
                     log::warn!("fd store: no state record ({e}); a restart will drop every route")
@@ -89,16 +91,7 @@ impl Daemon {
             );
             return;
         };
-        let slot = self.conns.len();
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&sock.as_raw_fd()),
-            Tok::Conn(slot).token(),
-            Interest::READABLE,
-        ) {
-            log::error!("restart: cannot watch connection {}: {e}", c.id);
-            return;
-        }
-        self.conns.push(Some(Conn {
+        let conn = Conn {
             id: c.id,
             sock,
             peer: Peer {
@@ -111,14 +104,17 @@ impl Daemon {
             outbox: Default::default(),
             want_write: false,
             parked: true,
-        }));
+        };
+        if let Err(e) = self.add_to_table(conn) {
+            log::error!("restart: cannot watch connection {}: {e}", c.id);
+        }
     }
 
     fn adopt_route(&mut self, r: &RouteRecord, inherited: &mut Inherited) {
         let Some(di) = self
             .devices
             .iter()
-            .position(|d| d.cfg.name == r.device && d.state != DeviceState::Removed)
+            .position(|d| d.cfg.name == r.device && !d.is_removed())
         else {
             log::warn!(
                 "restart: device {} is no longer configured; its route is dropped",
@@ -127,74 +123,67 @@ impl Daemon {
             return;
         };
         let tag = self.devices[di].tag();
-        let mut take = |role: &str| {
+        let mut take = |role: ParkedFd| {
             inherited
                 .take(&route_fd_name(&r.device, role))
                 .filter(|f| FdKind::of(f.as_raw_fd()).ok() == Some(FdKind::EventFd))
                 .map(owned_into_eventfd)
         };
-        let (irq, resample) = (take("irq"), take("resample"));
-        let relay = match r.mode {
-            Mode::Relay => match (take("trigger"), take("unmask")) {
-                (Some(t), Some(u)) => Some((t, u)),
+        let (irq, resample) = (take(ParkedFd::Irq), take(ParkedFd::Resample));
+        let vfio = match r.mode {
+            Mode::Relay => match (take(ParkedFd::Trigger), take(ParkedFd::Unmask)) {
+                (Some(trigger), Some(unmask)) => Some(VfioLine { trigger, unmask }),
                 _ => None,
             },
             Mode::Direct => None,
         };
-        let owner_conn = self.conns.iter().flatten().any(|c| c.id == r.conn_id);
+        let owner_conn = self.conns.iter().any(|c| c.id == r.conn_id);
         let dev = &self.devices[di];
         let kept_open = !dev
-            .backend
-            .as_ref()
-            .is_some_and(|b| b.store_fds().is_empty());
+            .state
+            .open()
+            .is_some_and(|o| o.backend.store_fds().is_empty());
         let (Some(irq), Some(resample), true, true) = (
             irq,
             resample,
-            r.mode == Mode::Direct || relay.is_some(),
+            r.mode == Mode::Direct || vfio.is_some(),
             owner_conn && kept_open,
         ) else {
             log::warn!("{tag}: restart: the route's fds, its device or its VMM's connection did not survive; it is dropped");
-            for role in ["irq", "resample", "trigger", "unmask", "dev", "container"] {
-                self.fdstore.remove(&route_fd_name(&r.device, role));
-            }
+            self.forget_route_fds(&r.device);
             return;
         };
-        let cfg = dev.cfg.relay.clone();
-        let route = Route::adopt(
-            &r.device,
-            AdoptedFds {
-                irq,
-                resample,
-                relay,
-            },
-            &cfg,
-        );
-        if let Some(path) = route.relay() {
-            let mut reg = LoopRegistrar {
-                registry: self.poll.registry(),
-                slot: di,
-            };
-            if let Err(e) = reg.register(path) {
-                log::error!("{tag}: restart: cannot put the relay back in the event loop: {e}; the route is dropped");
+        let fds = AdoptedFds {
+            vmm: VmmLine { irq, resample },
+            vfio,
+        };
+        let mut reg = self.lp.registrar(di);
+        let route = match Route::adopt(&r.device, fds, &dev.cfg.relay, &mut reg) {
+            Ok(route) => route,
+            Err(e) => {
+                log::error!("{tag}: restart: cannot put the relay back in the event loop: {}; the route is dropped", chain(&e));
                 return;
             }
-        }
+        };
+        let att = Attachment {
+            route,
+            holder: Holder {
+                conn_id: r.conn_id,
+                owner: r.owner,
+            },
+            irqchip: r.irqchip,
+        };
         let dev = &mut self.devices[di];
-        dev.route = Some(route);
-        dev.irqchip = Some(r.irqchip);
-        dev.holder = Some(Holder {
-            conn_id: r.conn_id,
-            owner: r.owner,
-        });
-        dev.state = DeviceState::Attached;
+        if let Err(att) = dev.attach(att, AttachOrigin::Restart) {
+            log::warn!("{tag}: restart: the device did not open again; its route is dropped");
+            att.route.park();
+            return;
+        }
         // One unmask re-arms the line: an EOI that came while no daemon
         // carried it must not leave INTx masked for good.
-        if let Some(b) = dev.backend.as_mut() {
-            if let Err(e) = b.unmask() {
-                log::warn!(
-                    "{tag}: restart: re-arming unmask failed: {}",
-                    super::requests::chain(&e)
-                );
+        if let Some(open) = dev.state.open_mut() {
+            if let Err(e) = open.backend.unmask() {
+                log::warn!("{tag}: restart: re-arming unmask failed: {}", chain(&e));
             }
         }
         log::info!(
@@ -204,16 +193,24 @@ impl Daemon {
         );
     }
 
+    /// Takes every fd a device may have parked out of the store.
+    fn forget_route_fds(&mut self, device: &str) {
+        for role in ParkedFd::ALL {
+            self.sd.fdstore.remove(&route_fd_name(device, role));
+        }
+    }
+
     /// Parks a connection once it has said hello.
     pub(super) fn park_conn(&mut self, ci: usize) {
-        if !self.fdstore.active() {
+        if !self.sd.fdstore.active() {
             return;
         }
-        let Some(c) = self.conns.get_mut(ci).and_then(Option::as_mut) else {
+        let Some(c) = self.conns.get_mut(ci) else {
             return;
         };
         if !c.parked {
-            self.fdstore
+            self.sd
+                .fdstore
                 .store(&conn_fd_name(c.id), std::os::fd::AsFd::as_fd(&c.sock));
             c.parked = true;
         }
@@ -221,54 +218,52 @@ impl Daemon {
 
     /// Parks every fd of a device's live route and what keeps the device open.
     pub(super) fn park_route(&mut self, di: usize) {
-        if !self.fdstore.active() {
+        if !self.sd.fdstore.active() {
             return;
         }
         let dev = &self.devices[di];
         let name = dev.cfg.name.clone();
         let mut fds: Vec<(String, std::os::fd::BorrowedFd<'_>)> = Vec::new();
-        if let Some(r) = &dev.route {
+        if let Some(r) = dev.route() {
             fds.extend(
                 r.fds()
                     .into_iter()
                     .map(|(role, fd)| (route_fd_name(&name, role), fd)),
             );
         }
-        if let Some(b) = &dev.backend {
+        if let Some(o) = dev.state.open() {
             fds.extend(
-                b.store_fds()
+                o.backend
+                    .store_fds()
                     .into_iter()
                     .map(|(role, fd)| (route_fd_name(&name, role), fd)),
             );
         }
         for (n, fd) in fds {
-            self.fdstore.store(&n, fd);
+            self.sd.fdstore.store(&n, fd);
         }
     }
 
     /// Takes a detached device's fds out of the store.
     pub(super) fn unpark_route(&mut self, di: usize) {
-        if !self.fdstore.active() {
+        if !self.sd.fdstore.active() {
             return;
         }
         let name = self.devices[di].cfg.name.clone();
-        for role in ["irq", "resample", "trigger", "unmask", "dev", "container"] {
-            self.fdstore.remove(&route_fd_name(&name, role));
-        }
+        self.forget_route_fds(&name);
     }
 
     /// Rewrites the state record.
     pub(super) fn save_state(&mut self) {
-        let Some(file) = self.state_file.as_mut() else {
+        let Some(file) = self.sd.state_file.as_mut() else {
             return;
         };
         let rec = StateRecord {
             version: STATE_VERSION,
-            next_conn_id: self.next_conn_id,
+            next_conn_id: self.conns.next_id(),
             conns: self
                 .conns
                 .iter()
-                .flatten()
                 .filter(|c| c.parked)
                 .map(|c| ConnRecord {
                     id: c.id,
@@ -283,14 +278,14 @@ impl Daemon {
                 .devices
                 .iter()
                 .filter_map(|d| {
-                    let (route, holder, irqchip) = (d.route.as_ref()?, d.holder?, d.irqchip?);
+                    let att = d.state.attachment()?;
                     Some(RouteRecord {
                         device: d.cfg.name.clone(),
                         pci: d.cfg.pci.to_string(),
-                        mode: route.mode(),
-                        irqchip,
-                        conn_id: holder.conn_id,
-                        owner: holder.owner,
+                        mode: att.route.mode(),
+                        irqchip: att.irqchip,
+                        conn_id: att.holder.conn_id,
+                        owner: att.holder.owner,
                     })
                 })
                 .collect(),

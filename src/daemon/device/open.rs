@@ -1,0 +1,143 @@
+//! Bringing a configured device up: bind a real function to vfio-pci and
+//! open it through VFIO, or open an emulated one, in this process or in the
+//! sim host.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use super::state::{Lifecycle, Open};
+use crate::config::{DeviceConfig, PciAddr};
+use crate::daemon::binder::{Binder, BinderError};
+use crate::pci::BindRecord;
+use crate::sim::remote::RemoteSim;
+use crate::sim::SimHost;
+use crate::util::error::chain;
+use crate::vfio::{IntxDevice, VfioIntx};
+
+/// The fds that kept a device open across a restart (from the fd store).
+pub struct Parked {
+    /// `<device>-dev`: the VFIO device fd, or the sim host connection.
+    pub dev: OwnedFd,
+    /// `<device>-container`: the VFIO container fd.
+    pub container: Option<OwnedFd>,
+}
+
+/// Where emulated devices live.
+#[derive(Clone, Copy)]
+pub struct SimPlace<'a> {
+    /// The in-process host thread.
+    pub host: &'a SimHost,
+    /// `daemon.sim_host`: the socket of a separate sim host, if configured.
+    pub remote: Option<&'a Path>,
+}
+
+/// Opens an emulated device (adopting `parked`, the connection a previous
+/// daemon left in the fd store, if there is one).
+pub fn open_sim(cfg: &DeviceConfig, n: u32, at: SimPlace<'_>, parked: Option<Parked>) -> Lifecycle {
+    let opened = |b: Box<dyn IntxDevice>| Lifecycle::Opened(with_request(cfg, b, None));
+    let failed = |error| Lifecycle::Failed { error, bound: None };
+    match (at.remote, parked) {
+        (Some(_), Some(Parked { dev, .. })) => opened(Box::new(RemoteSim::adopt(dev, &cfg.name, n))),
+        (Some(path), None) => match RemoteSim::open(path, &cfg.name, n, cfg.sim) {
+            Ok(d) => opened(Box::new(d)),
+            Err(e) => failed(format!(
+                "{} {}: cannot open it in the sim host at {}: {}; is `intxd sim-host` running there?",
+                cfg.name,
+                cfg.pci,
+                path.display(),
+                chain(&e)
+            )),
+        },
+        (None, _) => match at.host.add_device(&cfg.name, n, cfg.sim) {
+            Ok(d) => opened(Box::new(d)),
+            Err(e) => failed(e.to_string()),
+        },
+    }
+}
+
+/// Opens a real function once binding it is done (`bind` is what the binder
+/// said), or takes back the fds a previous daemon parked (a VFIO group opens
+/// only once).
+pub fn open_bound(
+    cfg: &DeviceConfig,
+    bind: Result<BindRecord, BinderError>,
+    parked: Option<Parked>,
+) -> Lifecycle {
+    let record = match bind {
+        Ok(r) => r,
+        Err(e) => {
+            return Lifecycle::Failed {
+                error: chain(&e),
+                bound: None,
+            }
+        }
+    };
+    let dev = match parked {
+        Some(Parked {
+            dev,
+            container: Some(container),
+        }) => VfioIntx::adopt(&cfg.name, cfg.pci, dev, container),
+        _ => VfioIntx::open(&cfg.name, cfg.pci),
+    };
+    match dev {
+        Ok(d) => Lifecycle::Opened(with_request(cfg, Box::new(d), Some(record))),
+        Err(e) => Lifecycle::Bound {
+            record,
+            error: chain(&e),
+        },
+    }
+}
+
+/// Brings `cfg` up in this thread: binding included (start-up).
+pub fn open_now(
+    cfg: &DeviceConfig,
+    sim: SimPlace<'_>,
+    binder: &Binder,
+    parked: Option<Parked>,
+) -> Lifecycle {
+    let state = match cfg.pci {
+        PciAddr::Sim(n) => open_sim(cfg, n, sim, parked),
+        PciAddr::Bdf { .. } => open_bound(cfg, binder.bind(cfg), parked),
+    };
+    log_outcome(cfg, &state);
+    state
+}
+
+/// One line for what bringing a device up gave.
+pub fn log_outcome(cfg: &DeviceConfig, state: &Lifecycle) {
+    match state.error() {
+        Some(f) => log::error!("{f}"),
+        None => log::info!("{} {}: {}", cfg.name, cfg.pci, state.name()),
+    }
+}
+
+/// An open backend, with a request eventfd if it takes one.
+fn with_request(
+    cfg: &DeviceConfig,
+    mut backend: Box<dyn IntxDevice>,
+    bound: Option<BindRecord>,
+) -> Open {
+    let request = match crate::util::fd::new_eventfd() {
+        Ok(ev) => match backend.set_request(Some(&ev)) {
+            Ok(()) => Some(ev),
+            Err(e) => {
+                log::warn!(
+                    "{} {}: no request interrupt: {}",
+                    cfg.name,
+                    cfg.pci,
+                    chain(&e)
+                );
+                None
+            }
+        },
+        Err(e) => {
+            log::warn!("{} {}: no request interrupt: {e}", cfg.name, cfg.pci);
+            None
+        }
+    };
+    Open {
+        backend,
+        bound,
+        request,
+    }
+}

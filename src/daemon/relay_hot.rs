@@ -1,0 +1,125 @@
+//! The relay's hot path in the loop: a device's VFIO trigger fired, or its
+//! VMM's resample did (the guest's EOI), and the relay timers (storm
+//! back-offs, overdue EOIs). The data path itself is `relay::RelayPath`.
+//!
+//! One interrupt on a relay route: `Tok::Trigger(i)` → [`Daemon::on_trigger`]
+//! → `RelayPath::on_trigger` (drain VFIO's trigger, write the VMM's irq);
+//! the guest EOIs; `Tok::Resample(i)` → [`Daemon::on_resample`] →
+//! `RelayPath::on_resample` (drain the resample, unmask INTx through the
+//! backend's `VFIO_DEVICE_SET_IRQS`).
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::event_loop::SCAN_INTERVAL;
+use super::Daemon;
+use crate::control::proto::Event;
+use crate::relay::{ResampleOutcome, TimerOutcome, WatchdogPolicy};
+
+impl Daemon {
+    /// Device `i`'s VFIO trigger fired: carry it to the VMM.
+    #[inline]
+    pub(super) fn on_trigger(&mut self, i: usize, now: Instant) {
+        let Some((_, path)) = self.devices.get_mut(i).and_then(|d| d.state.relay_mut()) else {
+            return;
+        };
+        match path.on_trigger(now) {
+            Ok(_) => self.lp.timers.scan_soon(now),
+            Err(e) => log::error!(
+                "{}: relay could not signal the VMM's irq eventfd: {e}",
+                self.devices[i].tag()
+            ),
+        }
+    }
+
+    /// Device `i`'s VMM resample fired (the guest's EOI): unmask, unless a
+    /// storm holds the line.
+    #[inline]
+    pub(super) fn on_resample(&mut self, i: usize, now: Instant) {
+        let Some((open, path)) = self.devices.get_mut(i).and_then(|d| d.state.relay_mut()) else {
+            return;
+        };
+        let backend = &mut open.backend;
+        let mut unmask = || backend.unmask().map_err(io::Error::other);
+        match path.on_resample(now, &mut unmask) {
+            Ok(ResampleOutcome::Refired) => self.lp.timers.scan_soon(now),
+            Ok(ResampleOutcome::Backoff(until)) => {
+                let storms = path.stats().storms;
+                self.lp.timers.scan_by(until);
+                self.storm_limited(i, until.saturating_duration_since(now), storms, now);
+            }
+            Ok(_) => {}
+            Err(e) => log::error!(
+                "{}: relay could not unmask INTx: {e}",
+                self.devices[i].tag()
+            ),
+        }
+    }
+
+    fn storm_limited(&mut self, i: usize, backoff: Duration, storms: u64, now: Instant) {
+        let dev = &mut self.devices[i];
+        let Some(held_back) = dev.storm_events.admit(now) else {
+            return;
+        };
+        log::warn!(
+            "{}: interrupt storm above {}/s; INTx held masked for {} ms ({held_back} more limited since the last report)",
+            dev.tag(),
+            dev.cfg.relay.storm_rate,
+            backoff.as_millis(),
+        );
+        let ev = Event::StormLimited {
+            device: dev.cfg.name.clone(),
+            rate_limit: dev.cfg.relay.storm_rate,
+            backoff_ms: backoff.as_millis() as u64,
+            storms,
+        };
+        self.send_event(i, &ev);
+    }
+
+    /// Relay timers: storm back-offs that ended, overdue EOIs.
+    pub(super) fn scan(&mut self, now: Instant) {
+        let mut next: Option<Instant> = None;
+        let mut fired = Vec::new();
+        for (i, dev) in self.devices.iter_mut().enumerate() {
+            let tag = dev.tag();
+            let Some((_, path)) = dev.state.relay_mut() else {
+                continue;
+            };
+            match path.on_timer(now) {
+                Ok(TimerOutcome::Watchdog { waited, policy }) => fired.push((i, waited, policy)),
+                Ok(_) => {}
+                Err(e) => log::error!("{tag}: relay timer could not unmask INTx: {e}"),
+            }
+            let due = path
+                .next_deadline()
+                .or_else(|| path.eoi_pending().then(|| now + SCAN_INTERVAL));
+            if let Some(d) = due {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        self.lp.timers.set_scan(next);
+        for (i, waited, policy) in fired {
+            let dev = &mut self.devices[i];
+            if dev.watchdog_events.admit(now).is_none() {
+                continue;
+            }
+            let rearmed = policy == WatchdogPolicy::Rearm;
+            log::warn!(
+                "{}: no EOI from the guest for {} ms; {}",
+                dev.tag(),
+                waited.as_millis(),
+                if rearmed {
+                    "re-armed INTx with an unmask"
+                } else {
+                    "INTx left masked (watchdog = \"log\")"
+                }
+            );
+            let ev = Event::EoiWatchdog {
+                device: dev.cfg.name.clone(),
+                waited_ms: waited.as_millis() as u64,
+                rearmed,
+            };
+            self.send_event(i, &ev);
+        }
+    }
+}
