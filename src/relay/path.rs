@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::storm::StormLimiter;
 use super::watchdog::{EoiWatchdog, Overdue};
 use super::RelayConfig;
-use crate::sim::model::{new_latency_histogram, percentiles_us, LatencyHistogram};
+use crate::util::latency::{new_latency_histogram, percentiles_us, LatencyHistogram};
 
 /// Figures of one relay route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
