@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use super::{first_failure, IntervalLatency, IntervalRecord, LabError, Summary};
 use crate::control::client::{Client, ClientError};
 use crate::control::proto::Reply;
-use crate::sim::model::{latency_bucket_upper_us, LATENCY_BUCKETS};
 use crate::soak::{RunReport, SoakReport};
+use crate::util::latency::{latency_bucket_upper_us, LATENCY_BUCKETS};
 
 /// Cumulative figures at one point.
 #[derive(Debug, Clone, Default)]

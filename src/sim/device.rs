@@ -20,31 +20,7 @@ use crate::vfio::{
     SimCounters, VmmFd,
 };
 
-/// PCI ids the emulated function reports (QEMU's edu device, which it models).
-pub const SIM_VENDOR: u16 = 0x1234;
-/// See [`SIM_VENDOR`].
-pub const SIM_DEVICE: u16 = 0x11e8;
-
-/// What `VFIO_DEVICE_GET_IRQ_INFO` reports for an emulated function.
-pub const SIM_INTX_INFO: IntxInfo = IntxInfo {
-    count: 1,
-    eventfd: true,
-    maskable: true,
-    automasked: true,
-};
-
-/// The facts of emulated function `sim:index`.
-pub fn sim_facts(index: u32) -> DeviceFacts {
-    DeviceFacts {
-        pci: format!("sim:{index}"),
-        vendor: SIM_VENDOR,
-        device: SIM_DEVICE,
-        pin: 1,
-        intx: SIM_INTX_INFO,
-        shared_line: false,
-        pci_2_3: true,
-    }
-}
+use super::facts::{sim_facts, SIM_INTX_INFO};
 
 /// The state of one emulated function, shared with the host thread.
 pub(crate) struct SimState {
@@ -432,7 +408,7 @@ impl DeviceProbe for SimDevice {
             latency_p50_us: p50,
             latency_p99_us: p99,
             latency_max_us: max,
-            latency_hist: super::model::latency_buckets(&st.model.latency_ns),
+            latency_hist: crate::util::latency::latency_buckets(&st.model.latency_ns),
         })
     }
 

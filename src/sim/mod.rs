@@ -15,11 +15,13 @@
 //! and unmask eventfd.
 
 mod device;
+mod facts;
 mod host;
 pub mod line;
 pub mod model;
 pub mod remote;
 
-pub use device::{sim_facts, LineState, SimDevice, SIM_DEVICE, SIM_INTX_INFO, SIM_VENDOR};
+pub use device::{LineState, SimDevice};
+pub use facts::{sim_facts, SIM_DEVICE, SIM_INTX_INFO, SIM_VENDOR};
 pub use host::{SimError, SimHost};
 pub use model::AckPolicy;

@@ -3,5 +3,6 @@
 
 pub mod error;
 pub mod fd;
+pub mod latency;
 pub mod proc;
 pub mod sock;

@@ -124,7 +124,7 @@ pub struct SimCounters {
     /// Raise-to-ack latency, maximum, microseconds.
     pub latency_max_us: f64,
     /// Raise-to-ack latency counted into fixed quarter-octave buckets
-    /// (`sim::model::latency_buckets`), for histograms of an interval.
+    /// (`util::latency::latency_buckets`), for histograms of an interval.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency_hist: Vec<u64>,
 }
