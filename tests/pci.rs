@@ -16,7 +16,7 @@ use fake::{FakeKernel, FaultKind};
 use intxd::config::PciAddr;
 use intxd::pci::{
     self, chain, BindOptions, BindRecord, BindStep, Cause, DirIo, Entry, InUse, IntxPin, Offender,
-    PciError, RealSysfs, ReleaseStep, Rollback, SysfsIo, TimedIo, WriteTimedOut,
+    PciError, RealSysfs, ReleaseStep, Rollback, SysfsIo, TimedIo, WriteTimedOut, IOMMU_FIX,
 };
 
 const NIC: &str = "0000:03:00.0";
@@ -641,19 +641,151 @@ fn a_function_without_iommu_group_is_refused() {
             &e,
             PciError::Refused {
                 step: BindStep::CheckGroup,
-                source: Cause::NoIommuGroup,
+                source: Cause::NoIommuGroup { probed: false },
                 ..
             }
         ),
         "{e:?}"
     );
-    assert!(
-        msg(&e).contains("the function is in no IOMMU group"),
-        "{}",
-        msg(&e)
+    assert_eq!(
+        msg(&e),
+        format!(
+            "nic0 0000:03:00.0: refused at step `check the IOMMU group`; nothing was changed: \
+             the function is in no IOMMU group; {IOMMU_FIX}"
+        )
     );
     assert!(k.writes().is_empty());
     assert_restored(&k, NIC, Some("e1000e"));
+}
+
+#[test]
+fn the_no_group_fix_names_this_architectures_iommu() {
+    if cfg!(target_arch = "aarch64") {
+        for word in [
+            "SMMU",
+            "IORT",
+            "iommu-map",
+            "arm-smmu-v3",
+            "iommu.passthrough",
+        ] {
+            assert!(IOMMU_FIX.contains(word), "{word} not in: {IOMMU_FIX}");
+        }
+        assert!(!IOMMU_FIX.contains("intel_iommu"), "{IOMMU_FIX}");
+    } else {
+        assert!(IOMMU_FIX.contains("intel_iommu=on"), "{IOMMU_FIX}");
+        assert!(!IOMMU_FIX.contains("SMMU"), "{IOMMU_FIX}");
+    }
+}
+
+/// A driverless function in no group yet, vfio-pci loaded, with the rest of
+/// group 4 (a driverless peer function, or one on `peer_driver`).
+fn arm64_style(peer_driver: Option<&str>) -> (Arc<FakeKernel>, TimedIo<FakeKernel>, DirIo) {
+    let k = FakeKernel::new();
+    k.add_driver("vfio-pci");
+    k.add_function(NIC, 0x00ff00, None, None);
+    k.set_group_at_probe(NIC, 4);
+    k.add_function(NIC_FN1, 0x020000, peer_driver, Some(4));
+    let (io, proc) = (k.io(RELAXED), k.proc_io());
+    (k, io, proc)
+}
+
+#[test]
+fn a_driverless_function_gets_its_group_from_the_vfio_pci_probe() {
+    let (k, io, proc) = arm64_style(None);
+    // The read-only check cannot see the group yet, and lets it through.
+    pci::check_bindable(&io, &proc, "nic0", addr(NIC), &BindOptions::default())
+        .expect("check_bindable defers the group check");
+    assert!(k.writes().is_empty(), "{:?}", k.writes());
+    let rec = bind(&io, &proc, &BindOptions::default()).expect("bind");
+    assert_eq!(k.driver(NIC).as_deref(), Some("vfio-pci"));
+    assert_eq!(k.group(NIC), Some(4), "the probe created the group");
+    assert_eq!(rec.original_driver, None);
+    assert_eq!(
+        writes(&k),
+        vec![
+            w("bus/pci/devices/0000:03:00.0/driver_override", "vfio-pci"),
+            w("bus/pci/drivers_probe", NIC),
+        ]
+    );
+    pci::release(&io, &rec).expect("release");
+    assert_restored(&k, NIC, None);
+    assert_eq!(k.group(NIC), Some(4), "a group stays once made");
+}
+
+#[test]
+fn a_group_that_comes_with_the_probe_but_is_not_viable_is_rolled_back() {
+    let (k, io, proc) = arm64_style(Some("e1000e"));
+    let e = bind(&io, &proc, &BindOptions::default()).unwrap_err();
+    match &e {
+        PciError::Bind {
+            step: BindStep::CheckGroup,
+            rollback,
+            source:
+                Cause::GroupNotViable {
+                    group: 4,
+                    offenders,
+                },
+            ..
+        } => {
+            assert_eq!(**rollback, Rollback::Restored { driver: None });
+            assert_eq!(
+                offenders,
+                &vec![Offender {
+                    name: NIC_FN1.into(),
+                    driver: "e1000e".into()
+                }]
+            );
+        }
+        other => panic!("expected a rolled-back GroupNotViable, got {other:?}"),
+    }
+    assert_eq!(
+        msg(&e),
+        "nic0 0000:03:00.0: bind failed at step `check the IOMMU group` \
+         (rolled back: no driver is bound, as before): IOMMU group 4 is not viable: \
+         0000:03:00.1 is bound to e1000e; every function of a group must be bound to vfio-pci \
+         or have no driver (bridges aside): configure those too or unbind them"
+    );
+    assert_restored(&k, NIC, None);
+    assert_eq!(k.driver(NIC_FN1).as_deref(), Some("e1000e"));
+    // Listed as a peer the caller binds too, the same group is fine.
+    let opts = BindOptions {
+        force: false,
+        group_peers: vec![addr(NIC_FN1)],
+    };
+    let rec = bind(&io, &proc, &opts).expect("bind with the peer");
+    assert_eq!(k.driver(NIC).as_deref(), Some("vfio-pci"));
+    pci::release(&io, &rec).expect("release");
+    assert_restored(&k, NIC, None);
+}
+
+#[test]
+fn a_driverless_function_that_the_probe_leaves_groupless_is_refused_with_the_fix() {
+    let k = FakeKernel::new();
+    k.add_driver("vfio-pci");
+    k.add_function(NIC, 0x00ff00, None, None);
+    let (io, proc) = (k.io(RELAXED), k.proc_io());
+    let e = bind(&io, &proc, &BindOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            PciError::Bind {
+                step: BindStep::CheckGroup,
+                source: Cause::NoIommuGroup { probed: true },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        msg(&e),
+        format!(
+            "nic0 0000:03:00.0: bind failed at step `check the IOMMU group` \
+             (rolled back: no driver is bound, as before): the function is in no IOMMU group, \
+             even after a vfio-pci probe; {IOMMU_FIX}"
+        )
+    );
+    assert_restored(&k, NIC, None);
+    assert_eq!(k.group(NIC), None);
 }
 
 #[test]

@@ -34,8 +34,8 @@ pub struct BareDevice {
     _dir: tempfile::TempDir,
 }
 
-fn setup(e: impl std::fmt::Display) -> SoakError {
-    SoakError::Setup(format!("bare device: {e}"))
+fn setup(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> SoakError {
+    SoakError::Baseline(e.into())
 }
 
 impl BareDevice {

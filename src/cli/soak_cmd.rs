@@ -16,7 +16,11 @@ const DEFAULT_CYCLES: u64 = 50_000;
 pub fn soak(args: &SoakArgs) -> CmdResult {
     logging::init("warn");
     if !std::path::Path::new("/dev/kvm").exists() {
-        return Err("/dev/kvm is missing: the soak runs a real KVM guest; load kvm_intel or kvm_amd (or run on a host with hardware virtualisation)".into());
+        return Err(format!(
+            "/dev/kvm is missing: the soak runs a real KVM guest; {}",
+            intxd::soak::arch::setup::KVM_HINT
+        )
+        .into());
     }
     let config = match &args.config {
         Some(p) => intxd::config::load(p)?,
@@ -68,7 +72,7 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
                 irqchip,
                 cycles,
                 duration,
-                stall: Duration::from_secs(2),
+                stall: intxd::soak::guest::STALL_BOUND,
             };
             let label = format!("{device} {mode}/{irqchip}");
             let bar = progress_bar(tty, cycles, &label);
@@ -114,8 +118,19 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         for r in &report.runs {
             if !r.is_clean() {
                 println!(
-                    "FAIL {} {}/{}: delivered {} of {} cycles, {} lost, {} spurious",
-                    r.device, r.mode, r.irqchip, r.delivered, r.cycles, r.lost, r.spurious
+                    "FAIL {} {}/{}: delivered {} of {} cycles, {} lost, {} spurious{}",
+                    r.device,
+                    r.mode,
+                    r.irqchip,
+                    r.delivered,
+                    r.cycles,
+                    r.lost,
+                    r.spurious,
+                    if r.stall.is_some() {
+                        " (stalled: see STALL above)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -76,8 +76,17 @@ pub enum Request {
 pub struct Capabilities {
     /// `/dev/kvm` opens.
     pub kvm: bool,
+    /// `KVM_CAP_IRQFD` on `/dev/kvm`: the VMM can register irqfds.
+    #[serde(default)]
+    pub irqfd: bool,
     /// `KVM_CAP_IRQFD_RESAMPLE` on `/dev/kvm` (a system ioctl).
     pub irqfd_resample: bool,
+    /// `KVM_CAP_ARM_USER_IRQ` on `/dev/kvm`: an arm64 VM may run without an
+    /// in-kernel vGIC, its VMM driving the vCPU's IRQ line (`KVM_IRQ_LINE`)
+    /// and reading the in-kernel timers' levels from `device_irq_level`.
+    /// Always false on x86.
+    #[serde(default)]
+    pub arm_user_irq: bool,
     /// `/dev/vfio/vfio` exists.
     pub vfio: bool,
     /// `/dev/iommu` exists.
@@ -157,6 +166,9 @@ pub struct DaemonStatus {
     pub connections: usize,
     /// Open fds of the daemon.
     pub fds: usize,
+    /// Host capabilities, as `hello` reports them.
+    #[serde(default)]
+    pub capabilities: Capabilities,
 }
 
 /// A reply to a request.

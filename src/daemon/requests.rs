@@ -444,6 +444,7 @@ impl Daemon {
                 loop_wakeups: self.stats.wakeups,
                 connections: self.conns.iter().filter(|c| c.is_some()).count(),
                 fds: crate::util::proc::fd_count(None).unwrap_or(0),
+                capabilities: self.caps,
             },
             devices: self
                 .devices

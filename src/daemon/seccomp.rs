@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompRule,
 };
 
-/// The allowed syscalls (x86_64 and aarch64 numbers come from libc).
+/// The allowed syscalls that both x86_64 and aarch64 have (their numbers
+/// come from libc); [`arch::ONLY`] adds the ones of one architecture.
 const ALLOWED: &[i64] = &[
     // event loop, sockets, eventfds
-    libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
     libc::SYS_read,
@@ -46,7 +46,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_dup3,
     libc::SYS_ioctl,
     libc::SYS_ppoll,
-    libc::SYS_poll,
     // files: config reload, /proc (peer groups, fd kinds, counts), sysfs
     libc::SYS_openat,
     libc::SYS_newfstatat,
@@ -55,16 +54,11 @@ const ALLOWED: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_ftruncate,
     libc::SYS_getdents64,
-    libc::SYS_readlink,
     libc::SYS_readlinkat,
-    libc::SYS_access,
     libc::SYS_faccessat,
-    libc::SYS_unlink,
     libc::SYS_unlinkat,
-    libc::SYS_mkdir,
     libc::SYS_mkdirat,
-    libc::SYS_rename,
-    libc::SYS_renameat,
+    libc::SYS_renameat2,
     libc::SYS_memfd_create,
     // memory, threads, time, signals
     libc::SYS_brk,
@@ -110,12 +104,42 @@ pub enum SeccompError {
     Install(#[source] seccompiler::Error),
 }
 
-fn arch() -> TargetArch {
-    if cfg!(target_arch = "aarch64") {
-        TargetArch::aarch64
-    } else {
-        TargetArch::x86_64
-    }
+/// The per-architecture part of the filter: the one place that knows
+/// which architecture it is built for.
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    use seccompiler::TargetArch;
+
+    /// seccompiler's name for it.
+    pub const TARGET: TargetArch = TargetArch::x86_64;
+
+    /// The legacy calls x86_64 keeps beside their `*at` / `p*` forms, which
+    /// its C library and Rust's std still use.
+    pub const ONLY: &[i64] = &[
+        libc::SYS_epoll_wait,
+        libc::SYS_poll,
+        libc::SYS_readlink,
+        libc::SYS_access,
+        libc::SYS_unlink,
+        libc::SYS_mkdir,
+        libc::SYS_rename,
+        libc::SYS_renameat,
+    ];
+}
+
+/// The per-architecture part of the filter: the one place that knows
+/// which architecture it is built for.
+#[cfg(target_arch = "aarch64")]
+mod arch {
+    use seccompiler::TargetArch;
+
+    /// seccompiler's name for it.
+    pub const TARGET: TargetArch = TargetArch::aarch64;
+
+    /// None: aarch64 has only the `*at` / `p*` forms (`epoll_pwait`,
+    /// `ppoll`, `readlinkat`, `faccessat`, `unlinkat`, `mkdirat`,
+    /// `renameat2`), all in the common list.
+    pub const ONLY: &[i64] = &[];
 }
 
 fn program(
@@ -123,15 +147,18 @@ fn program(
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, SeccompError> {
-    SeccompFilter::new(rules, mismatch, matched, arch())
+    SeccompFilter::new(rules, mismatch, matched, arch::TARGET)
         .and_then(BpfProgram::try_from)
         .map_err(SeccompError::Build)
 }
 
 /// Installs the filter on every thread of the process.
 pub fn install() -> Result<(), SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&s| (s, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
+        .iter()
+        .chain(arch::ONLY)
+        .map(|&s| (s, Vec::new()))
+        .collect();
     // New threads (a timed sysfs write at reload) but no new processes.
     let thread = SeccompCondition::new(
         0,

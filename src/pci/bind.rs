@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::config::PciAddr;
 
 use super::error::{chain, BindStep, Cause, PciError, ReleaseStep, Rollback};
-use super::group::check_group;
+use super::group::{check_group, check_members, group_now};
 use super::identify::{current_driver, identify, FunctionInfo, Target};
 use super::inuse::find_uses;
 use super::io::SysfsIo;
@@ -45,6 +45,20 @@ pub struct BindOptions {
 /// step gives [`PciError::Bind`] after a rollback to the original driver
 /// (as [`release`] does), whose outcome the error holds. The returned
 /// record is what [`release`] needs.
+///
+/// **A group that comes with the probe.** A function with no driver and no
+/// `iommu_group` link may get its group only when a driver probe runs: on
+/// arm64 with a device tree (and IORT on older kernels) the SMMU attaches
+/// in `of_dma_configure` / `acpi_dma_configure`, at probe time, where x86's
+/// DMAR and AMD-Vi create groups at enumeration. For such a function the
+/// group check moves after the probe: the bind writes `driver_override` and
+/// probes as usual, then reads the group sysfs shows now and checks it as
+/// [`check_group`] does. vfio-pci itself refuses a function without a group
+/// (no noiommu), so no group after the probe gives [`Cause::NoIommuGroup`]
+/// with `probed`; either failure rolls back (override cleared, vfio-pci
+/// unbound) and is a [`PciError::Bind`] at [`BindStep::CheckGroup`]. On an
+/// x86 host without an IOMMU this costs one failed vfio-pci probe and ends
+/// in the same error as before.
 pub fn bind(
     sys: &dyn SysfsIo,
     proc: &dyn SysfsIo,
@@ -54,6 +68,7 @@ pub fn bind(
 ) -> Result<BindRecord, PciError> {
     let t = Target::new(name, addr)?;
     let info = check_bindable(sys, proc, name, addr, opts)?;
+    let deferred = group_at_probe(&info).then_some(opts.group_peers.as_slice());
     let record = BindRecord {
         device: name.to_string(),
         addr,
@@ -64,7 +79,7 @@ pub fn bind(
         log::info!("{name} {addr}: already bound to {VFIO_PCI}");
         return Ok(record);
     }
-    match bind_steps(sys, &t, record.original_driver.as_deref()) {
+    match bind_steps(sys, &t, record.original_driver.as_deref(), deferred) {
         Ok(()) => {
             log::info!(
                 "{name} {addr}: bound to {VFIO_PCI} (was {})",
@@ -96,11 +111,19 @@ pub fn bind(
     }
 }
 
-/// The steps that change something, stopping at the first failure.
+/// Whether the function's IOMMU group is checked after the vfio-pci probe
+/// instead of before: it has neither a group nor a driver yet.
+fn group_at_probe(info: &FunctionInfo) -> bool {
+    info.iommu_group.is_none() && info.driver.is_none()
+}
+
+/// The steps that change something, stopping at the first failure. With
+/// `deferred_peers`, the group check runs after the probe, with those peers.
 fn bind_steps(
     sys: &dyn SysfsIo,
     t: &Target,
     original: Option<&str>,
+    deferred_peers: Option<&[PciAddr]>,
 ) -> Result<(), (BindStep, Cause)> {
     let step = |s: BindStep| move |e: std::io::Error| (s, Cause::Io(e));
     sys.write(&t.path("driver_override"), VFIO_PCI.as_bytes())
@@ -114,6 +137,17 @@ fn bind_steps(
     }
     sys.write(Path::new(DRIVERS_PROBE), t.bdf.as_bytes())
         .map_err(step(BindStep::Probe))?;
+    if let Some(peers) = deferred_peers {
+        let group = group_now(sys, t)
+            .map_err(|c| (BindStep::CheckGroup, c))?
+            .ok_or((BindStep::CheckGroup, Cause::NoIommuGroup { probed: true }))?;
+        check_members(sys, t, group, peers).map_err(|c| (BindStep::CheckGroup, c))?;
+        log::info!(
+            "{} {}: IOMMU group {group} came with the vfio-pci probe, and is viable",
+            t.name,
+            t.addr
+        );
+    }
     let found = current_driver(sys, &t.bdf).map_err(step(BindStep::Verify))?;
     if found.as_deref() == Some(VFIO_PCI) {
         Ok(())
@@ -205,7 +239,9 @@ pub fn release(sys: &dyn SysfsIo, record: &BindRecord) -> Result<(), PciError> {
 /// change: the IOMMU group, and (unless the function is already on
 /// vfio-pci) vfio-pci loaded and the host not using it (unless `force`).
 /// Returns the function's identity. With `force`, each use found is logged
-/// as a warning instead.
+/// as a warning instead. A function with neither driver nor group passes
+/// the group check here: its group may come with the probe, and [`bind`]
+/// checks it then.
 pub fn check_bindable(
     sys: &dyn SysfsIo,
     proc: &dyn SysfsIo,
@@ -214,7 +250,11 @@ pub fn check_bindable(
     opts: &BindOptions,
 ) -> Result<FunctionInfo, PciError> {
     let info = identify(sys, name, addr)?;
-    check_group(sys, name, addr, &opts.group_peers)?;
+    if group_at_probe(&info) {
+        log::info!("{name} {addr}: no IOMMU group yet; it is checked after the vfio-pci probe, which may create it");
+    } else {
+        check_group(sys, name, addr, &opts.group_peers)?;
+    }
     if info.driver.as_deref() == Some(VFIO_PCI) {
         return Ok(info);
     }

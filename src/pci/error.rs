@@ -117,6 +117,20 @@ impl fmt::Display for Rollback {
     }
 }
 
+/// How to give PCI functions IOMMU groups on this architecture: the one
+/// architecture-specific text of the PCI module.
+#[cfg(not(target_arch = "aarch64"))]
+pub const IOMMU_FIX: &str = "enable the IOMMU (e.g. intel_iommu=on or amd_iommu=on)";
+
+/// How to give PCI functions IOMMU groups on this architecture: the one
+/// architecture-specific text of the PCI module. On arm64 the group comes
+/// from the SMMU that the firmware places in front of the function.
+#[cfg(target_arch = "aarch64")]
+pub const IOMMU_FIX: &str = "the function needs an SMMU in front of it: the firmware must \
+     describe the PCI host bridge's stream IDs (ACPI IORT, or `iommu-map` in the device tree) \
+     and the SMMU driver (arm-smmu-v3 or arm-smmu) must be built in or loaded (check \
+     `dmesg | grep -i smmu`); `iommu.passthrough=1` is fine, it keeps the groups";
+
 /// Why one step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
@@ -136,9 +150,14 @@ pub enum Cause {
     VfioNotLoaded,
     /// The function has no `iommu_group` link.
     #[error(
-        "the function is in no IOMMU group; enable the IOMMU (e.g. intel_iommu=on or amd_iommu=on)"
+        "the function is in no IOMMU group{}; {IOMMU_FIX}",
+        if *.probed { ", even after a vfio-pci probe" } else { "" }
     )]
-    NoIommuGroup,
+    NoIommuGroup {
+        /// A vfio-pci probe ran and did not give it one (a driverless
+        /// function, whose group may come only with a driver probe).
+        probed: bool,
+    },
     /// Some function of the group is bound to a host driver.
     #[error(
         "IOMMU group {group} is not viable: {}; every function of a group must be bound to \

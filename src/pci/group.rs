@@ -62,19 +62,43 @@ pub fn check_group(
     };
     let group = info
         .iommu_group
-        .ok_or_else(|| refuse(Cause::NoIommuGroup))?;
+        .ok_or_else(|| refuse(Cause::NoIommuGroup { probed: false }))?;
+    check_members(sys, &t, group, peers).map_err(refuse)?;
+    Ok(group)
+}
+
+/// The function's IOMMU group as sysfs shows it now (read again after a
+/// probe that may have created it).
+pub(super) fn group_now(sys: &dyn SysfsIo, t: &Target) -> Result<Option<u32>, Cause> {
+    let Some(g) = sys.link_name(&t.path("iommu_group"))? else {
+        return Ok(None);
+    };
+    g.parse().map(Some).map_err(|_| {
+        Cause::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the iommu_group link names `{g}`, not a group number"),
+        ))
+    })
+}
+
+/// The viability check of [`check_group`] on group `group`'s members.
+pub(super) fn check_members(
+    sys: &dyn SysfsIo,
+    t: &Target,
+    group: u32,
+    peers: &[PciAddr],
+) -> Result<(), Cause> {
     let dir = group_devices_dir(group);
-    let members = sys.list(&dir).map_err(|e| refuse(e.into()))?;
+    let members = sys.list(&dir)?;
     let peer_names: Vec<String> = peers.iter().map(ToString::to_string).collect();
     let mut offenders = Vec::new();
     for m in members {
         if m.name == t.bdf || peer_names.contains(&m.name) {
             continue;
         }
-        let driver = sys
-            .link_name(&dir.join(&m.name).join("driver"))
-            .map_err(|e| refuse(e.into()))?;
-        let Some(driver) = driver else { continue };
+        let Some(driver) = sys.link_name(&dir.join(&m.name).join("driver"))? else {
+            continue;
+        };
         if VFIO_FRIENDLY_DRIVERS.contains(&driver.as_str()) {
             continue;
         }
@@ -91,8 +115,8 @@ pub fn check_group(
         });
     }
     if offenders.is_empty() {
-        Ok(group)
+        Ok(())
     } else {
-        Err(refuse(Cause::GroupNotViable { group, offenders }))
+        Err(Cause::GroupNotViable { group, offenders })
     }
 }

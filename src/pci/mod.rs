@@ -26,7 +26,7 @@ mod io;
 mod record;
 
 pub use bind::{bind, check_bindable, release, BindOptions, DRIVERS_PROBE};
-pub use error::{chain, BindStep, Cause, PciError, ReleaseStep, Rollback};
+pub use error::{chain, BindStep, Cause, PciError, ReleaseStep, Rollback, IOMMU_FIX};
 pub use group::{check_group, group_devices_dir, Offender, VFIO_FRIENDLY_DRIVERS};
 pub use identify::{enumerate, identify, is_bridge_class, FunctionInfo, IntxPin, DEVICES_DIR};
 pub use inuse::{find_uses, InUse};

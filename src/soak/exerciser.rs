@@ -33,10 +33,13 @@ impl DeviceDriver {
         let ex = attached.exerciser;
         for (what, offset) in [("raise", ex.raise_offset), ("ack", ex.ack_offset)] {
             if offset % 4 != 0 || offset + 4 > BAR_PAGE as u64 {
-                return Err(SoakError::Setup(format!(
-                    "{name}: the exerciser's {what} register at {offset:#x} is not a 4-byte register within the first {BAR_PAGE} bytes of BAR {}",
-                    ex.bar
-                )));
+                return Err(SoakError::BadExerciser {
+                    device: name.to_string(),
+                    what,
+                    offset,
+                    page: BAR_PAGE,
+                    bar: ex.bar,
+                });
             }
         }
         let fd = attached.device.as_fd();

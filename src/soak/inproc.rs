@@ -23,7 +23,10 @@ impl InProcessDaemon {
         let dir = tempfile::Builder::new()
             .prefix("intxd-soak-")
             .tempdir()
-            .map_err(|e| SoakError::Setup(format!("temporary directory: {e}")))?;
+            .map_err(|source| SoakError::InProcess {
+                what: "create its temporary directory",
+                source,
+            })?;
         let socket = dir.path().join("control.sock");
         config.daemon.socket = socket.clone();
         config.daemon.socket_mode = 0o600;
@@ -35,13 +38,16 @@ impl InProcessDaemon {
                 d.allow_uids.push(me);
             }
         }
-        let mut daemon = Daemon::new(config, DaemonOptions::default())
-            .map_err(|e| SoakError::Setup(crate::daemon::error_chain(&e)))?;
+        let mut daemon =
+            Daemon::new(config, DaemonOptions::default()).map_err(SoakError::Daemon)?;
         let stop = daemon.stop_handle();
         let thread = std::thread::Builder::new()
             .name("intxd-daemon".into())
             .spawn(move || daemon.run())
-            .map_err(|e| SoakError::Setup(format!("daemon thread: {e}")))?;
+            .map_err(|source| SoakError::InProcess {
+                what: "start its thread",
+                source,
+            })?;
         Ok(InProcessDaemon {
             socket,
             stop,

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::stall::Stall;
 use crate::route::{Irqchip, Mode};
 
 /// Latency percentiles in microseconds.
@@ -67,13 +68,29 @@ pub struct RunReport {
     /// per relayed interrupt (0 in direct mode).
     #[serde(default)]
     pub relay_syscalls_per_irq: f64,
+    /// Timer interrupts the guest took during the run: on aarch64 with the
+    /// userspace irqchip the guest's virtual timer, whose level the soak's
+    /// controller reads from `kvm_run`'s `device_irq_level` at every exit
+    /// and delivers on the same CPU line as the device; 0 elsewhere.
+    #[serde(default)]
+    pub timer_interrupts: u64,
+    /// Kicks of the vCPU after a raise of its line from the controller's
+    /// own thread (aarch64 with the userspace irqchip).
+    #[serde(default)]
+    pub vcpu_kicks: u64,
+    /// Set when the run stopped making progress: where its interrupt sat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall: Option<Stall>,
 }
 
 impl RunReport {
     /// Whether the run was exact: nothing lost or spurious and the guest's
     /// count equal to the device's.
     pub fn is_clean(&self) -> bool {
-        self.lost == 0 && self.spurious == 0 && self.delivered == self.cycles
+        self.lost == 0
+            && self.spurious == 0
+            && self.delivered == self.cycles
+            && self.stall.is_none()
     }
 }
 
@@ -145,6 +162,20 @@ impl SoakReport {
                 r.latency_us.max,
                 r.loop_wakeups_per_irq
             ));
+        }
+        for r in &self.runs {
+            if r.timer_interrupts > 0 {
+                out.push_str(&format!(
+                    "{}/{}: {} timer interrupts through device_irq_level, {} vCPU kicks\n",
+                    r.mode, r.irqchip, r.timer_interrupts, r.vcpu_kicks
+                ));
+            }
+            if let Some(s) = &r.stall {
+                out.push_str(&format!(
+                    "STALL {}/{}: no progress for {:.1} s: {}; {}; controller: {}\n",
+                    r.mode, r.irqchip, s.after_s, s.diagnosis, s.guest, s.controller
+                ));
+            }
         }
         out
     }

@@ -6,45 +6,21 @@
 //! raises the first interrupt, and the figures come from the guest's count
 //! against the target it was given, and from the host's `/proc/interrupts`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub use super::error::SoakError;
 use super::exerciser::DeviceDriver;
+use super::guest;
 use super::report::{Latency, RunReport};
-use super::vcpu::{UserChipFds, VcpuRunner};
-use super::vm::{GuestRam, SoakVm, VmError};
+use super::stall::StallInput;
+use super::vcpu::{ChipCounters, UserChipFds, VcpuError, VcpuRunner};
+use super::vm::{GuestRam, SoakVm};
 use super::wiring::{Attached, AttachedDevice, Snapshot, Wiring};
-use crate::control::client::ClientError;
 use crate::route::{Irqchip, Mode};
 use crate::util::fd::new_eventfd;
-use crate::vfio::RegionError;
-
-/// Errors of the soak.
-#[derive(Debug, thiserror::Error)]
-pub enum SoakError {
-    /// The VM could not be built.
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    /// The daemon refused or the socket failed.
-    #[error("the daemon's control socket")]
-    Client(#[source] ClientError),
-    /// The daemon answered something unexpected.
-    #[error("protocol: {0}")]
-    Protocol(String),
-    /// Local set-up failed.
-    #[error("set-up: {0}")]
-    Setup(String),
-    /// The vCPU thread failed.
-    #[error("vCPU: {0}")]
-    Vcpu(String),
-    /// The guest never finished its set-up.
-    #[error("the soak guest did not come up within 5 s")]
-    GuestNotReady,
-    /// A real function's registers could not be reached.
-    #[error(transparent)]
-    Region(#[from] RegionError),
-}
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -94,7 +70,10 @@ impl<'w> Session<'w> {
         mode: Mode,
     ) -> Result<Session<'w>, SoakError> {
         let mut vm = SoakVm::new(irqchip)?;
-        let ev = |e: std::io::Error| SoakError::Setup(format!("eventfd: {e}"));
+        let ev = |source| SoakError::Eventfd {
+            what: "create or clone the VM's irq and resample eventfds",
+            source,
+        };
         let irq = new_eventfd().map_err(ev)?;
         let resample = new_eventfd().map_err(ev)?;
         if irqchip == Irqchip::Kernel {
@@ -116,7 +95,7 @@ impl<'w> Session<'w> {
                     "{}: BAR {} page mapped into the guest at {:#x}; its ISR acks at +{:#x} and raises at +{:#x}",
                     wiring.device(),
                     ex.bar,
-                    super::guest::DEVICE_PAGE_ADDR,
+                    guest::DEVICE_PAGE_ADDR,
                     ex.ack_offset,
                     ex.raise_offset
                 );
@@ -137,11 +116,8 @@ impl<'w> Session<'w> {
                 resample: resample.try_clone().map_err(ev)?,
             }),
         };
-        let vcpu = vm
-            .vcpu
-            .take()
-            .ok_or_else(|| SoakError::Vcpu("no vCPU".into()))?;
-        let runner = VcpuRunner::start(vcpu, chip).map_err(|e| SoakError::Vcpu(e.to_string()))?;
+        let vcpu = vm.vcpu.take().ok_or(VcpuError::Taken)?;
+        let runner = VcpuRunner::start(vcpu, Arc::clone(&vm.vm), chip)?;
         let session = Session {
             wiring,
             runner: Some(runner),
@@ -155,8 +131,8 @@ impl<'w> Session<'w> {
         };
         let t0 = Instant::now();
         while !session.ram().ready() {
-            if t0.elapsed() > Duration::from_secs(5) {
-                return Err(SoakError::GuestNotReady);
+            if t0.elapsed() > guest::READY_TIMEOUT {
+                return Err(SoakError::GuestNotReady(guest::READY_TIMEOUT));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -228,20 +204,18 @@ impl<'w> Session<'w> {
     /// raised merges with it.
     pub fn ring(&self, n: u64) -> Result<(), SoakError> {
         match &self.side {
-            Side::Sim(a) => a
-                .doorbell
-                .write(n)
-                .map_err(|e| SoakError::Setup(format!("doorbell write: {e}"))),
+            Side::Sim(a) => a.doorbell.write(n).map_err(|source| SoakError::Eventfd {
+                what: "ring the emulated device's doorbell",
+                source,
+            }),
             Side::Vfio(d) => {
                 let old = self.ram().target();
                 let n = u32::try_from(n)
                     .ok()
                     .filter(|n| old.checked_add(*n).is_some())
-                    .ok_or_else(|| {
-                        SoakError::Setup(format!(
-                            "{} more cycles on top of {old}: the guest counts in 32 bits",
-                            n
-                        ))
+                    .ok_or(SoakError::TooManyCycles {
+                        more: n,
+                        current: old,
                     })?;
                 let old = self.ram().add_target(n);
                 if self.ram().count() >= old {
@@ -293,7 +267,7 @@ impl<'w> Session<'w> {
         } else {
             self.wiring.detach()
         };
-        vcpu.map_err(SoakError::Vcpu)?;
+        vcpu?;
         detach
     }
 
@@ -303,6 +277,11 @@ impl<'w> Session<'w> {
             .as_ref()
             .map(|r| r.chip.exits.load(std::sync::atomic::Ordering::Relaxed))
             .unwrap_or(0)
+    }
+
+    /// The interrupt controller's counters.
+    pub fn chip(&self) -> Option<Arc<ChipCounters>> {
+        self.runner.as_ref().map(|r| Arc::clone(&r.chip))
     }
 
     /// The userspace chip's counters (injected, eois).
@@ -325,6 +304,9 @@ pub fn run_one(
     let mut s = Session::start(wiring, spec.irqchip, spec.mode)?;
     let before = s.snapshot()?;
     let exits_before = s.vcpu_exits();
+    let timer_before = s.ram().timer_count();
+    let chip = s.chip().unwrap_or_default();
+    let kicks_before = chip.kicks.load(std::sync::atomic::Ordering::SeqCst);
     let limit = spec.cycles.unwrap_or(u64::MAX);
     // Keep the device's budget ahead of the guest so it never idles, but
     // bounded, so a duration run ends with nothing outstanding.
@@ -337,6 +319,7 @@ pub fn run_one(
     let mut last_progress = Instant::now();
     let mut last = 0u64;
     let mut moved = Instant::now();
+    let mut stalled = false;
     loop {
         std::thread::sleep(Duration::from_micros(500));
         let count = u64::from(s.ram().count());
@@ -358,9 +341,11 @@ pub fn run_one(
             break;
         }
         if moved.elapsed() >= spec.stall {
+            stalled = true;
             break;
         }
     }
+    let stalled_for = moved.elapsed();
     let elapsed = t0.elapsed();
     // Let anything spurious show up before the final count.
     std::thread::sleep(Duration::from_millis(20));
@@ -372,6 +357,32 @@ pub fn run_one(
     let mode = s.mode();
     let reason = s.reason().to_string();
     let real = s.is_real_device();
+    let timer_interrupts = s.ram().timer_count().saturating_sub(timer_before);
+    let fault = s.ram().fault();
+    let stall = stalled.then(|| {
+        super::stall::diagnose(&StallInput {
+            mode,
+            irqchip: spec.irqchip,
+            before: &before,
+            after: &after,
+            chip: &chip,
+            delivered,
+            requested,
+            fault,
+            real,
+            after_s: stalled_for.as_secs_f64(),
+        })
+    });
+    if let Some(st) = &stall {
+        log::error!(
+            "{device} {mode}/{}: stalled, no interrupt for {:.1} s: {}; {}; controller: {}",
+            spec.irqchip,
+            st.after_s,
+            st.diagnosis,
+            st.guest,
+            st.controller
+        );
+    }
     s.finish()?;
     let d = |a: u64, b: u64| a.saturating_sub(b);
     let eois = if mode == Mode::Relay {
@@ -437,5 +448,11 @@ pub fn run_one(
                 (d(after.relay_syscalls, before.relay_syscalls) + wakeups) as f64 / relayed as f64
             }
         },
+        timer_interrupts,
+        vcpu_kicks: d(
+            chip.kicks.load(std::sync::atomic::Ordering::SeqCst),
+            kicks_before,
+        ),
+        stall,
     })
 }

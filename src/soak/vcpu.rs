@@ -1,53 +1,184 @@
-//! The soak's vCPU thread, with the kernel irqchip or its own userspace one.
+//! The soak's vCPU thread, with the kernel irqchip or the soak's own
+//! userspace one; the loops themselves are per architecture, in
+//! [`super::arch`]'s `chip`.
 //!
-//! With the kernel irqchip the guest never exits: the PIC, the ack port
-//! (ioeventfd) and the irqfd are all in KVM, and the thread only returns from
-//! `KVM_RUN` when [`VcpuRunner::stop`] kicks it with a signal.
+//! With the kernel irqchip the guest never exits: the interrupt controller,
+//! the ack address (ioeventfd) and the irqfd are all in KVM, and the thread
+//! only returns from `KVM_RUN` when [`VcpuRunner::stop`] kicks it with a
+//! signal.
 //!
-//! With the userspace irqchip this thread *is* the interrupt controller, the
+//! With the userspace irqchip the soak *is* the interrupt controller, the
 //! contract every VMM with a userspace irqchip follows: a write to the irq
-//! eventfd asserts the line; the line is injected with `KVM_INTERRUPT` when the
-//! vCPU can take it; the guest's EOI (a port write that exits to us)
-//! de-asserts it and writes the resample eventfd.
+//! eventfd asserts the line; the line reaches the vCPU when it can take it;
+//! the guest's EOI (an access that exits to the VMM) de-asserts it and
+//! writes the resample eventfd.
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kvm_ioctls::{VcpuExit, VcpuFd};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use kvm_ioctls::{VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::guest;
-use super::vm::inject_interrupt;
-use crate::util::fd::borrow_eventfd;
+use super::arch::chip;
 
-/// Counters of the userspace irqchip.
+/// Errors of the vCPU thread and of the soak's interrupt controller.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// The vCPU was already handed to a runner.
+    #[error("the soak VM's vCPU is already running")]
+    Taken,
+    /// The thread could not be started.
+    #[error("could not start the {what} thread")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The thread panicked.
+    #[error("the soak's vCPU thread panicked")]
+    Panicked,
+    /// `KVM_RUN` failed.
+    #[error("KVM_RUN failed")]
+    Run(#[source] kvm_ioctls::Error),
+    /// The guest exited for something the soak does not serve.
+    #[error("unexpected vCPU exit: {0}")]
+    UnexpectedExit(String),
+    /// A KVM ioctl of the interrupt controller failed.
+    #[error("the soak's interrupt controller could not {what}")]
+    Kvm {
+        /// The action.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// An eventfd of the interrupt controller failed.
+    #[error("the soak's interrupt controller could not {what}")]
+    Eventfd {
+        /// The action.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Bits of [`ChipCounters::state`].
+pub mod state {
+    /// The CPU's interrupt line is raised (`KVM_IRQ_LINE` 1 / an injection
+    /// is pending).
+    pub const LINE: u32 = 1;
+    /// The device's interrupt is pending in the controller.
+    pub const DEVICE_PENDING: u32 = 2;
+    /// The device's interrupt is in service (acknowledged, not yet EOIed).
+    pub const DEVICE_ACTIVE: u32 = 4;
+    /// The virtual timer's level (`device_irq_level`) is high.
+    pub const TIMER_LEVEL: u32 = 8;
+    /// The timer's interrupt is in service.
+    pub const TIMER_ACTIVE: u32 = 16;
+}
+
+/// Counters and state of the interrupt controller (the userspace one's;
+/// with the kernel irqchip only `exits` moves).
 #[derive(Debug, Default)]
 pub struct ChipCounters {
-    /// Interrupts injected with `KVM_INTERRUPT`.
+    /// Times the vCPU's line was raised (x86: `KVM_INTERRUPT`s; aarch64:
+    /// `KVM_IRQ_LINE` 1).
     pub injected: AtomicU64,
-    /// EOIs seen (and resamples signalled).
+    /// Device EOIs seen (and resamples signalled).
     pub eois: AtomicU64,
-    /// Returns from `KVM_RUN` (with either irqchip; with the kernel one,
-    /// the set-up's port writes and the stop kick are all there should be).
+    /// Returns from `KVM_RUN`.
     pub exits: AtomicU64,
+    /// Signals of the irq eventfd the controller took.
+    pub taken: AtomicU64,
+    /// The guest's acknowledges of the device's interrupt.
+    pub acks: AtomicU64,
+    /// Timer interrupts the guest acknowledged (the timer's level comes from
+    /// `kvm_run`'s `device_irq_level`; aarch64 only).
+    pub timer: AtomicU64,
+    /// Acknowledges that found nothing pending.
+    pub spurious: AtomicU64,
+    /// Kicks of the vCPU thread after a raise from another thread.
+    pub kicks: AtomicU64,
+    /// The [`state`] bits now.
+    pub state: AtomicU32,
+    /// Whether the controller kicks the vCPU after a raise.
+    pub kick_enabled: AtomicBool,
+}
+
+impl ChipCounters {
+    /// Records the [`state`] bits.
+    pub fn set_state(&self, bits: u32) {
+        self.state.store(bits, Ordering::SeqCst);
+    }
+
+    /// One sentence on the controller's state and counts, for stall reports.
+    pub fn describe(&self) -> String {
+        let st = self.state.load(Ordering::SeqCst);
+        let on = |bit: u32| st & bit != 0;
+        let l = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        format!(
+            "CPU line {}, device {}, timer level {}{}; {} irq-eventfd signals taken, {} raises, {} device acks, {} EOIs, {} timer irqs, {} spurious acks, {} kicks (kick {}), {} vCPU exits",
+            if on(state::LINE) { "raised" } else { "low" },
+            if on(state::DEVICE_ACTIVE) {
+                "in service"
+            } else if on(state::DEVICE_PENDING) {
+                "pending"
+            } else {
+                "idle"
+            },
+            if on(state::TIMER_LEVEL) { "high" } else { "low" },
+            if on(state::TIMER_ACTIVE) { " (timer in service)" } else { "" },
+            l(&self.taken),
+            l(&self.injected),
+            l(&self.acks),
+            l(&self.eois),
+            l(&self.timer),
+            l(&self.spurious),
+            l(&self.kicks),
+            if self.kick_enabled.load(Ordering::SeqCst) { "on" } else { "off" },
+            l(&self.exits),
+        )
+    }
+}
+
+/// What a vCPU loop shares with the runner.
+pub struct ChipContext {
+    /// The VM (the aarch64 controller raises the line through it).
+    pub vm: Arc<VmFd>,
+    /// Set when the runner stops the vCPU.
+    pub stop: Arc<AtomicBool>,
+    /// The controller's counters.
+    pub counters: Arc<ChipCounters>,
+}
+
+/// The environment variable that turns the userspace controller's kick off
+/// (`INTXD_SOAK_KICK=off`): a raise from the controller's thread then
+/// relies on KVM alone to wake a vCPU parked in WFI/HLT. For the lanes that
+/// show which kernels stall without it.
+pub const KICK_ENV: &str = "INTXD_SOAK_KICK";
+
+/// Whether the userspace controller kicks the vCPU after a raise.
+pub fn kick_enabled() -> bool {
+    std::env::var_os(KICK_ENV).is_none_or(|v| v != "off")
 }
 
 /// The running vCPU.
 pub struct VcpuRunner {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<(), String>>>,
-    /// The userspace chip's counters (with the kernel irqchip, only
-    /// `exits` moves).
+    thread: Option<JoinHandle<Result<(), VcpuError>>>,
+    /// The controller's counters.
     pub chip: Arc<ChipCounters>,
 }
 
-fn kick_signal() -> i32 {
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
     SIGRTMIN() + 1
 }
 
@@ -71,32 +202,47 @@ pub struct UserChipFds {
 }
 
 impl VcpuRunner {
-    /// Starts the vCPU. With `user_chip`, the thread plays the interrupt
+    /// Starts the vCPU. With `user_chip`, the soak plays the interrupt
     /// controller over those eventfds.
-    pub fn start(vcpu: VcpuFd, user_chip: Option<UserChipFds>) -> io::Result<VcpuRunner> {
+    pub fn start(
+        vcpu: VcpuFd,
+        vm: Arc<VmFd>,
+        user_chip: Option<UserChipFds>,
+    ) -> Result<VcpuRunner, VcpuError> {
         install_kick_handler();
         let stop = Arc::new(AtomicBool::new(false));
-        let chip = Arc::new(ChipCounters::default());
-        let (s2, c2) = (Arc::clone(&stop), Arc::clone(&chip));
+        let counters = Arc::new(ChipCounters::default());
+        counters
+            .kick_enabled
+            .store(user_chip.is_some() && kick_enabled(), Ordering::SeqCst);
+        let ctx = ChipContext {
+            vm,
+            stop: Arc::clone(&stop),
+            counters: Arc::clone(&counters),
+        };
         let thread = std::thread::Builder::new()
             .name("soak-vcpu".into())
             .spawn(move || match user_chip {
-                None => run_kernel_chip(vcpu, &s2, &c2),
-                Some(fds) => run_user_chip(vcpu, &s2, &fds, &c2),
+                None => chip::run_kernel_chip(vcpu, &ctx),
+                Some(fds) => chip::run_user_chip(vcpu, &ctx, &fds),
+            })
+            .map_err(|source| VcpuError::Spawn {
+                what: "vCPU",
+                source,
             })?;
         Ok(VcpuRunner {
             stop,
             thread: Some(thread),
-            chip,
+            chip: counters,
         })
     }
 
     /// Stops the vCPU and returns how it ended.
-    pub fn stop(mut self) -> Result<(), String> {
+    pub fn stop(mut self) -> Result<(), VcpuError> {
         self.halt()
     }
 
-    fn halt(&mut self) -> Result<(), String> {
+    fn halt(&mut self) -> Result<(), VcpuError> {
         self.stop.store(true, Ordering::SeqCst);
         let Some(t) = self.thread.take() else {
             return Ok(());
@@ -107,99 +253,12 @@ impl VcpuRunner {
             let _ = t.kill(kick_signal());
             std::thread::sleep(Duration::from_millis(1));
         }
-        t.join()
-            .map_err(|_| "the vCPU thread panicked".to_string())?
+        t.join().map_err(|_| VcpuError::Panicked)?
     }
 }
 
 impl Drop for VcpuRunner {
     fn drop(&mut self) {
         let _ = self.halt();
-    }
-}
-
-fn run_kernel_chip(
-    mut vcpu: VcpuFd,
-    stop: &AtomicBool,
-    counters: &ChipCounters,
-) -> Result<(), String> {
-    while !stop.load(Ordering::SeqCst) {
-        let exit = vcpu.run();
-        counters.exits.fetch_add(1, Ordering::Relaxed);
-        match exit {
-            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::Intr) | Ok(VcpuExit::Hlt) => {}
-            Ok(VcpuExit::IoIn(_, data)) => data.fill(0xff),
-            Ok(other) => return Err(format!("unexpected vCPU exit: {other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Err(e) => return Err(format!("KVM_RUN failed: {e}")),
-        }
-    }
-    Ok(())
-}
-
-fn run_user_chip(
-    mut vcpu: VcpuFd,
-    stop: &AtomicBool,
-    fds: &UserChipFds,
-    counters: &ChipCounters,
-) -> Result<(), String> {
-    let mut asserted = false;
-    let mut in_service = false;
-    while !stop.load(Ordering::SeqCst) {
-        if asserted && !in_service {
-            let run = vcpu.get_kvm_run();
-            if run.ready_for_interrupt_injection != 0 {
-                run.request_interrupt_window = 0;
-                inject_interrupt(&vcpu, guest::VECTOR)
-                    .map_err(|e| format!("KVM_INTERRUPT failed: {e}"))?;
-                counters.injected.fetch_add(1, Ordering::Relaxed);
-                in_service = true;
-            } else {
-                run.request_interrupt_window = 1;
-            }
-        }
-        let exit = vcpu.run();
-        counters.exits.fetch_add(1, Ordering::Relaxed);
-        match exit {
-            Ok(VcpuExit::Hlt) => {
-                if !asserted {
-                    asserted = wait_readable(&fds.irq, 20)?;
-                }
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if port == guest::EOI_PORT && data.first() == Some(&0x20) && in_service {
-                    // EOI: de-assert, then tell the device side (KVM's order).
-                    in_service = false;
-                    counters.eois.fetch_add(1, Ordering::Relaxed);
-                    fds.resample
-                        .write(1)
-                        .map_err(|e| format!("resample write failed: {e}"))?;
-                    // De-asserted at EOI; asserted again only if the device
-                    // side fired once more.
-                    asserted = fds.irq.read().is_ok();
-                }
-            }
-            Ok(VcpuExit::IoIn(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => {}
-            Ok(other) => return Err(format!("unexpected vCPU exit: {other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Err(e) => return Err(format!("KVM_RUN failed: {e}")),
-        }
-    }
-    Ok(())
-}
-
-/// Waits up to `ms` for `ev` to be signalled; consumes the signal.
-fn wait_readable(ev: &EventFd, ms: u16) -> Result<bool, String> {
-    if ev.read().is_ok() {
-        return Ok(true);
-    }
-    let mut fds = [PollFd::new(borrow_eventfd(ev), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::from(ms)) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(ev.read().is_ok()),
-        Err(e) => Err(format!(
-            "poll on the irq eventfd of fd {} failed: {e}",
-            ev.as_raw_fd()
-        )),
     }
 }

@@ -1,8 +1,8 @@
-//! The soak's own KVM VM: guest RAM, one vCPU in real mode, and the guest
-//! from [`super::guest`]; for a real device, a page of its BAR as a second
-//! memslot. This is the only module of the soak that needs `unsafe`: guest
-//! memory is an mmap shared with KVM, and `KVM_INTERRUPT` has no wrapper in
-//! `kvm-ioctls`.
+//! The soak's own KVM VM: guest RAM, one vCPU, and the guest from
+//! [`super::guest`]; for a real device, a page of its BAR as a second
+//! memslot. What differs by architecture (the vCPU's registers, the
+//! in-kernel irqchip) is in [`super::arch`]'s `setup`. Guest memory is an
+//! mmap shared with KVM, hence the `unsafe` here.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -11,24 +11,15 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_interrupt, kvm_userspace_memory_region};
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Cap, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::ioctl::ioctl_with_ref;
 
+use super::arch::setup::{self, ArchVm};
 use super::guest;
 use crate::config::Exerciser;
 use crate::route::Irqchip;
 use crate::vfio::BarPage;
-
-mod ioctls {
-    #![allow(missing_docs)]
-    use kvm_bindings::kvm_interrupt;
-    use vmm_sys_util::ioctl_iow_nr;
-    const KVMIO: u32 = 0xAE;
-    ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_interrupt);
-}
-use ioctls::KVM_INTERRUPT;
 
 const RAM_SIZE: usize = guest::RAM_SIZE as usize;
 /// The memslot of the device page (slot 0 is RAM).
@@ -38,7 +29,10 @@ const DEVICE_SLOT: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// `/dev/kvm` is missing or unusable.
-    #[error("cannot open /dev/kvm: the soak runs a real KVM guest; load kvm_intel or kvm_amd and check that /dev/kvm exists and is accessible")]
+    #[error(
+        "cannot open /dev/kvm: the soak runs a real KVM guest; {}",
+        setup::KVM_HINT
+    )]
     NoKvm(#[source] kvm_ioctls::Error),
     /// A KVM ioctl failed.
     #[error("KVM: could not {what}")]
@@ -55,15 +49,26 @@ pub enum VmError {
     /// The host kernel lacks a capability this irqchip flavour needs.
     #[error("the host KVM lacks {0}")]
     Missing(&'static str),
+    /// The soak has no such guest on this architecture yet.
+    #[error("the {arch} soak has no {what} yet")]
+    Unsupported {
+        /// The architecture.
+        arch: &'static str,
+        /// What is missing.
+        what: &'static str,
+    },
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+/// Maps a KVM error to [`VmError::Kvm`] with what was being done.
+pub fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Guest RAM: an anonymous shared mapping that KVM maps at GPA 0.
+/// Guest RAM: an anonymous shared mapping that KVM maps at
+/// [`guest::RAM_BASE`].
 pub struct GuestRam {
     ptr: NonNull<u8>,
+    base: u64,
     size: usize,
 }
 
@@ -75,7 +80,7 @@ unsafe impl Send for GuestRam {}
 unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
-    fn new(size: usize) -> Result<GuestRam, VmError> {
+    fn new(base: u64, size: usize) -> Result<GuestRam, VmError> {
         let len = NonZeroUsize::new(size)
             .ok_or(VmError::Mmap(io::Error::from_raw_os_error(libc::EINVAL)))?;
         // SAFETY: a fresh anonymous mapping aliases nothing.
@@ -90,12 +95,19 @@ impl GuestRam {
         .map_err(|e| VmError::Mmap(e.into()))?;
         Ok(GuestRam {
             ptr: ptr.cast(),
+            base,
             size,
         })
     }
 
+    /// The offset of `gpa` in the mapping (addresses below the base wrap to
+    /// out of range, which the callers' checks catch).
+    fn offset(&self, gpa: u64) -> usize {
+        gpa.wrapping_sub(self.base) as usize
+    }
+
     fn write(&self, gpa: u64, bytes: &[u8]) {
-        let start = gpa as usize;
+        let start = self.offset(gpa);
         assert!(start + bytes.len() <= self.size, "guest write out of range");
         // SAFETY: the range is inside the mapping (checked above) and the
         // guest is not running yet when code is loaded.
@@ -105,21 +117,39 @@ impl GuestRam {
     }
 
     fn atomic_u32(&self, gpa: u64) -> &AtomicU32 {
-        assert!(gpa % 4 == 0 && gpa as usize + 4 <= self.size);
+        let off = self.offset(gpa);
+        assert!(off % 4 == 0 && off.checked_add(4).is_some_and(|end| end <= self.size));
         // SAFETY: aligned, in range, and the mapping outlives `&self`; the
-        // guest updates it with a single `inc dword`.
-        unsafe { &*(self.ptr.as_ptr().add(gpa as usize) as *const AtomicU32) }
+        // guest updates it with a single store.
+        unsafe { &*(self.ptr.as_ptr().add(off) as *const AtomicU32) }
     }
 
     fn atomic_u8(&self, gpa: u64) -> &AtomicU8 {
-        assert!((gpa as usize) < self.size);
+        let off = self.offset(gpa);
+        assert!(off < self.size);
         // SAFETY: in range, and the mapping outlives `&self`.
-        unsafe { &*(self.ptr.as_ptr().add(gpa as usize) as *const AtomicU8) }
+        unsafe { &*(self.ptr.as_ptr().add(off) as *const AtomicU8) }
     }
 
     /// Interrupts the guest's ISR has counted.
     pub fn count(&self) -> u32 {
         self.atomic_u32(guest::COUNT_ADDR).load(Ordering::Acquire)
+    }
+
+    /// Timer interrupts the guest's ISR has counted (0 where the guest
+    /// arms no timer).
+    pub fn timer_count(&self) -> u64 {
+        guest::TIMER_COUNT_ADDR
+            .map(|a| u64::from(self.atomic_u32(a).load(Ordering::Acquire)))
+            .unwrap_or(0)
+    }
+
+    /// What the guest's unexpected-exception handler left: the vector slot
+    /// (1..16) and the syndrome, on the architectures whose guest has one.
+    pub fn fault(&self) -> Option<(u32, u32)> {
+        let a = guest::FAULT_ADDR?;
+        let vector = self.atomic_u32(a).load(Ordering::Acquire);
+        (vector != 0).then(|| (vector, self.atomic_u32(a + 4).load(Ordering::Acquire)))
     }
 
     /// Whether the guest has finished its set-up.
@@ -160,7 +190,8 @@ impl GuestRam {
             .store(n, Ordering::SeqCst);
     }
 
-    fn set_u32(&self, gpa: u64, v: u32) {
+    /// Stores a 32-bit word of the guest's data before it runs.
+    pub(crate) fn set_u32(&self, gpa: u64, v: u32) {
         self.atomic_u32(gpa).store(v, Ordering::Release);
     }
 }
@@ -175,8 +206,9 @@ impl Drop for GuestRam {
 
 /// A soak VM, ready to run its vCPU.
 pub struct SoakVm {
-    /// The VM (dropped before `ram`).
-    pub vm: VmFd,
+    /// The VM (dropped before `ram`; shared with the userspace interrupt
+    /// controller, which raises the vCPU's line through it).
+    pub vm: Arc<VmFd>,
     /// The vCPU, taken by the runner.
     pub vcpu: Option<VcpuFd>,
     /// Guest RAM (shared with the runner thread).
@@ -186,6 +218,7 @@ pub struct SoakVm {
     /// The device page in memslot 1 (exerciser guest only); dropped after
     /// `vm`.
     device_page: Option<Arc<BarPage>>,
+    _arch: ArchVm,
     _kvm: Kvm,
 }
 
@@ -194,31 +227,24 @@ impl SoakVm {
     pub fn new(irqchip: Irqchip) -> Result<SoakVm, VmError> {
         let kvm = Kvm::new().map_err(VmError::NoKvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-        let ram = std::sync::Arc::new(GuestRam::new(RAM_SIZE)?);
+        let ram = std::sync::Arc::new(GuestRam::new(guest::RAM_BASE, RAM_SIZE)?);
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
-            guest_phys_addr: 0,
+            guest_phys_addr: guest::RAM_BASE,
             memory_size: RAM_SIZE as u64,
             userspace_addr: ram.ptr.as_ptr() as u64,
         };
         // SAFETY: the region is our own mapping of RAM_SIZE bytes, which lives
         // as long as the VM (`ram` is dropped after `vm`).
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set guest memory"))?;
-        // Needed for real mode on Intel (VMX); harmless elsewhere.
-        vm.set_tss_address(0xfffb_d000)
-            .map_err(kvm_err("set the TSS address"))?;
         match irqchip {
-            Irqchip::Kernel => {
-                if !vm.check_extension(Cap::IrqfdResample) {
-                    return Err(VmError::Missing(
-                        "KVM_CAP_IRQFD_RESAMPLE (resampling irqfds)",
-                    ));
-                }
-                vm.create_irq_chip()
-                    .map_err(kvm_err("create the in-kernel irqchip"))?;
+            Irqchip::Kernel if !vm.check_extension(Cap::IrqfdResample) => {
+                return Err(VmError::Missing(
+                    "KVM_CAP_IRQFD_RESAMPLE (resampling irqfds)",
+                ));
             }
-            Irqchip::User => {}
+            Irqchip::Kernel | Irqchip::User => {}
             Irqchip::Split => {
                 return Err(VmError::Missing(
                     "a split-irqchip soak (use kernel or user)",
@@ -227,29 +253,14 @@ impl SoakVm {
         }
         ram.write(guest::LOAD_ADDR, guest::CODE);
         ram.set_ack_enabled(true);
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the vCPU"))?;
-        let mut sregs = vcpu
-            .get_sregs()
-            .map_err(kvm_err("read the vCPU's segment registers"))?;
-        for seg in [&mut sregs.cs, &mut sregs.ds, &mut sregs.es, &mut sregs.ss] {
-            seg.base = 0;
-            seg.selector = 0;
-        }
-        vcpu.set_sregs(&sregs)
-            .map_err(kvm_err("set the vCPU's segment registers"))?;
-        let mut regs = vcpu
-            .get_regs()
-            .map_err(kvm_err("read the vCPU's registers"))?;
-        regs.rip = guest::LOAD_ADDR;
-        regs.rflags = 2;
-        vcpu.set_regs(&regs)
-            .map_err(kvm_err("set the vCPU's registers"))?;
+        let (vcpu, arch) = setup::build(&vm, &ram, irqchip)?;
         Ok(SoakVm {
-            vm,
+            vm: Arc::new(vm),
             vcpu: Some(vcpu),
             ram,
             irqchip,
             device_page: None,
+            _arch: arch,
             _kvm: kvm,
         })
     }
@@ -261,6 +272,7 @@ impl SoakVm {
     /// its ISR the registers of `ex`. The target starts at 0: the ISR
     /// raises nothing until the VMM asks for cycles.
     pub fn load_exerciser(&mut self, page: Arc<BarPage>, ex: &Exerciser) -> Result<(), VmError> {
+        setup::exerciser_code()?;
         let region = kvm_userspace_memory_region {
             slot: DEVICE_SLOT,
             flags: 0,
@@ -275,7 +287,7 @@ impl SoakVm {
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(kvm_err("map the device's BAR page into the guest"))?;
         self.device_page = Some(page);
-        self.ram.write(guest::LOAD_ADDR, guest::EXERCISER_CODE);
+        self.ram.write(guest::LOAD_ADDR, setup::exerciser_code()?);
         // The offsets are below 4096 (checked by the config), so they fit
         // the ISR's 16-bit registers.
         self.ram
@@ -298,28 +310,11 @@ impl SoakVm {
             .map_err(kvm_err("register the resampling irqfd"))
     }
 
-    /// Binds the device's ack eventfd to the guest's ack port.
+    /// Binds the device's ack eventfd to the guest's ack address (a port
+    /// on x86, an MMIO address on aarch64).
     pub fn bind_ack(&self, ack: &EventFd) -> Result<(), VmError> {
         self.vm
-            .register_ioevent(
-                ack,
-                &IoEventAddress::Pio(u64::from(guest::ACK_PORT)),
-                NoDatamatch,
-            )
-            .map_err(kvm_err("bind the ack port with KVM_IOEVENTFD"))
-    }
-}
-
-/// `KVM_INTERRUPT`: queue an external interrupt for a vCPU whose interrupt
-/// controller lives in userspace. Must be called on the vCPU's thread.
-pub fn inject_interrupt(vcpu: &VcpuFd, vector: u32) -> io::Result<()> {
-    let irq = kvm_interrupt { irq: vector };
-    // SAFETY: KVM_INTERRUPT reads one `kvm_interrupt`, which lives across the
-    // call; the fd is a vCPU fd.
-    let ret = unsafe { ioctl_with_ref(vcpu, KVM_INTERRUPT(), &irq) };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+            .register_ioevent(ack, &guest::ACK, NoDatamatch)
+            .map_err(kvm_err("bind the guest's ack address with KVM_IOEVENTFD"))
     }
 }

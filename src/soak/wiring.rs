@@ -162,10 +162,9 @@ impl Wiring for DaemonWiring {
             AttachedDevice::Sim(a) => Ok(a),
             AttachedDevice::Vfio(_) => {
                 let _ = self.detach();
-                Err(SoakError::Protocol(format!(
-                    "{}: a real PCI function; attach it with attach_device",
-                    self.device
-                )))
+                Err(SoakError::NotEmulated {
+                    device: self.device.clone(),
+                })
             }
         }
     }
@@ -192,27 +191,27 @@ impl Wiring for DaemonWiring {
             ..
         } = reply
         else {
-            return Err(SoakError::Protocol(format!(
-                "unexpected reply to attach: {reply:?}"
-            )));
+            return Err(SoakError::UnexpectedReply {
+                device: self.device.clone(),
+                request: "attach",
+                reply: format!("{reply:?}"),
+            });
         };
         let mut fds = fds.into_iter();
         let (Some(first), Some(second)) = (fds.next(), fds.next()) else {
             let _ = self.detach();
-            return Err(SoakError::Protocol(format!(
-                "{}: the attach reply carried fewer than two device fds",
-                self.device
-            )));
+            return Err(SoakError::MissingFds {
+                device: self.device.clone(),
+            });
         };
         let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
         match roles.as_slice() {
             ["vfio_device", "vfio_container"] => {
                 let Some(exerciser) = self.exerciser else {
                     let _ = self.detach();
-                    return Err(SoakError::Setup(format!(
-                        "{} is a real PCI function: the soak raises and acks it through the [device.exerciser] table of its config; pass that config with --config",
-                        self.device
-                    )));
+                    return Err(SoakError::NoExerciser {
+                        device: self.device.clone(),
+                    });
                 };
                 Ok(AttachedDevice::Vfio(VfioAttached {
                     mode,
@@ -234,15 +233,17 @@ impl Wiring for DaemonWiring {
     fn snapshot(&mut self) -> Result<Snapshot, SoakError> {
         let status = self.client.status().map_err(SoakError::Client)?;
         let Reply::Status { daemon, devices } = status else {
-            return Err(SoakError::Protocol(format!(
-                "unexpected reply to status: {status:?}"
-            )));
+            return Err(SoakError::UnexpectedReply {
+                device: self.device.clone(),
+                request: "status",
+                reply: format!("{status:?}"),
+            });
         };
         let dev = devices
             .into_iter()
             .find(|d| d.name == self.device)
-            .ok_or_else(|| {
-                SoakError::Protocol(format!("{}: not in the daemon's status", self.device))
+            .ok_or_else(|| SoakError::NotInStatus {
+                device: self.device.clone(),
             })?;
         Ok(Snapshot {
             sim: dev.counters.sim.unwrap_or_default(),

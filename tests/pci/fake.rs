@@ -44,6 +44,9 @@ struct State {
     faults: Vec<Fault>,
     /// Every write, as (path as given, data).
     writes: Vec<(String, String)>,
+    /// Functions that get their IOMMU group at the first driver probe, as
+    /// on arm64 with a device tree (`of_dma_configure`).
+    group_at_probe: HashMap<String, u32>,
 }
 
 /// The fake kernel and its tree: `sys/` and `proc/` in a temporary directory.
@@ -188,16 +191,35 @@ impl FakeKernel {
         self.link(&rel.join("subsystem"), Path::new("bus/pci"));
         self.link(&Path::new("bus/pci/devices").join(bdf), &rel);
         if let Some(g) = group {
-            let gdir = Path::new("kernel/iommu_groups").join(g.to_string());
-            fs::create_dir_all(self.sys.join(&gdir).join("devices")).expect("mkdir group");
-            self.link(&gdir.join("devices").join(bdf), &rel);
-            self.link(&rel.join("iommu_group"), &gdir);
+            self.join_group(bdf, g);
         }
         if let Some(d) = driver {
             self.add_driver(d);
             self.bind_link(bdf, d).expect("bind");
             self.state().native.insert(bdf.to_string(), d.to_string());
         }
+    }
+
+    /// Puts a function in IOMMU group `g` (creating the group).
+    fn join_group(&self, bdf: &str, g: u32) {
+        let rel = Self::dev_rel(bdf);
+        let gdir = Path::new("kernel/iommu_groups").join(g.to_string());
+        fs::create_dir_all(self.sys.join(&gdir).join("devices")).expect("mkdir group");
+        self.link(&gdir.join("devices").join(bdf), &rel);
+        self.link(&rel.join("iommu_group"), &gdir);
+    }
+
+    /// Makes a function (added without a group) join IOMMU group `g` at its
+    /// first driver probe, as arm64 does with a device tree.
+    pub fn set_group_at_probe(&self, bdf: &str, g: u32) {
+        self.state().group_at_probe.insert(bdf.to_string(), g);
+    }
+
+    /// The IOMMU group a function is in now.
+    pub fn group(&self, bdf: &str) -> Option<u32> {
+        fs::read_link(self.sys.join(Self::dev_rel(bdf)).join("iommu_group"))
+            .ok()
+            .and_then(|t| t.file_name()?.to_str()?.parse().ok())
     }
 
     /// The driver a function binds to when probed without override.
@@ -362,12 +384,21 @@ impl FakeKernel {
         let target = forced
             .or_else(|| self.driver_override(bdf))
             .or_else(|| self.state().native.get(bdf).cloned());
-        if let Some(d) = target {
-            if self.sys.join("bus/pci/drivers").join(&d).is_dir() {
-                self.bind_link(bdf, &d)?;
-            }
+        let Some(d) = target else { return Ok(()) };
+        if !self.sys.join("bus/pci/drivers").join(&d).is_dir() {
+            return Ok(());
         }
-        Ok(())
+        // dma_configure runs before the driver's probe: the SMMU attaches
+        // and the group appears, whether the driver then takes it or not.
+        let pending = self.state().group_at_probe.remove(bdf);
+        if let Some(g) = pending {
+            self.join_group(bdf, g);
+        }
+        // vfio-pci refuses a function in no IOMMU group (no noiommu).
+        if d == "vfio-pci" && self.group(bdf).is_none() {
+            return Ok(());
+        }
+        self.bind_link(bdf, &d)
     }
 }
 

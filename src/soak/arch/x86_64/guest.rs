@@ -59,6 +59,10 @@
 //! 105d: cf                 iret
 //! ```
 
+use kvm_ioctls::IoEventAddress;
+
+/// Guest-physical address where RAM starts.
+pub const RAM_BASE: u64 = 0;
 /// Guest RAM: `[0, RAM_SIZE)`. The space above it, up to 1 MiB, is free
 /// for the device page (where a PC keeps its option ROMs).
 pub const RAM_SIZE: u64 = 0xE0000;
@@ -73,6 +77,17 @@ pub const ACK_ENABLE_ADDR: u64 = 0x504;
 pub const READY_ADDR: u64 = 0x508;
 /// I/O port the ISR writes to ack the device.
 pub const ACK_PORT: u16 = 0xe0;
+/// Where the device's ack eventfd is bound (`KVM_IOEVENTFD`).
+pub const ACK: IoEventAddress = IoEventAddress::Pio(ACK_PORT as u64);
+/// The x86 guest arms no timer.
+pub const TIMER_COUNT_ADDR: Option<u64> = None;
+/// The x86 guest has no exception handler that reports.
+pub const FAULT_ADDR: Option<u64> = None;
+/// How long the guest may take to come up.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a run may go without a delivered interrupt before it counts as
+/// a stall.
+pub const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 /// The master PIC's command port, where the ISR's last EOI goes.
 pub const EOI_PORT: u16 = 0x20;
 /// The GSI (IRQ10 on the slave PIC).
