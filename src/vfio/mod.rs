@@ -19,4 +19,4 @@ pub mod region;
 
 pub use device::{Cause, VfioError, VfioIntx};
 pub use intx::{DeviceFacts, IntxDevice, IntxError, IntxInfo, IntxOp, SimCounters};
-pub use region::{enable_memory_and_intx, BarPage, RegionError, BAR_PAGE};
+pub use region::{enable_memory_and_intx, intx_loopback, BarPage, RegionError, BAR_PAGE};
