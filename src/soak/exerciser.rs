@@ -57,6 +57,10 @@ impl DeviceDriver {
             }
         }
         let page = BarPage::map(name, fd, ex.bar)?;
+        if let Some((offset, value)) = ex.enable {
+            // A cause enable (e1000's IMS), written once.
+            page.write32(offset, value)?;
+        }
         let driver = DeviceDriver {
             page: Some(Arc::new(page)),
             exerciser: Some(ex),

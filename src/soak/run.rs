@@ -388,12 +388,12 @@ pub fn run_one(
     }
     s.finish()?;
     let d = |a: u64, b: u64| a.saturating_sub(b);
-    let eois = if mode == Mode::Relay {
+    let eois = if real {
+        host.eois
+    } else if mode == Mode::Relay {
         d(after.relay_eois, before.relay_eois)
     } else if spec.irqchip == Irqchip::Kernel && !real {
         d(after.sim.unmasks, before.sim.unmasks)
-    } else if real {
-        host.eois
     } else {
         chip_eois
     };
