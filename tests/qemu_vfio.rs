@@ -183,7 +183,11 @@ fn edu_goes_through_vfio_pci_and_back_in_a_qemu_guest() {
         assert_eq!(num("delivered"), CYCLES, "{soak}");
         assert_eq!(num("lost"), 0, "{soak}");
         assert_eq!(num("spurious"), 0, "{soak}");
-        assert_eq!(num("eois"), CYCLES, "KVM's EOIs, counted by the host: {soak}");
+        assert_eq!(
+            num("eois"),
+            CYCLES,
+            "KVM's EOIs, counted by the host: {soak}"
+        );
         if mode.ends_with("loopback") {
             assert_eq!(num("triggered"), CYCLES, "host triggers: {soak}");
             line(&log, &format!("vfio-e2e: soak {mode} stderr: intxd INFO  edu0: {CYCLES} interrupts delivered by vfio-pci's loopback and EOId by the guest; host: {CYCLES} loopback triggers, {CYCLES} EOIs seen by KVM"));
