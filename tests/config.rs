@@ -432,11 +432,7 @@ fn toml_type_errors_name_the_full_key_path() {
         ),
         ("allow_uids = [1, \"x\"]\n", 7, "device[1].allow_uids[1]"),
         ("force = \"yes\"\n", 7, "device[1].force"),
-        (
-            "[device.exerciser]\nbar = 0\n",
-            7,
-            "device[1].exerciser.raise_offset",
-        ),
+        ("[device.exerciser]\nbar = 0\n", 7, "device[1].exerciser"),
         ("name = \"c\"\n", 7, "device[1].name"),
     ] {
         let text = format!("{two}{extra}");

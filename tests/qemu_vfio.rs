@@ -129,7 +129,7 @@ fn edu_goes_through_vfio_pci_and_back_in_a_qemu_guest() {
 
     // 2-4. attached over the socket, BAR0 in the nested guest, acked by its
     // ISR: every cycle, in both modes.
-    for mode in ["direct", "relay"] {
+    for mode in ["direct", "relay", "directloopback", "relayloopback"] {
         let soak = line(&log, &format!("vfio-e2e: soak {mode}:"));
         assert_eq!(field(soak, "rc"), Some("0"), "{soak}");
         assert_eq!(field(soak, "mode"), Some(mode), "{soak}");
@@ -138,13 +138,23 @@ fn edu_goes_through_vfio_pci_and_back_in_a_qemu_guest() {
         assert_eq!(num("delivered"), CYCLES, "{soak}");
         assert_eq!(num("lost"), 0, "{soak}");
         assert_eq!(num("spurious"), 0, "{soak}");
+        assert_eq!(
+            num("eois"),
+            CYCLES,
+            "KVM's EOIs, counted by the host: {soak}"
+        );
+        if mode.ends_with("loopback") {
+            assert_eq!(num("triggered"), CYCLES, "host triggers: {soak}");
+            line(&log, &format!("vfio-e2e: soak {mode} stderr: intxd INFO  edu0: {CYCLES} interrupts delivered by vfio-pci's loopback and EOId by the guest; host: {CYCLES} loopback triggers, {CYCLES} EOIs seen by KVM"));
+            continue;
+        }
         line(
             &log,
             &format!(
                 "vfio-e2e: soak {mode} stderr: intxd INFO  edu0: BAR 0 page mapped into the guest"
             ),
         );
-        line(&log, &format!("vfio-e2e: soak {mode} stderr: intxd INFO  edu0: {CYCLES} interrupts acked and re-raised by the guest's ISR through the BAR"));
+        line(&log, &format!("vfio-e2e: soak {mode} stderr: intxd INFO  edu0: {CYCLES} interrupts acked and re-raised by the guest's ISR through the BAR; host: 0 loopback triggers, {CYCLES} EOIs seen by KVM"));
     }
 
     // 5. given back at SIGTERM: the driver link as before, no override.

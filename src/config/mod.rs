@@ -8,6 +8,7 @@
 
 mod daemon;
 mod error;
+mod exerciser;
 mod files;
 mod pci_addr;
 mod raw;
@@ -16,9 +17,10 @@ mod validate;
 
 pub use daemon::DaemonConfig;
 pub use error::{escape, ConfigError, MAX_FILE_BYTES};
+pub use exerciser::{Exerciser, PROFILES};
 pub use files::load;
 pub use pci_addr::PciAddr;
-pub use validate::{load_str, Config, DeviceConfig, Exerciser, ModePolicy};
+pub use validate::{load_str, Config, DeviceConfig, ModePolicy};
 
 /// Refuses a config file that anyone but root could have written: intxd
 /// runs as root and binds whatever the config names.

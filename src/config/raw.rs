@@ -52,7 +52,7 @@ pub(super) struct RawDevice {
     #[serde(default)]
     pub sim: Option<Spanned<RawSim>>,
     #[serde(default)]
-    pub exerciser: Option<Spanned<super::Exerciser>>,
+    pub exerciser: Option<Spanned<super::exerciser::RawExerciser>>,
 }
 
 #[derive(Debug, Deserialize)]

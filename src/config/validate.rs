@@ -59,24 +59,7 @@ pub struct DeviceConfig {
     pub defined_at: String,
 }
 
-/// A device's exerciser: how `intxd soak` makes a real function raise its
-/// INTx line and how the soak guest's ISR acknowledges it, both as writes to
-/// one BAR (the `[device.exerciser]` table). For QEMU's edu device: BAR 0,
-/// raise at 0x60, ack at 0x64, value 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Exerciser {
-    /// The BAR that holds both registers (a memory BAR).
-    pub bar: u32,
-    /// Offset of the register whose write raises the interrupt.
-    pub raise_offset: u64,
-    /// The 32-bit value written to raise it.
-    pub raise_value: u32,
-    /// Offset of the register whose write acknowledges it.
-    pub ack_offset: u64,
-    /// The 32-bit value written to acknowledge it.
-    pub ack_value: u32,
-}
+pub use super::exerciser::Exerciser;
 
 fn display<S: serde::Serializer>(v: &PciAddr, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
@@ -304,26 +287,10 @@ fn device(
                 "remove the [device.exerciser] table, or give a real PCI address",
             ))
         }
-        Some(e) => {
-            let x = *e.get_ref();
-            if x.bar > 5
-                || x.raise_offset % 4 != 0
-                || x.ack_offset % 4 != 0
-                || x.raise_offset >= 4096
-                || x.ack_offset >= 4096
-            {
-                return Err(src.err(
-                    e.span(),
-                    &key("exerciser"),
-                    format!(
-                        "bar {} with offsets {:#x}/{:#x} cannot be used",
-                        x.bar, x.raise_offset, x.ack_offset
-                    ),
-                    "use a BAR from 0 to 5 and 4-byte aligned offsets within its first 4 KiB page",
-                ));
-            }
-            Some(x)
-        }
+        Some(e) => match e.get_ref().resolve() {
+            Ok(x) => Some(x),
+            Err((msg, fix)) => return Err(src.err(e.span(), &key("exerciser"), msg, fix)),
+        },
     };
     let defined_at = at(d.span());
     names.insert(name.clone(), defined_at.clone());

@@ -8,6 +8,7 @@
 //! - [`vcpu`]: the vCPU thread, with the kernel or the userspace irqchip;
 //! - [`wiring`]: how the device reaches the VM (through the daemon's socket;
 //!   the benchmark's baseline wires it straight, in `bench::bare`);
+//! - [`hostside`]: a real function's host-side counts and loopback driver;
 //! - [`exerciser`]: what the VMM does with a real function's VFIO fds (its
 //!   BAR page, raise and ack);
 //! - [`error`]: what can go wrong, typed;
@@ -18,6 +19,7 @@
 pub mod arch;
 pub mod error;
 pub mod exerciser;
+pub mod hostside;
 pub mod inproc;
 pub mod report;
 pub mod run;

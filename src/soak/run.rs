@@ -2,9 +2,10 @@
 //!
 //! An emulated device is asked for cycles through its doorbell and counts
 //! its own acks. A real function is driven by the guest itself (the
-//! exerciser guest acks and re-raises it through its BAR page): the VMM
-//! raises the first interrupt, and the figures come from the guest's count
-//! against the target it was given, and from the host's `/proc/interrupts`.
+//! exerciser guest acks and re-raises it through its BAR page: the VMM
+//! raises the first interrupt) or, with no exerciser, by vfio-pci's loopback
+//! ([`super::hostside`]); the guest's count is checked against the host's
+//! own count of EOIs (and of loopback triggers).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use super::error::SoakError;
 use super::exerciser::DeviceDriver;
 use super::guest;
+use super::hostside::{cross_check, HostCounts, HostSide, RealRun};
 use super::report::{Latency, RunReport};
 use super::stall::StallInput;
 use super::vcpu::{ChipCounters, UserChipFds, VcpuError, VcpuRunner};
@@ -53,6 +55,7 @@ pub struct Session<'w> {
     reason: String,
     side: Side,
     vm: SoakVm,
+    host: Option<HostSide>,
     detached: bool,
     _irq: EventFd,
     _resample: EventFd,
@@ -89,8 +92,12 @@ impl<'w> Session<'w> {
                 .map(|()| Side::Sim(a))
                 .map_err(SoakError::from),
             AttachedDevice::Vfio(v) => DeviceDriver::prepare(wiring.device(), v).and_then(|d| {
-                vm.load_exerciser(d.page(), d.exerciser())?;
-                let ex = d.exerciser();
+                let Some((page, ex)) = d.exerciser() else {
+                    log::info!("{}: no exerciser: driven by vfio-pci's loopback trigger through its device fd", wiring.device());
+                    vm.ram.set_ack_enabled(false);
+                    return Ok(Side::Vfio(d));
+                };
+                vm.load_exerciser(page, ex)?;
                 log::info!(
                     "{}: BAR {} page mapped into the guest at {:#x}; its ISR acks at +{:#x} and raises at +{:#x}",
                     wiring.device(),
@@ -118,6 +125,17 @@ impl<'w> Session<'w> {
         };
         let vcpu = vm.vcpu.take().ok_or(VcpuError::Taken)?;
         let runner = VcpuRunner::start(vcpu, Arc::clone(&vm.vm), chip)?;
+        let host = match &side {
+            Side::Vfio(d) => {
+                let lb = match d.exerciser() {
+                    Some(_) => None,
+                    None => Some(d.device_fd().map_err(ev)?),
+                };
+                let c = Some(Arc::clone(&runner.chip));
+                Some(HostSide::start(wiring.device(), &vm, irqchip, c, lb)?)
+            }
+            Side::Sim(_) => None,
+        };
         let session = Session {
             wiring,
             runner: Some(runner),
@@ -125,6 +143,7 @@ impl<'w> Session<'w> {
             reason,
             side,
             vm,
+            host,
             detached: false,
             _irq: irq,
             _resample: resample,
@@ -137,38 +156,9 @@ impl<'w> Session<'w> {
             std::thread::sleep(Duration::from_millis(1));
         }
         if let Side::Vfio(d) = &session.side {
-            session.settle(d)?;
+            d.settle(session.wiring.device(), session.ram())?;
         }
         Ok(session)
-    }
-
-    /// Lets an interrupt that was pending at attach (a line the device's
-    /// last user left high fires as soon as INTx is enabled) reach the guest
-    /// and end, then starts the count from zero. The device was acked when
-    /// it was prepared, so nothing raises it again.
-    fn settle(&self, d: &DeviceDriver) -> Result<(), SoakError> {
-        d.ack()?;
-        let quiet = Duration::from_millis(50);
-        let t0 = Instant::now();
-        let mut last = self.ram().count();
-        let mut moved = Instant::now();
-        while moved.elapsed() < quiet && t0.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(1));
-            let c = self.ram().count();
-            if c != last {
-                last = c;
-                moved = Instant::now();
-            }
-        }
-        if last > 0 {
-            log::info!(
-                "{}: {last} interrupt(s) left pending by the device's last user were taken before the run",
-                self.wiring.device()
-            );
-        }
-        self.ram().set_count(0);
-        self.ram().set_target(0);
-        Ok(())
     }
 
     /// The mode the daemon chose.
@@ -208,6 +198,10 @@ impl<'w> Session<'w> {
                 what: "ring the emulated device's doorbell",
                 source,
             }),
+            Side::Vfio(_) if self.host.as_ref().is_some_and(HostSide::is_loopback) => {
+                self.host.iter().for_each(|h| h.add_target(n));
+                Ok(())
+            }
             Side::Vfio(d) => {
                 let old = self.ram().target();
                 let n = u32::try_from(n)
@@ -224,6 +218,11 @@ impl<'w> Session<'w> {
                 Ok(())
             }
         }
+    }
+
+    /// The host-side counts of a real function (zero for an emulated one).
+    pub fn host_counts(&self) -> HostCounts {
+        self.host.as_ref().map(HostSide::counts).unwrap_or_default()
     }
 
     /// Current figures from the wiring.
@@ -257,6 +256,7 @@ impl<'w> Session<'w> {
     /// is handed back with its line low.
     pub fn finish(mut self) -> Result<(), SoakError> {
         let vcpu = self.runner.take().map(VcpuRunner::stop).unwrap_or(Ok(()));
+        self.host = None;
         if let Side::Vfio(d) = &self.side {
             if let Err(e) = d.ack() {
                 log::warn!("{}: {e}", self.wiring.device());
@@ -303,6 +303,7 @@ pub fn run_one(
     let device = wiring.device().to_string();
     let mut s = Session::start(wiring, spec.irqchip, spec.mode)?;
     let before = s.snapshot()?;
+    let host_before = s.host_counts();
     let exits_before = s.vcpu_exits();
     let timer_before = s.ram().timer_count();
     let chip = s.chip().unwrap_or_default();
@@ -352,6 +353,8 @@ pub fn run_one(
     let delivered = u64::from(s.ram().count());
     progress(delivered, elapsed);
     let after = s.snapshot()?;
+    let host = s.host_counts().since(host_before);
+    let loopback = s.host.as_ref().is_some_and(HostSide::is_loopback);
     let chip_eois = s.chip_eois();
     let exits = s.vcpu_exits().saturating_sub(exits_before);
     let mode = s.mode();
@@ -385,32 +388,28 @@ pub fn run_one(
     }
     s.finish()?;
     let d = |a: u64, b: u64| a.saturating_sub(b);
-    let eois = if mode == Mode::Relay {
+    let eois = if real {
+        host.eois
+    } else if mode == Mode::Relay {
         d(after.relay_eois, before.relay_eois)
     } else if spec.irqchip == Irqchip::Kernel && !real {
         d(after.sim.unmasks, before.sim.unmasks)
-    } else if spec.irqchip == Irqchip::Kernel {
-        // KVM's resampler unmasks vfio-pci directly: nothing counts it.
-        0
     } else {
         chip_eois
     };
     // An emulated device counts what it raised and what the guest acked; a
-    // real one is raised and acked by the guest itself, so the guest's count
-    // against its target is the whole story, and the host side is
-    // /proc/interrupts.
-    if real {
-        log::info!(
-            "{device}: {delivered} interrupts acked and re-raised by the guest's ISR through the BAR; {exits} vCPU exits, {} hard IRQs on the host line",
-            d(after.host_interrupts, before.host_interrupts)
-        );
-    }
+    // real one is checked against the host's own counts.
     let (lost, spurious, triggered) = if real {
-        (
-            requested.saturating_sub(delivered),
-            delivered.saturating_sub(requested),
-            d(after.host_interrupts, before.host_interrupts),
-        )
+        let hard = d(after.host_interrupts, before.host_interrupts);
+        let run = RealRun {
+            requested,
+            delivered,
+            host,
+            hard,
+            exits,
+            loopback,
+        };
+        cross_check(&device, &run)
     } else {
         (
             requested.saturating_sub(d(after.sim.acked, before.sim.acked)),

@@ -40,8 +40,9 @@ pub struct VfioAttached {
     pub device: OwnedFd,
     /// The VFIO container fd (DMA mappings; the soak's guest does no DMA).
     pub container: OwnedFd,
-    /// How to raise and ack the device through its BAR.
-    pub exerciser: Exerciser,
+    /// How to raise and ack the device through its BAR (none: the soak
+    /// drives it by vfio-pci's loopback).
+    pub exerciser: Option<Exerciser>,
 }
 
 /// What an attach gave the VMM, by kind of device.
@@ -143,7 +144,7 @@ impl DaemonWiring {
 
     /// Drives a real PCI function through `exerciser` (its config's
     /// `[device.exerciser]` table); an emulated device ignores it. Without
-    /// one, attaching a real function fails with a message that says so.
+    /// one, the soak drives a real function by vfio-pci's loopback trigger.
     pub fn with_exerciser(mut self, exerciser: Option<Exerciser>) -> DaemonWiring {
         self.exerciser = exerciser;
         self
@@ -206,21 +207,13 @@ impl Wiring for DaemonWiring {
         };
         let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
         match roles.as_slice() {
-            ["vfio_device", "vfio_container"] => {
-                let Some(exerciser) = self.exerciser else {
-                    let _ = self.detach();
-                    return Err(SoakError::NoExerciser {
-                        device: self.device.clone(),
-                    });
-                };
-                Ok(AttachedDevice::Vfio(VfioAttached {
-                    mode,
-                    reason,
-                    device: first,
-                    container: second,
-                    exerciser,
-                }))
-            }
+            ["vfio_device", "vfio_container"] => Ok(AttachedDevice::Vfio(VfioAttached {
+                mode,
+                reason,
+                device: first,
+                container: second,
+                exerciser: self.exerciser,
+            })),
             _ => Ok(AttachedDevice::Sim(Attached {
                 mode,
                 reason,

@@ -12,7 +12,8 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, vfio_irq_info, vfio_irq_set, vfio_region_info, VFIO_BASE, VFIO_TYPE,
+    vfio_device_info, vfio_irq_info, vfio_irq_set, vfio_region_info, VFIO_BASE,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_INTX_IRQ_INDEX, VFIO_TYPE,
 };
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ref};
 use vmm_sys_util::ioctl_io_nr;
@@ -106,6 +107,18 @@ pub(crate) fn set_irqs(
     // where the flexible `data` array starts). Nothing is written back.
     check(unsafe { ioctl_with_ref(&dev, VFIO_DEVICE_SET_IRQS(), &set) })?;
     Ok(())
+}
+
+/// `VFIO_DEVICE_SET_IRQS` with `DATA_NONE|ACTION_TRIGGER` on INTx: fires the
+/// trigger eventfd once (vfio-pci's loopback).
+pub(crate) fn intx_loopback(dev: BorrowedFd<'_>) -> io::Result<()> {
+    set_irqs(
+        dev,
+        VFIO_PCI_INTX_IRQ_INDEX,
+        VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+        1,
+        None,
+    )
 }
 
 /// `VFIO_DEVICE_RESET`.

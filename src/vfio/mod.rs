@@ -33,4 +33,6 @@ pub use intx::{
     DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxDevice, IntxError, IntxInfo, IntxOp,
     ParkedFd, SimCounters, VmmFd,
 };
-pub use region::{enable_memory_and_intx, is_bar_register, BarPage, RegionError, BAR_PAGE};
+pub use region::{
+    enable_memory_and_intx, intx_loopback, is_bar_register, BarPage, RegionError, BAR_PAGE,
+};

@@ -89,6 +89,15 @@ pub enum RegionError {
         #[source]
         source: io::Error,
     },
+    /// `VFIO_DEVICE_SET_IRQS` (INTx loopback) failed.
+    #[error("{device}: could not fire its INTx trigger through the VFIO device fd (VFIO_IRQ_SET_DATA_NONE|ACTION_TRIGGER); is INTx enabled (attached) on it?")]
+    Loopback {
+        /// Device name.
+        device: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
     /// A register offset outside the mapped page, or not 4-byte aligned.
     #[error("{device}: offset {offset:#x} of BAR {bar} is not a 4-byte register within its first {BAR_PAGE} bytes")]
     Offset {
@@ -99,6 +108,17 @@ pub enum RegionError {
         /// The offset.
         offset: u64,
     },
+}
+
+/// Fires the function's INTx trigger eventfd once, as vfio-pci's loopback
+/// does (`VFIO_IRQ_SET_DATA_NONE|ACTION_TRIGGER`): the same interrupt as a
+/// device assertion from the trigger on, with no device register involved
+/// (vfio-pci does not mask for it).
+pub fn intx_loopback(device: &str, fd: BorrowedFd<'_>) -> Result<(), RegionError> {
+    ioctl::intx_loopback(fd).map_err(|source| RegionError::Loopback {
+        device: device.to_string(),
+        source,
+    })
 }
 
 /// Sets Memory Space Enable and clears Interrupt Disable in the function's

@@ -10,7 +10,11 @@
 #   3. the soak maps edu's BAR0 page into its guest, and
 #   4. the guest's ISR acks edu (and raises the next interrupt) through that page: 0 lost,
 #      0 spurious, every cycle delivered;
-#   then the same in relay mode; then SIGTERM to the daemon, and the device must be given back
+#   then the same in relay mode;
+#   5. with a config that has no exerciser table, the soak drives edu by vfio-pci's loopback
+#      trigger (VFIO_IRQ_SET_DATA_NONE|ACTION_TRIGGER on the attach's device fd), direct and relay:
+#      host triggers, guest deliveries and KVM's EOIs each exactly the cycles asked for;
+#   then SIGTERM to the daemon, and the device must be given back
 #   (driver link as before, driver_override cleared), read from sysfs.
 # VFIO_E2E_IRQCHIPS (default "kernel") lists the soak's irqchips; each one past the first soaks
 # direct and relay too, and its lines read `soak MODE IRQCHIP:` (the arm64 lane adds `user`).
@@ -53,6 +57,8 @@ say "sysfs before: driver=$BEFORE_DRV driver_override=$BEFORE_OVR"
 # The config names edu by address; -nodefaults puts it at 00:01.0, but follow the guest.
 sed "s/^pci = \"0000:00:01.0\"/pci = \"$EDU\"/" /edu.toml > /tmp/edu.toml
 chmod 0644 /tmp/edu.toml
+# The same device without its exerciser table (the last table of the file): a loopback soak.
+sed '/^\[device.exerciser\]/,$d' /tmp/edu.toml > /tmp/edu-loopback.toml
 
 # ---- 1. the daemon binds edu through sysfs --------------------------------------------------------
 T0=$(up)
@@ -69,36 +75,46 @@ say "status: state=$(json_str /tmp/status0.json state) pci=$(json_str /tmp/statu
 [ "$(json_str /tmp/status0.json state)" = opened ] || fail "the device is $(json_str /tmp/status0.json state), not opened: $(json_str /tmp/status0.json failure)"
 
 # ---- 2-4. the soak, direct and relay --------------------------------------------------------------
-soak() { # mode irqchip
-    m=$1 c=$2
-    l=$m; [ "$c" = "${IRQCHIPS%% *}" ] || l="$m $c"
+soak() { # mode irqchip [loopback]
+    m=$1 c=$2 lb=${3:-} cfg=/tmp/edu.toml
+    [ -n "$lb" ] && cfg=/tmp/edu-loopback.toml
+    l=$m$lb; [ "$c" = "${IRQCHIPS%% *}" ] || l="$l $c"
+    k=$m$lb-$c
     t=$(up)
-    RUST_LOG=warn,intxd::soak=info /bin/intxd soak --connect "$SOCK" --device edu0 --config /tmp/edu.toml \
-        --mode "$m" --irqchip "$c" --cycles "$CYCLES" --json > "/tmp/soak-$m-$c.json" 2> "/tmp/soak-$m-$c.err"
+    RUST_LOG=warn,intxd::soak=info /bin/intxd soak --connect "$SOCK" --device edu0 --config "$cfg" \
+        --mode "$m" --irqchip "$c" --cycles "$CYCLES" --json > "/tmp/soak-$k.json" 2> "/tmp/soak-$k.err"
     rc=$?
-    sed "s/^/vfio-e2e: soak $l stderr: /" "/tmp/soak-$m-$c.err"
-    f=/tmp/soak-$m-$c.json
+    sed "s/^/vfio-e2e: soak $l stderr: /" "/tmp/soak-$k.err"
+    f=/tmp/soak-$k.json
     cyc=$(json_num "$f" cycles) del=$(json_num "$f" delivered) lost=$(json_num "$f" lost)
     spur=$(json_num "$f" spurious) trig=$(json_num "$f" triggered) eois=$(json_num "$f" eois)
     rate=$(json_num "$f" rate_per_s) el=$(json_num "$f" elapsed_s) wk=$(json_num "$f" loop_wakeups_per_irq)
-    got=$(json_str "$f" mode)
-    say "soak $l: rc=$rc mode=$got irqchip=$(json_str "$f" irqchip) cycles=$cyc delivered=$del lost=$lost spurious=$spur host_irqs=$trig eois=$eois rate=${rate%%.*}/s elapsed=${el}s wakeups_per_irq=$wk guest_uptime=$t->$(up)"
-    if [ "$rc" = 0 ] && [ "$got" = "$m" ] && [ "$cyc" = "$CYCLES" ] && [ "$del" = "$CYCLES" ] && [ "$lost" = 0 ] && [ "$spur" = 0 ]; then
-        pass "soak $l: $del of $CYCLES interrupts through vfio-pci, 0 lost, 0 spurious"
+    got=$(json_str "$f" mode)$lb
+    say "soak $l: rc=$rc mode=$got irqchip=$(json_str "$f" irqchip) cycles=$cyc delivered=$del lost=$lost spurious=$spur triggered=$trig eois=$eois rate=${rate%%.*}/s elapsed=${el}s wakeups_per_irq=$wk guest_uptime=$t->$(up)"
+    if [ "$rc" = 0 ] && [ "$got" = "$m$lb" ] && [ "$cyc" = "$CYCLES" ] && [ "$del" = "$CYCLES" ] && [ "$lost" = 0 ] && [ "$spur" = 0 ] && [ "$eois" = "$CYCLES" ]; then
+        pass "soak $l: $del of $CYCLES interrupts through vfio-pci, $eois EOIs, 0 lost, 0 spurious"
     else
         fail "soak $l (rc $rc): $(tr -s ' \n' ' ' < "$f")"
     fi
-    grep -q "BAR 0 page mapped into the guest" "/tmp/soak-$m-$c.err" && pass "soak $l: edu's BAR0 page is in the soak guest" || fail "soak $l: no BAR mapping line"
-    grep -q "acked and re-raised by the guest's ISR through the BAR" "/tmp/soak-$m-$c.err" && pass "soak $l: the guest ISR acked edu through its BAR" || fail "soak $l: no ISR line"
+    if [ -n "$lb" ]; then
+        [ "$trig" = "$CYCLES" ] && pass "soak $l: $trig loopback triggers" || fail "soak $l: $trig loopback triggers, not $CYCLES"
+        grep -q "delivered by vfio-pci's loopback and EOId by the guest" "/tmp/soak-$k.err" && pass "soak $l: driven by loopback" || fail "soak $l: no loopback line"
+        return
+    fi
+    grep -q "BAR 0 page mapped into the guest" "/tmp/soak-$k.err" && pass "soak $l: edu's BAR0 page is in the soak guest" || fail "soak $l: no BAR mapping line"
+    grep -q "acked and re-raised by the guest's ISR through the BAR" "/tmp/soak-$k.err" && pass "soak $l: the guest ISR acked edu through its BAR" || fail "soak $l: no ISR line"
 }
 for c in $IRQCHIPS; do
     soak direct "$c"
     soak relay "$c"
 done
+# Loopback (no exerciser: any INTx function) with the first irqchip.
+soak direct "${IRQCHIPS%% *}" loopback
+soak relay "${IRQCHIPS%% *}" loopback
 /bin/intxd status --socket "$SOCK" --json > /tmp/status1.json 2>&1
 say "status after: state=$(json_str /tmp/status1.json state) host_interrupts=$(json_num /tmp/status1.json host_interrupts) attaches=$(json_num /tmp/status1.json attaches)"
 
-# ---- 5. SIGTERM gives the device back --------------------------------------------------------------
+# ---- 6. SIGTERM gives the device back --------------------------------------------------------------
 kill -TERM "$DPID"
 i=0
 while kill -0 "$DPID" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
