@@ -143,7 +143,12 @@ impl RawExerciser {
             Some(x.ack_offset),
             x.enable.map(|e| e.0),
         ];
-        if x.bar > 5 || offsets.iter().flatten().any(|o| o % 4 != 0 || *o >= 4096) {
+        if x.bar > 5
+            || offsets
+                .iter()
+                .flatten()
+                .any(|o| !crate::vfio::is_bar_register(*o))
+        {
             return Err((
                 format!(
                     "bar {} with offsets {:#x}/{:#x} cannot be used",

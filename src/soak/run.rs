@@ -377,14 +377,7 @@ pub fn run_one(
         })
     });
     if let Some(st) = &stall {
-        log::error!(
-            "{device} {mode}/{}: stalled, no interrupt for {:.1} s: {}; {}; controller: {}",
-            spec.irqchip,
-            st.after_s,
-            st.diagnosis,
-            st.guest,
-            st.controller
-        );
+        st.log(&device, mode, spec.irqchip);
     }
     s.finish()?;
     let d = |a: u64, b: u64| a.saturating_sub(b);

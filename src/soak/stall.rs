@@ -58,6 +58,19 @@ pub struct StallInput<'a> {
     pub after_s: f64,
 }
 
+impl Stall {
+    /// Logs the stall, naming the device, the route and where the interrupt sits.
+    pub fn log(&self, device: &str, mode: Mode, irqchip: Irqchip) {
+        log::error!(
+            "{device} {mode}/{irqchip}: stalled, no interrupt for {:.1} s: {}; {}; controller: {}",
+            self.after_s,
+            self.diagnosis,
+            self.guest,
+            self.controller
+        );
+    }
+}
+
 /// Builds the stall report.
 pub fn diagnose(i: &StallInput<'_>) -> Stall {
     let (a, b) = (&i.after.sim, &i.before.sim);
