@@ -16,7 +16,8 @@ use fake::{FakeKernel, FaultKind};
 use intxd::config::PciAddr;
 use intxd::pci::{
     self, chain, BindOptions, BindRecord, BindStep, Cause, DirIo, Entry, InUse, IntxPin, Offender,
-    PciError, RealSysfs, ReleaseStep, Rollback, SysfsIo, TimedIo, WriteTimedOut, IOMMU_FIX,
+    OriginalDriver, PciError, RealSysfs, ReleaseStep, Rollback, SysfsIo, TimedIo, WriteTimedOut,
+    IOMMU_FIX,
 };
 
 const NIC: &str = "0000:03:00.0";
@@ -192,7 +193,7 @@ fn bind_then_release_restores_the_original_driver() {
         BindRecord {
             device: "nic0".into(),
             addr: addr(NIC),
-            original_driver: Some("e1000e".into()),
+            original_driver: OriginalDriver::Driver("e1000e".into()),
             original_override: None,
         }
     );
@@ -242,7 +243,7 @@ fn bind_of_a_function_already_on_vfio_pci_changes_nothing() {
     let (k, io, proc) = setup();
     k.add_function(NIC_FN1, 0x020000, Some("vfio-pci"), Some(8));
     let rec = pci::bind(&io, &proc, "nic1", addr(NIC_FN1), &BindOptions::default()).expect("bind");
-    assert_eq!(rec.original_driver.as_deref(), Some("vfio-pci"));
+    assert_eq!(rec.original_driver, OriginalDriver::AlreadyVfio);
     assert!(!rec.changed());
     pci::release(&io, &rec).expect("release");
     assert!(k.writes().is_empty(), "wrote: {:?}", k.writes());
@@ -256,7 +257,7 @@ fn bind_of_a_driverless_function_skips_the_unbind() {
     k.add_function(NIC, 0x020000, None, Some(3));
     let (io, proc) = (k.io(RELAXED), k.proc_io());
     let rec = bind(&io, &proc, &BindOptions::default()).expect("bind");
-    assert_eq!(rec.original_driver, None);
+    assert_eq!(rec.original_driver, OriginalDriver::None);
     assert_eq!(k.driver(NIC).as_deref(), Some("vfio-pci"));
     assert_eq!(
         writes(&k),
@@ -699,7 +700,7 @@ fn a_driverless_function_gets_its_group_from_the_vfio_pci_probe() {
     let rec = bind(&io, &proc, &BindOptions::default()).expect("bind");
     assert_eq!(k.driver(NIC).as_deref(), Some("vfio-pci"));
     assert_eq!(k.group(NIC), Some(4), "the probe created the group");
-    assert_eq!(rec.original_driver, None);
+    assert_eq!(rec.original_driver, OriginalDriver::None);
     assert_eq!(
         writes(&k),
         vec![
@@ -1022,7 +1023,7 @@ fn the_record_round_trips_through_json() {
     let rec = BindRecord {
         device: "nic0".into(),
         addr: addr(NIC),
-        original_driver: Some("e1000e".into()),
+        original_driver: OriginalDriver::Driver("e1000e".into()),
         original_override: None,
     };
     let json = serde_json::to_string(&rec).expect("serialize");

@@ -77,7 +77,7 @@ pub fn bind(config: &Path, device: &str, bind: bool) -> CmdResult {
             "{} {}: bound to vfio-pci (was {})",
             dev.name,
             dev.pci,
-            rec.original_driver.as_deref().unwrap_or("unbound")
+            rec.original_driver.driver().unwrap_or("unbound")
         );
     } else {
         binder.release(dev)?;

@@ -72,28 +72,25 @@ pub fn bind(
     let record = BindRecord {
         device: name.to_string(),
         addr,
-        original_driver: info.driver,
+        original_driver: info.driver.into(),
         original_override: info.driver_override,
     };
     if !record.changed() {
         log::info!("{name} {addr}: already bound to {VFIO_PCI}");
         return Ok(record);
     }
-    match bind_steps(sys, &t, record.original_driver.as_deref(), deferred) {
+    match bind_steps(sys, &t, record.original_driver.driver(), deferred) {
         Ok(()) => {
             log::info!(
                 "{name} {addr}: bound to {VFIO_PCI} (was {})",
-                record
-                    .original_driver
-                    .as_deref()
-                    .unwrap_or("without driver")
+                record.original_driver.driver().unwrap_or("without driver")
             );
             Ok(record)
         }
         Err((step, source)) => {
             let rollback = match restore(sys, &t, &record) {
                 Ok(()) => Rollback::Restored {
-                    driver: record.original_driver.clone(),
+                    driver: record.original_driver.driver().map(str::to_string),
                 },
                 Err((step, cause)) => Rollback::Failed {
                     step,
@@ -168,7 +165,7 @@ fn bind_steps(
 /// Idempotent: a function already back is left as it is.
 fn restore(sys: &dyn SysfsIo, t: &Target, record: &BindRecord) -> Result<(), (ReleaseStep, Cause)> {
     let step = |s: ReleaseStep| move |e: std::io::Error| (s, Cause::Io(e));
-    let original = record.original_driver.as_deref();
+    let original = record.original_driver.driver();
     // An override naming vfio-pci would bind vfio-pci again on the reprobe.
     let value = match record.original_override.as_deref() {
         Some(o) if o != VFIO_PCI => o.to_string(),
@@ -222,7 +219,7 @@ pub fn release(sys: &dyn SysfsIo, record: &BindRecord) -> Result<(), PciError> {
                 "{} {}: released to {}",
                 t.name,
                 t.addr,
-                record.original_driver.as_deref().unwrap_or("no driver")
+                record.original_driver.driver().unwrap_or("no driver")
             );
             Ok(())
         }

@@ -34,7 +34,7 @@ pub use io::{
     DirIo, Entry, EntryKind, HostFs, RealSysfs, SysfsIo, TimedIo, WriteTimedOut,
     DEFAULT_WRITE_TIMEOUT,
 };
-pub use record::BindRecord;
+pub use record::{BindRecord, OriginalDriver};
 
 /// The driver name of vfio-pci.
 pub const VFIO_PCI: &str = "vfio-pci";

@@ -16,9 +16,9 @@ pub struct BindRecord {
     /// Its address (`DDDD:BB:DD.F`).
     #[serde(with = "addr_text")]
     pub addr: PciAddr,
-    /// The driver bound before; `None` when there was none. `vfio-pci`
-    /// means the function was already bound and nothing was changed.
-    pub original_driver: Option<String>,
+    /// The driver bound before the bind (on disk: its name, or `null`).
+    #[serde(default)]
+    pub original_driver: OriginalDriver,
     /// `driver_override` before, if it was set.
     #[serde(default)]
     pub original_override: Option<String>,
@@ -27,7 +27,48 @@ pub struct BindRecord {
 impl BindRecord {
     /// Whether the bind changed anything (release has something to undo).
     pub fn changed(&self) -> bool {
-        self.original_driver.as_deref() != Some(VFIO_PCI)
+        self.original_driver != OriginalDriver::AlreadyVfio
+    }
+}
+
+/// The driver a function had before [`bind`](super::bind). Stored as the
+/// driver's name (or `null`), as records written by earlier versions are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Option<String>", into = "Option<String>")]
+pub enum OriginalDriver {
+    /// No driver was bound: release leaves the function driverless.
+    #[default]
+    None,
+    /// This host driver was bound: release gives the function back to it.
+    Driver(String),
+    /// vfio-pci was already bound: the bind changed nothing.
+    AlreadyVfio,
+}
+
+impl OriginalDriver {
+    /// The driver's name as sysfs shows it (`vfio-pci` for [`Self::AlreadyVfio`]).
+    pub fn driver(&self) -> Option<&str> {
+        match self {
+            OriginalDriver::None => None,
+            OriginalDriver::Driver(d) => Some(d),
+            OriginalDriver::AlreadyVfio => Some(VFIO_PCI),
+        }
+    }
+}
+
+impl From<Option<String>> for OriginalDriver {
+    fn from(d: Option<String>) -> Self {
+        match d {
+            None => OriginalDriver::None,
+            Some(d) if d == VFIO_PCI => OriginalDriver::AlreadyVfio,
+            Some(d) => OriginalDriver::Driver(d),
+        }
+    }
+}
+
+impl From<OriginalDriver> for Option<String> {
+    fn from(d: OriginalDriver) -> Self {
+        d.driver().map(str::to_string)
     }
 }
 

@@ -173,7 +173,7 @@ impl Binder {
                 let rec = BindRecord {
                     device: dev.name.clone(),
                     addr: dev.pci,
-                    original_driver: None,
+                    original_driver: pci::OriginalDriver::None,
                     original_override: None,
                 };
                 return match pci::release(&self.sys, &rec) {
