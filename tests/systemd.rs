@@ -145,17 +145,25 @@ impl Sd {
             .to_string()
     }
 
-    fn journal(&self, args: &[&str]) -> String {
-        let mut a = vec![
-            "journalctl",
-            "--no-pager",
-            "-o",
-            "cat",
-            "-u",
-            "intxd.service",
-        ];
-        a.extend_from_slice(args);
-        self.ctl(&a)
+    /// Waits until the journal of `unit` (with `args`) contains `text`, for
+    /// up to 30 s (journald writes asynchronously); returns the journal.
+    fn journal_with(&self, unit: &str, args: &[&str], text: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            let mut a = vec!["journalctl", "--no-pager", "-o", "cat", "-u", unit];
+            a.extend_from_slice(args);
+            let log = self.ctl(&a);
+            if log.contains(text) || t0.elapsed() > Duration::from_secs(30) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asserts that the daemon's journal (with `args`) comes to contain `text`.
+    fn assert_logged(&self, args: &[&str], text: &str) {
+        let log = self.journal_with("intxd.service", args, text);
+        assert!(log.contains(text), "no {text:?} in the journal:\n{log}");
     }
 
     fn client(&self) -> Client {
@@ -198,8 +206,7 @@ fn the_first_connection_activates_the_service_which_reports_ready_and_status() {
     assert!(matches!(c.status().unwrap(), Reply::Status { .. }));
     assert_eq!(sd.show("ActiveState"), "active", "READY=1 came");
     assert_eq!(sd.show("StatusText"), "1 devices, 0 attached, 0 storms");
-    let log = sd.journal(&[]);
-    assert!(log.contains("ready: 1 devices"), "{log}");
+    sd.assert_logged(&[], "ready: 1 devices");
 }
 
 /// What happened to the guest's count around a daemon kill.
@@ -269,11 +276,7 @@ fn restart_mid_soak(mode: Mode) -> Gap {
     assert_eq!(after.sim.spurious_acks, 0);
     assert_eq!(sd.show("NRestarts"), "1");
     s.finish().unwrap();
-    let log = sd.journal(&[]);
-    assert!(
-        log.contains(&format!("restart: {mode} route taken back")),
-        "{log}"
-    );
+    sd.assert_logged(&[], &format!("restart: {mode} route taken back"));
     let gap = Gap {
         restart,
         during_restart: c1 - c0,
@@ -387,14 +390,11 @@ fn reload_adds_and_removes_devices_while_another_soaks_undisturbed() {
     let snap = s.snapshot().unwrap();
     assert_eq!((snap.sim.acked, snap.sim.spurious_acks), (60_000, 0));
     s.finish().unwrap();
-    let errors = sd.journal(&["-p", "err"]);
-    assert!(
-        errors.contains("sim0 sim:0: reload: the device is attached; its config change is refused"),
-        "{errors}"
+    sd.assert_logged(
+        &["-p", "err"],
+        "sim0 sim:0: reload: the device is attached; its config change is refused",
     );
-    assert!(sd
-        .journal(&[])
-        .contains("reload: 1 added, 1 removed, 0 changed, 0 refused"));
+    sd.assert_logged(&[], "reload: 1 added, 1 removed, 0 changed, 0 refused");
 }
 
 #[test]
@@ -410,17 +410,8 @@ fn a_clean_stop_releases_every_device_and_empties_the_fd_store() {
     sd.ctl(&["systemctl", "stop", "intxd.service"]);
 
     assert_eq!(sd.show("NFileDescriptorStore"), "0");
-    assert!(sd
-        .journal(&[])
-        .contains("sim0 sim:0: detached (the daemon is stopping)"));
-    let sim_log = sd.ctl(&[
-        "journalctl",
-        "--no-pager",
-        "-o",
-        "cat",
-        "-u",
-        "intxd-sim.service",
-    ]);
+    sd.assert_logged(&[], "sim0 sim:0: detached (the daemon is stopping)");
+    let sim_log = sd.journal_with("intxd-sim.service", &[], "sim:0 released");
     assert!(sim_log.contains("sim:0 released"), "{sim_log}");
     match att.client.next_event(Duration::from_secs(2)).unwrap() {
         Some(intxd::control::proto::Event::DeviceGone { device, .. }) => assert_eq!(device, "sim0"),
