@@ -280,8 +280,9 @@ pub fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| {
                     format!(
-                        "sim-host: cannot listen at {} (or serve emulated devices there): {e}; check that its directory exists and is writable",
-                        socket.display()
+                        "sim-host: cannot listen at {} (or serve emulated devices there): {}; check that its directory exists and is writable",
+                        socket.display(),
+                        intxd::util::error::chain(&e)
                     )
                     .into()
                 })
@@ -290,8 +291,9 @@ pub fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| {
                 format!(
-                    "bench-device: cannot connect to {} (the bench's socket) or serve its baseline device: {e}",
-                    socket.display()
+                    "bench-device: cannot connect to {} (the bench's socket) or serve its baseline device: {}",
+                    socket.display(),
+                    intxd::util::error::chain(&e)
                 )
                 .into()
             }),
