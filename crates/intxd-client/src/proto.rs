@@ -3,9 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::relay::RelayStats;
-use crate::route::{Irqchip, Mode};
-use crate::vfio::{DeviceFacts, SimCounters};
+pub use crate::types::{DeviceFacts, IntxInfo, Irqchip, Mode, RelayStats, SimCounters};
 
 /// The role of each fd an `attach` carries, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +125,7 @@ pub struct DeviceCounters {
 }
 
 /// A device's lifecycle state as `status` shows it: the daemon's state
-/// machine (`daemon::device::Lifecycle`) without what each state owns.
+/// machine (`intxd::daemon::device::Lifecycle`) without what each state owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceState {
@@ -392,11 +390,6 @@ impl Incoming {
         }
     }
 }
-
-/// Decodes a request packet, mapping failures to their error codes (the
-/// strict decoder lives with the other packet checks, in
-/// [`super::validate`]).
-pub use super::validate::decode_request;
 
 impl Reply {
     /// An error reply.
