@@ -16,6 +16,7 @@
 //! a VMM fd afterwards), leave the event loop, close our fds. It is
 //! idempotent.
 
+mod lifecycle;
 mod lines;
 mod registration;
 mod steps;

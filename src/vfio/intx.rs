@@ -194,6 +194,11 @@ pub trait DeviceProbe {
     fn sim_counters(&self) -> Option<SimCounters>;
     /// Whether the device has been removed underneath us.
     fn is_gone(&self) -> bool;
+    /// Whether INTx is enabled as far as the host shows it, `None` when the
+    /// backend cannot tell. The health scan compares it with the route
+    /// (`daemon/intx_watch.rs`): a route that is wired while INTx is off was
+    /// changed behind intxd's back (another `SET_IRQS` on the device fd).
+    fn intx_enabled(&self) -> Option<bool>;
 }
 
 /// The device's fds that leave the backend: to the VMM, and to systemd's fd

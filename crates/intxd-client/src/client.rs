@@ -36,7 +36,9 @@ use std::os::fd::AsRawFd;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::channel::{Channel, ChannelError, Frame};
-use crate::proto::{ErrorCode, Event, FdRole, Incoming, Irqchip, ModeRequest, Reply, Request};
+use crate::proto::{
+    ErrorCode, Event, FdRole, Incoming, IntxState, Irqchip, ModeRequest, Reply, Request,
+};
 use crate::wire::Packet;
 use crate::PROTOCOL_VERSION;
 
@@ -301,6 +303,52 @@ impl Client {
         };
         Ok(self.request(&req, &[])?.0)
     }
+
+    /// `suspend_intx`: the device's INTx is disabled in VFIO and its route
+    /// parked, so that the VMM may enable MSI or MSI-X on its device fd.
+    /// Returns whether an interrupt was pending (it fires again at resume
+    /// while the device still asserts). Needs the `lifecycle` capability.
+    pub fn suspend_intx(&mut self, device: &str) -> Result<bool, ClientError> {
+        let req = Request::SuspendIntx {
+            device: device.to_string(),
+        };
+        match self.request(&req, &[])?.0 {
+            Reply::IntxSuspended { pending, .. } => Ok(pending),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `resume_intx`: INTx is enabled again on the same eventfds and re-armed
+    /// with one unmask. Disable MSI/MSI-X on the device fd first: vfio-pci
+    /// enables one interrupt type at a time.
+    pub fn resume_intx(&mut self, device: &str) -> Result<(), ClientError> {
+        let req = Request::ResumeIntx {
+            device: device.to_string(),
+        };
+        match self.request(&req, &[])?.0 {
+            Reply::IntxResumed { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `reset`: intxd quiesces INTx, resets the function and brings INTx
+    /// back as the guest left it; returns that state.
+    pub fn reset(&mut self, device: &str) -> Result<IntxState, ClientError> {
+        let req = Request::Reset {
+            device: device.to_string(),
+        };
+        match self.request(&req, &[])?.0 {
+            Reply::Reset { intx, .. } => Ok(intx),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// A reply of the wrong kind for its request.
+fn unexpected(reply: &Reply) -> ClientError {
+    ClientError::Io(io::Error::other(format!(
+        "the daemon answered with an unexpected reply: {reply:?}"
+    )))
 }
 
 /// Connects a new (blocking, close-on-exec) `SOCK_SEQPACKET` socket to

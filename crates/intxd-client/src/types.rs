@@ -1,7 +1,8 @@
 //! The values the protocol's messages carry, shared with the daemon: how a
 //! route runs ([`Mode`]) and where the VMM's interrupt controller lives
 //! ([`Irqchip`]), a device's facts ([`DeviceFacts`], [`IntxInfo`]) and the
-//! counters `status` reports ([`RelayStats`], [`SimCounters`]). The daemon
+//! counters and states `status` reports ([`RelayStats`], [`SimCounters`],
+//! [`DeviceState`], [`IntxState`]). The daemon
 //! re-exports each from the module that produces it (`intxd::route`,
 //! `intxd::vfio`, `intxd::relay`).
 
@@ -110,6 +111,10 @@ pub struct SimCounters {
     /// (`util::latency::latency_buckets`), for histograms of an interval.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency_hist: Vec<u64>,
+    /// Whether INTx is enabled on the emulated function now (what the
+    /// health scan checks a route against; absent from older emulators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intx_enabled: Option<bool>,
 }
 
 /// Figures of one relay route.
@@ -131,4 +136,73 @@ pub struct RelayStats {
     pub latency_p99_us: f64,
     /// Interrupt-to-EOI latency max, microseconds.
     pub latency_max_us: f64,
+}
+
+/// A device's lifecycle state as `status` shows it: the daemon's state
+/// machine (`intxd::daemon::device::Lifecycle`) without what each state owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    /// Bound to vfio-pci, but VFIO could not open it (see `failure`).
+    Bound,
+    /// Open (VFIO, or the emulated device), never attached since.
+    Opened,
+    /// A VMM holds it.
+    Attached,
+    /// Released by its last VMM; ready for the next.
+    Detached,
+    /// A reload is binding it to vfio-pci, off the event loop (never listed
+    /// in `status`: a device shows up there once it is up).
+    Binding,
+    /// Could not be brought up, or went away (see `failure`).
+    Failed,
+    /// Dropped from the config by a reload (never listed in `status`).
+    Removed,
+}
+
+impl DeviceState {
+    /// The lower-case word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Bound => "bound",
+            DeviceState::Opened => "opened",
+            DeviceState::Attached => "attached",
+            DeviceState::Detached => "detached",
+            DeviceState::Binding => "binding",
+            DeviceState::Failed => "failed",
+            DeviceState::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for DeviceState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for DeviceState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// An attached device's INTx, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntxState {
+    /// Wired and armed: the route carries interrupts.
+    Enabled,
+    /// Disabled in VFIO by `suspend_intx`; the route is parked.
+    Suspended,
+    /// Disabled or rewired behind intxd's back (another `SET_IRQS` on the
+    /// device fd): the route is stale and carries nothing until
+    /// `resume_intx` (after `suspend_intx`) rewires it.
+    Lost,
 }
