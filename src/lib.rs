@@ -23,4 +23,4 @@ pub mod util;
 pub mod vfio;
 
 /// The control protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use intxd_client::PROTOCOL_VERSION;

@@ -22,5 +22,7 @@ pub fn probe() -> Capabilities {
         }),
         vfio: std::path::Path::new("/dev/vfio/vfio").exists(),
         iommufd: std::path::Path::new("/dev/iommu").exists(),
+        // This build serves suspend_intx, resume_intx and reset.
+        lifecycle: true,
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::events::EventLimiter;
 use super::Daemon;
-use crate::control::proto::Event;
+use crate::control::proto::{Event, IntxState};
 use crate::route::Mode;
 use crate::util::error::chain;
 use crate::util::fd::eventfd_count;
@@ -125,11 +125,16 @@ impl Health {
 impl Daemon {
     /// One health scan over every attached device.
     pub(super) fn health_tick(&mut self, now: Instant, elapsed: Duration) {
+        self.check_intx_wiring();
         let mut lost = Vec::new();
         let mut storms = Vec::new();
         for (i, dev) in self.devices.iter_mut().enumerate() {
             let tag = format!("{} {}", dev.cfg.name, dev.cfg.pci);
-            let Some((open, att)) = dev.state.attached_mut() else {
+            let Some((open, att)) = dev
+                .state
+                .attached_mut()
+                .filter(|(_, a)| a.route.intx() == IntxState::Enabled)
+            else {
                 continue;
             };
             let irq = std::os::fd::AsRawFd::as_raw_fd(&att.route.vmm().irq);

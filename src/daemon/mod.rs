@@ -29,6 +29,7 @@ mod dispatch;
 mod event_loop;
 mod events;
 mod health;
+mod intx_watch;
 mod listener;
 mod relay_hot;
 mod reload;

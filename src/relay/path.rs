@@ -3,34 +3,13 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+pub use intxd_client::types::RelayStats;
 
 use super::latency::EoiLatency;
 use super::storm::StormLimiter;
 use super::watchdog::{EoiWatchdog, Overdue, WatchdogPolicy};
 use super::RelayConfig;
 use crate::route::{VfioLine, VmmLine};
-
-/// Figures of one relay route.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RelayStats {
-    /// Interrupts carried to the VMM (trigger wakeups that found a count).
-    pub relayed: u64,
-    /// EOIs carried back (resample wakeups that found a count).
-    pub eois: u64,
-    /// Times the storm limiter held the line masked.
-    pub storms: u64,
-    /// Times the EOI watchdog fired.
-    pub watchdog_fires: u64,
-    /// read/write syscalls made on the hot path.
-    pub syscalls: u64,
-    /// Interrupt-to-EOI latency p50, microseconds.
-    pub latency_p50_us: f64,
-    /// Interrupt-to-EOI latency p99, microseconds.
-    pub latency_p99_us: f64,
-    /// Interrupt-to-EOI latency max, microseconds.
-    pub latency_max_us: f64,
-}
 
 /// What to do after a resample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

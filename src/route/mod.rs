@@ -16,6 +16,7 @@
 //! a VMM fd afterwards), leave the event loop, close our fds. It is
 //! idempotent.
 
+mod lifecycle;
 mod lines;
 mod registration;
 mod steps;
@@ -24,47 +25,4 @@ pub use lines::{VfioLine, VmmLine};
 pub use registration::{Registration, RelayRegistrar};
 pub use steps::{attach, AdoptedFds, RelayWiring, Route, RouteError, Step, Wiring};
 
-use serde::{Deserialize, Serialize};
-
-/// How a route carries interrupts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Kernel only: VFIO trigger = irqfd, VFIO unmask = resamplefd.
-    Direct,
-    /// intxd's loop carries each interrupt across.
-    Relay,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Direct => "direct",
-            Mode::Relay => "relay",
-        })
-    }
-}
-
-/// Where the VMM's interrupt controller lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Irqchip {
-    /// In-kernel irqchip (`KVM_CREATE_IRQCHIP`): the VMM's fds are a KVM
-    /// irqfd with `KVM_IRQFD_FLAG_RESAMPLE`.
-    Kernel,
-    /// x86 split irqchip (LAPIC in KVM, IOAPIC in the VMM).
-    Split,
-    /// The whole interrupt controller is in the VMM, which asserts on the
-    /// irq fd and signals the resample fd at the guest's EOI.
-    User,
-}
-
-impl std::fmt::Display for Irqchip {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Irqchip::Kernel => "kernel",
-            Irqchip::Split => "split",
-            Irqchip::User => "user",
-        })
-    }
-}
+pub use intxd_client::types::{Irqchip, Mode};

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::lines::{VfioLine, VmmLine};
 use super::registration::{Registration, RelayRegistrar};
 use super::Mode;
+use crate::control::proto::IntxState;
 use crate::relay::{RelayConfig, RelayPath, RelayStats};
 use crate::vfio::{IntxDevice, IntxError, ParkedFd};
 
@@ -67,6 +68,19 @@ pub enum RouteError {
         #[source]
         source: io::Error,
     },
+    /// A step of a lifecycle action (suspend, resume) failed.
+    #[error("{device}: could not {action}: step `{}` failed", .step.describe())]
+    Lifecycle {
+        /// Device name.
+        device: String,
+        /// The action.
+        action: &'static str,
+        /// The failed step.
+        step: Step,
+        /// Cause.
+        #[source]
+        source: IntxError,
+    },
     /// Undoing a step during teardown failed; teardown went on.
     #[error("{device}: could not undo step `{}` during teardown", .step.describe())]
     Teardown {
@@ -86,6 +100,7 @@ impl RouteError {
         match self {
             RouteError::Intx { step, .. }
             | RouteError::Io { step, .. }
+            | RouteError::Lifecycle { step, .. }
             | RouteError::Teardown { step, .. } => *step,
         }
     }
@@ -107,8 +122,8 @@ pub enum Wiring {
 pub struct RelayWiring {
     // Declared first, so it is dropped (deregistered) before the path's fds
     // close.
-    registration: Registration,
-    path: RelayPath,
+    pub(super) registration: Registration,
+    pub(super) path: RelayPath,
 }
 
 /// One device's live wiring: the steps done so far and the fds they use.
@@ -118,10 +133,12 @@ pub struct RelayWiring {
 /// bug, which a debug assertion catches.
 #[derive(Debug)]
 pub struct Route {
-    device: String,
-    done: Vec<Step>,
-    wiring: Wiring,
-    ended: bool,
+    pub(super) device: String,
+    pub(super) done: Vec<Step>,
+    pub(super) wiring: Wiring,
+    pub(super) ended: bool,
+    /// Enabled, suspended (`route/lifecycle.rs`) or lost behind our back.
+    pub(super) intx: IntxState,
 }
 
 /// Wires `dev`'s INTx to the VMM's line `vmm`.
@@ -165,6 +182,7 @@ pub fn attach(
         done,
         wiring,
         ended: false,
+        intx: IntxState::Enabled,
     };
     match route.wire(dev) {
         Ok(()) => Ok(route),
@@ -179,7 +197,7 @@ pub fn attach(
 
 impl Route {
     /// Steps 2 to 5 (see the table in `route/mod.rs`).
-    fn wire(&mut self, dev: &mut dyn IntxDevice) -> Result<(), RouteError> {
+    pub(super) fn wire(&mut self, dev: &mut dyn IntxDevice) -> Result<(), RouteError> {
         let Route {
             device,
             done,
@@ -345,6 +363,7 @@ impl Route {
             done,
             wiring,
             ended: false,
+            intx: IntxState::Enabled,
         })
     }
 }

@@ -11,6 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::facts::{sim_facts, SIM_INTX_INFO};
 use super::host::{drain, lock, token, Shared, Slot, KIND_UNMASK};
 use super::line::IntxLine;
 use super::model::{percentiles_us, AckPolicy, DeviceModel, Next};
@@ -19,8 +20,6 @@ use crate::vfio::{
     DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, ParkedFd,
     SimCounters, VmmFd,
 };
-
-use super::facts::{sim_facts, SIM_INTX_INFO};
 
 /// The state of one emulated function, shared with the host thread.
 pub(crate) struct SimState {
@@ -33,6 +32,7 @@ pub(crate) struct SimState {
     request: Option<EventFd>,
     faults: HashMap<IntxOp, i32>,
     gone: bool,
+    pub(super) msi: bool, // `sim/lifecycle.rs`: one interrupt type at a time
 }
 
 impl SimState {
@@ -47,6 +47,7 @@ impl SimState {
             request: None,
             faults: HashMap::new(),
             gone: false,
+            msi: false,
         }
     }
 
@@ -112,7 +113,7 @@ impl SimState {
         Ok(())
     }
 
-    fn einval(&self, op: IntxOp) -> IntxError {
+    pub(super) fn einval(&self, op: IntxOp) -> IntxError {
         // vfio-pci answers EINVAL to every INTx action but enable while INTx
         // is disabled (`!is_intx(vdev)`).
         IntxError::Action {
@@ -129,7 +130,7 @@ pub struct SimDevice {
     name: String,
     index: u32,
     slot: usize,
-    state: Slot,
+    pub(super) state: Slot,
     host: Arc<Shared>,
     registry: Arc<Registry>,
     ack: EventFd,
@@ -256,6 +257,7 @@ impl IntxActions for SimDevice {
     fn set_trigger(&mut self, fd: &EventFd) -> Result<(), IntxError> {
         let mut st = lock(&self.state);
         st.check(IntxOp::SetTrigger)?;
+        st.refuse_intx_while_msi()?;
         let fd = fd.try_clone().map_err(|source| IntxError::Action {
             device: self.name.clone(),
             op: IntxOp::SetTrigger,
@@ -363,6 +365,7 @@ impl IntxActions for SimDevice {
         drain(&st.ack);
         st.model.reset();
         st.line.set_level(false);
+        st.reset_irq_type();
         Ok(())
     }
 
@@ -409,11 +412,16 @@ impl DeviceProbe for SimDevice {
             latency_p99_us: p99,
             latency_max_us: max,
             latency_hist: crate::util::latency::latency_buckets(&st.model.latency_ns),
+            intx_enabled: Some(st.line.enabled()),
         })
     }
 
     fn is_gone(&self) -> bool {
         lock(&self.state).gone
+    }
+
+    fn intx_enabled(&self) -> Option<bool> {
+        Some(lock(&self.state).line.enabled())
     }
 }
 

@@ -17,6 +17,7 @@
 mod device;
 mod facts;
 mod host;
+mod lifecycle;
 pub mod line;
 pub mod model;
 pub mod remote;

@@ -265,6 +265,12 @@ impl DeviceProbe for VfioIntx {
         None
     }
 
+    /// vfio-pci requests the host IRQ (its `vfio-intx(<bdf>)` handler in
+    /// `/proc/interrupts`) while INTx is enabled, and frees it at disable.
+    fn intx_enabled(&self) -> Option<bool> {
+        Some(self.probe.intx_count().is_some())
+    }
+
     fn is_gone(&self) -> bool {
         self.gone
     }

@@ -3,6 +3,8 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
+
+pub use intxd_client::types::{DeviceFacts, IntxInfo, SimCounters};
 use vmm_sys_util::eventfd::EventFd;
 
 /// One INTx action, named after the `VFIO_DEVICE_SET_IRQS` call it stands for.
@@ -65,68 +67,6 @@ pub enum IntxError {
         /// Device name from the config.
         device: String,
     },
-}
-
-/// What `VFIO_DEVICE_GET_IRQ_INFO` says about the INTx index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IntxInfo {
-    /// Number of INTx vectors (0 when the function has no INTx pin).
-    pub count: u32,
-    /// `VFIO_IRQ_INFO_EVENTFD`.
-    pub eventfd: bool,
-    /// `VFIO_IRQ_INFO_MASKABLE`.
-    pub maskable: bool,
-    /// `VFIO_IRQ_INFO_AUTOMASKED`: the kernel masks INTx when it fires.
-    pub automasked: bool,
-}
-
-/// Identity facts the attach reply hands a VMM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceFacts {
-    /// PCI address, or `sim:N`.
-    pub pci: String,
-    /// PCI vendor id.
-    pub vendor: u16,
-    /// PCI device id.
-    pub device: u16,
-    /// INTx pin (1 = INTA# .. 4 = INTD#).
-    pub pin: u8,
-    /// INTx info from VFIO.
-    pub intx: IntxInfo,
-    /// Whether the host line is shared with another device.
-    pub shared_line: bool,
-    /// Whether the function masks INTx itself (PCI 2.3 DisINTx).
-    pub pci_2_3: bool,
-}
-
-/// Counters that only the emulated device can give (the hardware side).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SimCounters {
-    /// Times the device raised its line.
-    pub raised: u64,
-    /// Acks that lowered a high line.
-    pub acked: u64,
-    /// Acks that found the line already low (the guest took an interrupt the
-    /// device did not raise).
-    pub spurious_acks: u64,
-    /// Trigger signals (what `/proc/interrupts` would count on a real host).
-    pub triggers: u64,
-    /// Unmask requests (eventfd or call).
-    pub unmasks: u64,
-    /// Unmasks that found the line still high and re-fired the trigger.
-    pub refires: u64,
-    /// Loopback triggers.
-    pub loopbacks: u64,
-    /// Raise-to-ack latency, 50th percentile, microseconds.
-    pub latency_p50_us: f64,
-    /// Raise-to-ack latency, 99th percentile, microseconds.
-    pub latency_p99_us: f64,
-    /// Raise-to-ack latency, maximum, microseconds.
-    pub latency_max_us: f64,
-    /// Raise-to-ack latency counted into fixed quarter-octave buckets
-    /// (`util::latency::latency_buckets`), for histograms of an interval.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub latency_hist: Vec<u64>,
 }
 
 /// A fd the VMM receives with the attach reply, by role. The reply's `fds`
@@ -254,6 +194,11 @@ pub trait DeviceProbe {
     fn sim_counters(&self) -> Option<SimCounters>;
     /// Whether the device has been removed underneath us.
     fn is_gone(&self) -> bool;
+    /// Whether INTx is enabled as far as the host shows it, `None` when the
+    /// backend cannot tell. The health scan compares it with the route
+    /// (`daemon/intx_watch.rs`): a route that is wired while INTx is off was
+    /// changed behind intxd's back (another `SET_IRQS` on the device fd).
+    fn intx_enabled(&self) -> Option<bool>;
 }
 
 /// The device's fds that leave the backend: to the VMM, and to systemd's fd

@@ -116,6 +116,7 @@ impl DeviceSlot {
                 storm_seconds: self.health.storm_seconds,
                 safety_unmasks: self.health.safety_unmasks,
             },
+            intx: route.map(Route::intx),
         }
     }
 

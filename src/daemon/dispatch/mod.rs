@@ -3,6 +3,7 @@
 //! trigger; `status.rs` the status reply and line.
 
 mod attach;
+mod lifecycle;
 mod status;
 
 use std::io;
@@ -79,6 +80,9 @@ impl Daemon {
             Request::Detach { device } => (self.detach_request(i, &device), Vec::new()),
             Request::Status {} => (self.status_reply(), Vec::new()),
             Request::Trigger { device } => (self.trigger(i, &device), Vec::new()),
+            req @ (Request::SuspendIntx { .. }
+            | Request::ResumeIntx { .. }
+            | Request::Reset { .. }) => (self.lifecycle(i, req), Vec::new()),
         }
     }
 

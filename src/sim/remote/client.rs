@@ -243,6 +243,10 @@ impl DeviceProbe for RemoteSim {
     fn is_gone(&self) -> bool {
         self.gone
     }
+
+    fn intx_enabled(&self) -> Option<bool> {
+        self.sim_counters().and_then(|c| c.intx_enabled)
+    }
 }
 
 impl DeviceFds for RemoteSim {

@@ -1,28 +1,29 @@
 //! The Rust client for intxd's control socket.
 //!
-//! For a VMM with KVM's in-kernel irqchip, [`attach_kernel_irqchip`] does it
-//! all: makes the eventfd pair, registers `KVM_IRQFD` with
-//! `KVM_IRQFD_FLAG_RESAMPLE` on the caller's own VM (KVM takes VM ioctls only
-//! from the VM's creator, so intxd cannot do this), connects, says hello and
-//! attaches:
+//! A VMM makes its eventfd pair, registers it as its own KVM irqfd with
+//! `KVM_IRQFD_FLAG_RESAMPLE` (KVM takes VM ioctls only from the VM's
+//! creator, so intxd cannot do this) or wires it into its own irqchip, and
+//! then attaches:
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use intxd::control::client::attach_kernel_irqchip;
-//! use intxd::control::proto::ModeRequest;
-//! let kvm = kvm_ioctls::Kvm::new()?;
-//! let vm = kvm.create_vm()?;
-//! vm.create_irq_chip()?;
-//! let att = attach_kernel_irqchip(&vm, 10, "/run/intxd/control.sock".as_ref(), "nic0", ModeRequest::Auto)?;
-//! // att.device_fds: the VFIO device fd and container fd (or, for an
-//! // emulated device, its ack and doorbell eventfds). Keep `att.client`
-//! // open for as long as the VM uses the device: closing it detaches.
-//! # Ok(()) }
+//! use intxd_client::client::Client;
+//! use intxd_client::proto::{Irqchip, ModeRequest};
+//! # let (irq, resample) = (std::fs::File::open("/dev/null")?, std::fs::File::open("/dev/null")?);
+//! let mut c = Client::connect("/run/intxd/control.sock".as_ref())?;
+//! c.hello("myvmm")?;
+//! // irq, resample: the eventfds of the VMM's KVM_IRQFD (with resample).
+//! let (_reply, device_fds) = c.attach("nic0", Irqchip::Kernel, ModeRequest::Auto, &irq, &resample)?;
+//! // device_fds: the VFIO device fd and container fd (or, for an emulated
+//! // device, its ack and doorbell eventfds). Keep `c` open for as long as
+//! // the VM uses the device: closing it detaches.
+//! # drop(device_fds); Ok(()) }
 //! ```
 //!
-//! For a VMM whose interrupt controller is its own, [`attach_user_irqchip`]
-//! returns the pair to wire into it: assert the line when `irq` is readable,
-//! write `resample` at the guest's EOI.
+//! The daemon crate adds the KVM side in one call
+//! (`intxd::control::client::attach_kernel_irqchip`), and
+//! `examples/vmm.rs` shows a whole VMM: attach, the lifecycle calls
+//! around a guest's MSI switch, reset and re-routing, and its events.
 
 use std::collections::VecDeque;
 use std::io;
@@ -30,15 +31,15 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::VmFd;
-use vmm_sys_util::eventfd::EventFd;
+use std::os::fd::AsRawFd;
 
-use super::channel::{Channel, ChannelError, Frame};
-use super::proto::{ErrorCode, Event, FdRole, Incoming, ModeRequest, Reply, Request};
-use super::wire::Packet;
-use crate::route::Irqchip;
-use crate::util::fd::{borrow_eventfd, new_eventfd};
-use crate::util::sock;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+
+use crate::channel::{Channel, ChannelError, Frame};
+use crate::proto::{
+    ErrorCode, Event, FdRole, Incoming, IntxState, Irqchip, ModeRequest, Reply, Request,
+};
+use crate::wire::Packet;
 use crate::PROTOCOL_VERSION;
 
 /// Errors of the client.
@@ -73,14 +74,15 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
-    /// Registering the VMM's own irqfd failed.
+    /// Registering the VMM's own irqfd failed (for helpers that do it,
+    /// such as `intxd::control::client::attach_kernel_irqchip`).
     #[error("KVM_IRQFD with resample on GSI {gsi} failed")]
     Irqfd {
         /// The GSI.
         gsi: u32,
         /// Cause.
         #[source]
-        source: kvm_ioctls::Error,
+        source: io::Error,
     },
 }
 
@@ -120,7 +122,7 @@ pub struct Client {
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let sock = sock::connect(path).map_err(|source| ClientError::Connect {
+        let sock = connect(path).map_err(|source| ClientError::Connect {
             path: path.to_path_buf(),
             source,
         })?;
@@ -250,13 +252,18 @@ impl Client {
 
     /// `attach` with the VMM's (irq, resample) eventfd pair. Returns the reply
     /// and the device fds that came with it.
-    pub fn attach(
+    ///
+    /// The pair is taken as `AsRawFd` so that any eventfd type serves
+    /// (`vmm_sys_util`'s `EventFd`, an `OwnedFd`); it is only borrowed for
+    /// the call: the daemon gets duplicates, the VMM keeps its own.
+    #[allow(unsafe_code)]
+    pub fn attach<F: AsRawFd>(
         &mut self,
         device: &str,
         irqchip: Irqchip,
         mode: ModeRequest,
-        irq: &EventFd,
-        resample: &EventFd,
+        irq: &F,
+        resample: &F,
     ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let req = Request::Attach {
             device: device.to_string(),
@@ -264,7 +271,16 @@ impl Client {
             mode,
             fds: vec![FdRole::Irq, FdRole::Resample],
         };
-        self.request(&req, &[borrow_eventfd(irq), borrow_eventfd(resample)])
+        // SAFETY: `irq` and `resample` are borrowed for the whole call, and
+        // a value that hands out its raw fd keeps that fd open while it
+        // lives; the borrowed fds do not outlive this call.
+        let fds = unsafe {
+            [
+                BorrowedFd::borrow_raw(irq.as_raw_fd()),
+                BorrowedFd::borrow_raw(resample.as_raw_fd()),
+            ]
+        };
+        self.request(&req, &fds)
     }
 
     /// `detach`.
@@ -287,72 +303,63 @@ impl Client {
         };
         Ok(self.request(&req, &[])?.0)
     }
-}
 
-/// A device attached for a VMM.
-pub struct Attachment {
-    /// The connection; closing it detaches the device.
-    pub client: Client,
-    /// The irq eventfd.
-    pub irq: EventFd,
-    /// The resample eventfd.
-    pub resample: EventFd,
-    /// The attach reply (mode, reason, facts).
-    pub reply: Reply,
-    /// The device's fds, in the order the reply's `fds` names them.
-    pub device_fds: Vec<OwnedFd>,
-}
-
-/// For a VMM with KVM's in-kernel irqchip: registers `KVM_IRQFD` with
-/// resample on `gsi` of the caller's VM, then attaches `device`.
-pub fn attach_kernel_irqchip(
-    vm: &VmFd,
-    gsi: u32,
-    socket: &Path,
-    device: &str,
-    mode: ModeRequest,
-) -> Result<Attachment, ClientError> {
-    let irq = new_eventfd().map_err(ClientError::Io)?;
-    let resample = new_eventfd().map_err(ClientError::Io)?;
-    vm.register_irqfd_with_resample(&irq, &resample, gsi)
-        .map_err(|source| ClientError::Irqfd { gsi, source })?;
-    // Keep copies so a failed attach can take the irqfd off the VM again.
-    let (irq2, gsi2) = (irq.try_clone().map_err(ClientError::Io)?, gsi);
-    let attached = attach_pair(socket, device, Irqchip::Kernel, mode, irq, resample);
-    if attached.is_err() {
-        let _ = vm.unregister_irqfd(&irq2, gsi2);
+    /// `suspend_intx`: the device's INTx is disabled in VFIO and its route
+    /// parked, so that the VMM may enable MSI or MSI-X on its device fd.
+    /// Returns whether an interrupt was pending (it fires again at resume
+    /// while the device still asserts). Needs the `lifecycle` capability.
+    pub fn suspend_intx(&mut self, device: &str) -> Result<bool, ClientError> {
+        let req = Request::SuspendIntx {
+            device: device.to_string(),
+        };
+        match self.request(&req, &[])?.0 {
+            Reply::IntxSuspended { pending, .. } => Ok(pending),
+            other => Err(unexpected(&other)),
+        }
     }
-    attached
+
+    /// `resume_intx`: INTx is enabled again on the same eventfds and re-armed
+    /// with one unmask. Disable MSI/MSI-X on the device fd first: vfio-pci
+    /// enables one interrupt type at a time.
+    pub fn resume_intx(&mut self, device: &str) -> Result<(), ClientError> {
+        let req = Request::ResumeIntx {
+            device: device.to_string(),
+        };
+        match self.request(&req, &[])?.0 {
+            Reply::IntxResumed { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `reset`: intxd quiesces INTx, resets the function and brings INTx
+    /// back as the guest left it; returns that state.
+    pub fn reset(&mut self, device: &str) -> Result<IntxState, ClientError> {
+        let req = Request::Reset {
+            device: device.to_string(),
+        };
+        match self.request(&req, &[])?.0 {
+            Reply::Reset { intx, .. } => Ok(intx),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
-/// For a VMM whose interrupt controller lives in userspace: attaches
-/// `device` and returns the pair to wire into that controller.
-pub fn attach_user_irqchip(
-    socket: &Path,
-    device: &str,
-    mode: ModeRequest,
-) -> Result<Attachment, ClientError> {
-    let irq = new_eventfd().map_err(ClientError::Io)?;
-    let resample = new_eventfd().map_err(ClientError::Io)?;
-    attach_pair(socket, device, Irqchip::User, mode, irq, resample)
+/// A reply of the wrong kind for its request.
+fn unexpected(reply: &Reply) -> ClientError {
+    ClientError::Io(io::Error::other(format!(
+        "the daemon answered with an unexpected reply: {reply:?}"
+    )))
 }
 
-fn attach_pair(
-    socket: &Path,
-    device: &str,
-    irqchip: Irqchip,
-    mode: ModeRequest,
-    irq: EventFd,
-    resample: EventFd,
-) -> Result<Attachment, ClientError> {
-    let mut client = Client::connect(socket)?;
-    client.hello("intxd-client")?;
-    let (reply, device_fds) = client.attach(device, irqchip, mode, &irq, &resample)?;
-    Ok(Attachment {
-        client,
-        irq,
-        resample,
-        reply,
-        device_fds,
-    })
+/// Connects a new (blocking, close-on-exec) `SOCK_SEQPACKET` socket to
+/// `path`.
+fn connect(path: &Path) -> io::Result<OwnedFd> {
+    let sock = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(sock)
 }

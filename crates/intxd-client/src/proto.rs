@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::relay::RelayStats;
-use crate::route::{Irqchip, Mode};
-use crate::vfio::{DeviceFacts, SimCounters};
+pub use crate::types::{
+    DeviceFacts, DeviceState, IntxInfo, IntxState, Irqchip, Mode, RelayStats, SimCounters,
+};
 
 /// The role of each fd an `attach` carries, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,26 @@ pub enum Request {
         /// Device name.
         device: String,
     },
+    /// Lifecycle (capability `lifecycle`): disable the device's INTx in
+    /// VFIO and park its route, so that the VMM may enable MSI or MSI-X on
+    /// its device fd. The owner only.
+    SuspendIntx {
+        /// Device name.
+        device: String,
+    },
+    /// Lifecycle: re-enable a suspended INTx on the same eventfds and re-arm
+    /// it with one unmask (a line still high fires again). The owner only.
+    ResumeIntx {
+        /// Device name.
+        device: String,
+    },
+    /// Lifecycle: quiesce INTx, reset the function (`VFIO_DEVICE_RESET`, or
+    /// the emulator's reset), and bring INTx back as the guest left it
+    /// (enabled, or still suspended). The owner only.
+    Reset {
+        /// Device name.
+        device: String,
+    },
 }
 
 /// Host capabilities, as `hello` reports them.
@@ -91,6 +111,11 @@ pub struct Capabilities {
     pub vfio: bool,
     /// `/dev/iommu` exists.
     pub iommufd: bool,
+    /// The daemon serves the lifecycle requests (`suspend_intx`,
+    /// `resume_intx`, `reset`), the `intx_changed` event and `status`'s
+    /// `intx` field. Absent (false) from daemons before them.
+    #[serde(default)]
+    pub lifecycle: bool,
 }
 
 /// A device's owner.
@@ -126,61 +151,6 @@ pub struct DeviceCounters {
     pub safety_unmasks: u64,
 }
 
-/// A device's lifecycle state as `status` shows it: the daemon's state
-/// machine (`daemon::device::Lifecycle`) without what each state owns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceState {
-    /// Bound to vfio-pci, but VFIO could not open it (see `failure`).
-    Bound,
-    /// Open (VFIO, or the emulated device), never attached since.
-    Opened,
-    /// A VMM holds it.
-    Attached,
-    /// Released by its last VMM; ready for the next.
-    Detached,
-    /// A reload is binding it to vfio-pci, off the event loop (never listed
-    /// in `status`: a device shows up there once it is up).
-    Binding,
-    /// Could not be brought up, or went away (see `failure`).
-    Failed,
-    /// Dropped from the config by a reload (never listed in `status`).
-    Removed,
-}
-
-impl DeviceState {
-    /// The lower-case word on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceState::Bound => "bound",
-            DeviceState::Opened => "opened",
-            DeviceState::Attached => "attached",
-            DeviceState::Detached => "detached",
-            DeviceState::Binding => "binding",
-            DeviceState::Failed => "failed",
-            DeviceState::Removed => "removed",
-        }
-    }
-}
-
-impl std::fmt::Display for DeviceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<str> for DeviceState {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for DeviceState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 /// One device in `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceStatus {
@@ -204,6 +174,11 @@ pub struct DeviceStatus {
     pub failure: Option<String>,
     /// Counters.
     pub counters: DeviceCounters,
+    /// The route's INTx while attached: `enabled`, `suspended` (by
+    /// `suspend_intx`) or `lost` (changed behind intxd's back). Absent from
+    /// daemons before the `lifecycle` capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intx: Option<IntxState>,
 }
 
 /// The daemon in `status`.
@@ -270,6 +245,27 @@ pub enum Reply {
         /// Device name.
         device: String,
     },
+    /// To `suspend_intx`.
+    IntxSuspended {
+        /// Device name.
+        device: String,
+        /// Whether an interrupt was pending at the suspend (INTx masked,
+        /// waiting for the guest's EOI, or the line high): it fires again
+        /// at `resume_intx` if the device still asserts.
+        pending: bool,
+    },
+    /// To `resume_intx`.
+    IntxResumed {
+        /// Device name.
+        device: String,
+    },
+    /// To `reset`.
+    Reset {
+        /// Device name.
+        device: String,
+        /// The INTx state after the reset: as the guest left it.
+        intx: IntxState,
+    },
     /// Any request that failed.
     Error {
         /// What failed.
@@ -326,6 +322,10 @@ pub enum ErrorCode {
     TooManyConnections,
     /// The device refused an action; the message names it.
     DeviceError,
+    /// A lifecycle request that the device's state does not allow (resume
+    /// of a device that is not suspended, suspend of one that is); the
+    /// message says the state.
+    WrongState,
 }
 
 /// An asynchronous event to a device's owner.
@@ -370,6 +370,15 @@ pub enum Event {
         /// Whether the line was re-armed with an unmask.
         rearmed: bool,
     },
+    /// The device's INTx was disabled or rewired behind intxd's back
+    /// (another `VFIO_DEVICE_SET_IRQS` on the device fd): the route is
+    /// stale, `status` shows `intx: lost`. Seen by the health scan.
+    IntxChanged {
+        /// Device name.
+        device: String,
+        /// What was seen.
+        reason: String,
+    },
 }
 
 /// Anything the daemon sends.
@@ -392,11 +401,6 @@ impl Incoming {
         }
     }
 }
-
-/// Decodes a request packet, mapping failures to their error codes (the
-/// strict decoder lives with the other packet checks, in
-/// [`super::validate`]).
-pub use super::validate::decode_request;
 
 impl Reply {
     /// An error reply.

@@ -2,7 +2,7 @@
 //! `SCM_RIGHTS`, received with `MSG_CMSG_CLOEXEC`.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
@@ -60,7 +60,7 @@ pub fn recv_limited(sock: BorrowedFd<'_>, limit: usize) -> io::Result<Option<Pac
                     for r in raw {
                         // SAFETY: SCM_RIGHTS just installed this fd in our
                         // table; nothing else refers to it, so we own it.
-                        fds.push(unsafe { crate::util::fd::adopt(r) });
+                        fds.push(unsafe { OwnedFd::from_raw_fd(r) });
                     }
                 }
             }

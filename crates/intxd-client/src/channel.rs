@@ -230,7 +230,6 @@ impl<R> Channel<R> {
         };
         b.pending.remove(at);
         if b.abandoned.remove(&rid) {
-            log::debug!("dropped the late reply to abandoned request {rid}");
             return Ok(Sorted::Dropped);
         }
         Ok(Sorted::Reply(rid, r))
