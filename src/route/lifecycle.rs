@@ -44,18 +44,11 @@ impl Route {
     /// disabled behind our back refuses to lose its unmask eventfd).
     fn unwind(&mut self, dev: &mut dyn IntxDevice, strict: bool) -> Result<(), RouteError> {
         while let Some(&step) = self.done.last() {
-            let r = match step {
-                Step::SetUnmask => dev.set_unmask(None),
-                Step::EnableTrigger => dev.disable(),
-                Step::RegisterRelay => {
-                    if let Wiring::Relay(r) = &mut self.wiring {
-                        r.registration.release();
-                    }
-                    Ok(())
-                }
-                Step::Mask | Step::Unmask => Ok(()),
-                Step::CreateEventfds => break,
-            };
+            // A relay's own eventfds stay: the route keeps its fds.
+            if step == Step::CreateEventfds {
+                break;
+            }
+            let r = self.undo(step, dev);
             if strict {
                 r.map_err(|source| RouteError::Lifecycle {
                     device: self.device.clone(),

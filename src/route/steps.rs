@@ -229,18 +229,7 @@ impl Route {
         self.ended = true;
         let mut errors = Vec::new();
         while let Some(step) = self.done.pop() {
-            let r = match step {
-                Step::SetUnmask => dev.set_unmask(None),
-                Step::EnableTrigger => dev.disable(),
-                Step::RegisterRelay => {
-                    if let Wiring::Relay(r) = &mut self.wiring {
-                        r.registration.release();
-                    }
-                    Ok(())
-                }
-                Step::CreateEventfds | Step::Mask | Step::Unmask => Ok(()),
-            };
-            if let Err(source) = r {
+            if let Err(source) = self.undo(step, dev) {
                 errors.push(RouteError::Teardown {
                     device: self.device.clone(),
                     step,
@@ -249,6 +238,21 @@ impl Route {
             }
         }
         errors
+    }
+
+    /// Undoes one step (teardown's, and a suspend's, in `route/lifecycle.rs`).
+    pub(super) fn undo(&mut self, step: Step, dev: &mut dyn IntxDevice) -> Result<(), IntxError> {
+        match step {
+            Step::SetUnmask => dev.set_unmask(None),
+            Step::EnableTrigger => dev.disable(),
+            Step::RegisterRelay => {
+                if let Wiring::Relay(r) = &mut self.wiring {
+                    r.registration.release();
+                }
+                Ok(())
+            }
+            Step::CreateEventfds | Step::Mask | Step::Unmask => Ok(()),
+        }
     }
 
     /// Ends the route without touching the device: its fds are parked in
