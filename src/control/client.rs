@@ -73,6 +73,14 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// The daemon answered with a reply of another request.
+    #[error("the daemon answered `{request}` with a `{reply}` reply; are client and daemon the same intxd version?")]
+    Unexpected {
+        /// The request sent.
+        request: &'static str,
+        /// The kind of reply that came.
+        reply: String,
+    },
     /// Registering the VMM's own irqfd failed.
     #[error("KVM_IRQFD with resample on GSI {gsi} failed")]
     Irqfd {
@@ -287,6 +295,25 @@ impl Client {
         };
         Ok(self.request(&req, &[])?.0)
     }
+
+    /// `metrics`: the Prometheus text exposition.
+    pub fn metrics(&mut self) -> Result<String, ClientError> {
+        match self.request(&Request::Metrics {}, &[])?.0 {
+            Reply::Metrics { text, .. } => Ok(text),
+            other => Err(ClientError::Unexpected {
+                request: "metrics",
+                reply: reply_kind(&other),
+            }),
+        }
+    }
+}
+
+/// A reply's `reply` tag (`status`, `error`, ...).
+fn reply_kind(r: &Reply) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.get("reply")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// A device attached for a VMM.

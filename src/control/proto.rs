@@ -69,6 +69,9 @@ pub enum Request {
         /// Device name.
         device: String,
     },
+    /// Every device's counters and the relay's EOI latency histograms in
+    /// the Prometheus text exposition format (`docs/operations.md`).
+    Metrics {},
 }
 
 /// Host capabilities, as `hello` reports them.
@@ -124,6 +127,13 @@ pub struct DeviceCounters {
     /// Safety unmasks of direct routes whose interrupts stopped.
     #[serde(default)]
     pub safety_unmasks: u64,
+    /// Detaches since the daemon started (by request, by a VMM that went
+    /// away, or by the daemon).
+    #[serde(default)]
+    pub detaches: u64,
+    /// Times the device could not be brought up or went away.
+    #[serde(default)]
+    pub failures: u64,
 }
 
 /// A device's lifecycle state as `status` shows it: the daemon's state
@@ -269,6 +279,14 @@ pub enum Reply {
     Triggered {
         /// Device name.
         device: String,
+    },
+    /// To `metrics`.
+    Metrics {
+        /// The exposition's media type:
+        /// `text/plain; version=0.0.4; charset=utf-8`.
+        content_type: String,
+        /// The exposition itself.
+        text: String,
     },
     /// Any request that failed.
     Error {

@@ -186,7 +186,7 @@ impl Daemon {
             (PciAddr::Bdf { .. }, _) => return,
         };
         log_outcome(&cfg, &state);
-        self.devices[i].state = state;
+        self.devices[i].set_state(state);
         self.watch_request(i);
     }
 

@@ -1,8 +1,10 @@
 //! Requests: read each packet a connection sent, check it (`control::validate`),
 //! act on it and queue the reply. `attach.rs` holds attach, detach and
-//! trigger; `status.rs` the status reply and line.
+//! trigger; `status.rs` the status reply and line; `metrics.rs` the
+//! Prometheus exposition and its textfile.
 
 mod attach;
+mod metrics;
 mod status;
 
 use std::io;
@@ -79,6 +81,7 @@ impl Daemon {
             Request::Detach { device } => (self.detach_request(i, &device), Vec::new()),
             Request::Status {} => (self.status_reply(), Vec::new()),
             Request::Trigger { device } => (self.trigger(i, &device), Vec::new()),
+            Request::Metrics {} => (self.metrics_reply(), Vec::new()),
         }
     }
 
