@@ -1,6 +1,6 @@
 //! Prometheus metrics: the daemon's and every device's counters and the
 //! relay's EOI latency histograms in the text exposition format 0.0.4
-//! ([`render`]), served by the `metrics` request and written for
+//! ([`mod@render`]), served by the `metrics` request and written for
 //! node_exporter's textfile collector ([`textfile`]). The metric list is
 //! in `docs/operations.md`.
 
