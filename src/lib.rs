@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod doctor;
 pub mod lab;
+pub mod metrics;
 pub mod pci;
 pub mod relay;
 pub mod route;

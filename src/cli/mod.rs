@@ -4,6 +4,7 @@ mod bench_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod logging;
+mod metrics_cmd;
 mod soak_cmd;
 mod status_cmd;
 
@@ -58,6 +59,13 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a running daemon's counters and latency histograms in the
+    /// Prometheus text format (docs/operations.md lists the metrics).
+    Metrics {
+        /// Control socket.
+        #[arg(long, default_value = "/run/intxd/control.sock")]
+        socket: PathBuf,
     },
     /// Fire a device's trigger once (the loopback self-test).
     Trigger {
@@ -263,6 +271,7 @@ pub fn main() -> ExitCode {
         Cmd::Release { device, config } => daemon_cmd::bind(&config, &device, false),
         Cmd::Status { socket, json } => status_cmd::status(&socket, json),
         Cmd::Trigger { device, socket } => status_cmd::trigger(&socket, &device),
+        Cmd::Metrics { socket } => metrics_cmd::metrics(&socket),
         Cmd::Attach {
             device,
             socket,

@@ -43,7 +43,7 @@ const SUN_PATH: usize = 108;
 
 /// What a path-valued key must be.
 #[derive(Clone, Copy, PartialEq)]
-enum PathRule {
+pub(super) enum PathRule {
     /// Absolute, and short enough for `sun_path`.
     Socket,
     /// Absolute.
@@ -54,7 +54,7 @@ enum PathRule {
 
 /// Checks a path-valued key: not empty, no NUL or other control character,
 /// and what `rule` asks.
-fn path_value(
+pub(super) fn path_value(
     src: &Source<'_>,
     key: &str,
     v: &Spanned<String>,

@@ -23,6 +23,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let raw = main.parse()?;
     let daemon = daemon_section(&main, &raw)?;
     check_on_disk(&main, &raw, &daemon)?;
+    super::metrics::check_on_disk(&main, &raw)?;
     let dir = devices_dir(path, &raw);
     let mut dropins = Vec::new();
     match std::fs::read_dir(&dir) {

@@ -10,6 +10,7 @@ mod daemon;
 mod error;
 mod exerciser;
 mod files;
+mod metrics;
 mod pci_addr;
 mod raw;
 mod source;
@@ -19,6 +20,7 @@ pub use daemon::DaemonConfig;
 pub use error::{escape, ConfigError, MAX_FILE_BYTES};
 pub use exerciser::{Exerciser, PROFILES};
 pub use files::load;
+pub use metrics::MetricsConfig;
 pub use pci_addr::PciAddr;
 pub use validate::{load_str, Config, DeviceConfig, ModePolicy};
 

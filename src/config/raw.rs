@@ -10,6 +10,7 @@ use crate::relay::WatchdogPolicy;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
     pub daemon: Option<Spanned<RawDaemon>>,
+    pub metrics: Option<Spanned<super::metrics::RawMetrics>>,
     #[serde(default)]
     pub device: Vec<Spanned<RawDevice>>,
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::daemon::{daemon_section, DaemonConfig};
 use super::error::{line_col, shown, ConfigError};
+use super::metrics::{metrics_section, MetricsConfig};
 use super::raw::{RawDevice, RawFile};
 use super::source::Source;
 use super::PciAddr;
@@ -72,6 +73,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Devices, in file order (main file first, then drop-ins by name).
     pub devices: Vec<DeviceConfig>,
+    /// The metrics textfile, when `[metrics]` asks for one.
+    pub metrics: Option<MetricsConfig>,
     /// Files read.
     pub files: Vec<PathBuf>,
 }
@@ -99,6 +102,7 @@ pub(super) fn build(
     daemon: DaemonConfig,
     dropins: &[(&Path, &str)],
 ) -> Result<Config, ConfigError> {
+    let metrics = metrics_section(&main, &raw)?;
     let mut files = vec![main.file.to_path_buf()];
     let mut devices = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
@@ -117,6 +121,14 @@ pub(super) fn build(
                 "move the [daemon] table to the main config file",
             ));
         }
+        if let Some(m) = &raw.metrics {
+            return Err(src.err(
+                m.span(),
+                "metrics",
+                "a drop-in may only hold [[device]] tables".into(),
+                "move the [metrics] table to the main config file",
+            ));
+        }
         files.push(file.to_path_buf());
         for (i, d) in raw.device.iter().enumerate() {
             devices.push(device(&src, i, d, &mut names, &mut addrs)?);
@@ -125,6 +137,7 @@ pub(super) fn build(
     Ok(Config {
         daemon,
         devices,
+        metrics,
         files,
     })
 }

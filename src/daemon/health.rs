@@ -209,9 +209,7 @@ impl Daemon {
             self.send_event(i, &ev);
         }
         self.detach_device(i, "the device is going away");
-        let gone = self.devices[i]
-            .state
-            .go_away(format!("{tag}: the device went away"));
+        let gone = self.devices[i].go_away(format!("{tag}: the device went away"));
         if let Some(r) = gone.as_ref().and_then(|o| o.request.as_ref()) {
             self.lp.unwatch(r);
         }

@@ -142,6 +142,8 @@ impl Daemon {
             .map(|d| d.cfg.clone())
             .collect();
         self.config.files = new.files;
+        // The metrics timer reads it each turn: a new [metrics] applies now.
+        self.config.metrics = new.metrics;
         self.reload = Some(n);
         if !self.binder.busy() {
             self.finish_reload();
@@ -186,7 +188,7 @@ impl Daemon {
             (PciAddr::Bdf { .. }, _) => return,
         };
         log_outcome(&cfg, &state);
-        self.devices[i].state = state;
+        self.devices[i].set_state(state);
         self.watch_request(i);
     }
 

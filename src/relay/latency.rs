@@ -47,6 +47,18 @@ impl EoiLatency {
         self.ns.max() as f64 / 1000.0
     }
 
+    /// The histogram counted into the fixed quarter-octave buckets of
+    /// [`crate::util::latency::latency_buckets`].
+    pub fn buckets(&self) -> Vec<u64> {
+        crate::util::latency::latency_buckets(&self.ns)
+    }
+
+    /// The sum of every recorded value, seconds, to the histogram's 1 %
+    /// precision (its mean times its count).
+    pub fn sum_secs(&self) -> f64 {
+        self.ns.mean() * self.ns.len() as f64 / 1e9
+    }
+
     /// Samples recorded.
     pub fn len(&self) -> u64 {
         self.ns.len()

@@ -185,6 +185,11 @@ impl RelayPath {
         self.backoff_until.is_some()
     }
 
+    /// The interrupt-to-EOI latency histogram.
+    pub fn latency(&self) -> &EoiLatency {
+        &self.latency
+    }
+
     /// The route's figures.
     pub fn stats(&self) -> RelayStats {
         RelayStats {

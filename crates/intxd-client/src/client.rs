@@ -74,6 +74,14 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// The daemon answered with a reply of another request.
+    #[error("the daemon answered `{request}` with a `{reply}` reply; are client and daemon the same intxd version?")]
+    Unexpected {
+        /// The request sent.
+        request: &'static str,
+        /// The kind of reply that came.
+        reply: String,
+    },
     /// Registering the VMM's own irqfd failed (for helpers that do it,
     /// such as `intxd::control::client::attach_kernel_irqchip`).
     #[error("KVM_IRQFD with resample on GSI {gsi} failed")]
@@ -304,6 +312,14 @@ impl Client {
         Ok(self.request(&req, &[])?.0)
     }
 
+    /// `metrics`: the Prometheus text exposition.
+    pub fn metrics(&mut self) -> Result<String, ClientError> {
+        match self.request(&Request::Metrics {}, &[])?.0 {
+            Reply::Metrics { text, .. } => Ok(text),
+            other => Err(unexpected("metrics", &other)),
+        }
+    }
+
     /// `suspend_intx`: the device's INTx is disabled in VFIO and its route
     /// parked, so that the VMM may enable MSI or MSI-X on its device fd.
     /// Returns whether an interrupt was pending (it fires again at resume
@@ -314,7 +330,7 @@ impl Client {
         };
         match self.request(&req, &[])?.0 {
             Reply::IntxSuspended { pending, .. } => Ok(pending),
-            other => Err(unexpected(&other)),
+            other => Err(unexpected("suspend_intx", &other)),
         }
     }
 
@@ -327,7 +343,7 @@ impl Client {
         };
         match self.request(&req, &[])?.0 {
             Reply::IntxResumed { .. } => Ok(()),
-            other => Err(unexpected(&other)),
+            other => Err(unexpected("resume_intx", &other)),
         }
     }
 
@@ -339,16 +355,25 @@ impl Client {
         };
         match self.request(&req, &[])?.0 {
             Reply::Reset { intx, .. } => Ok(intx),
-            other => Err(unexpected(&other)),
+            other => Err(unexpected("reset", &other)),
         }
     }
 }
 
 /// A reply of the wrong kind for its request.
-fn unexpected(reply: &Reply) -> ClientError {
-    ClientError::Io(io::Error::other(format!(
-        "the daemon answered with an unexpected reply: {reply:?}"
-    )))
+fn unexpected(request: &'static str, reply: &Reply) -> ClientError {
+    ClientError::Unexpected {
+        request,
+        reply: reply_kind(reply),
+    }
+}
+
+/// A reply's `reply` tag (`status`, `error`, ...).
+fn reply_kind(r: &Reply) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.get("reply")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Connects a new (blocking, close-on-exec) `SOCK_SEQPACKET` socket to

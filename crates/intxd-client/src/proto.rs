@@ -89,6 +89,9 @@ pub enum Request {
         /// Device name.
         device: String,
     },
+    /// Every device's counters and the relay's EOI latency histograms in
+    /// the Prometheus text exposition format (`docs/operations.md`).
+    Metrics {},
 }
 
 /// Host capabilities, as `hello` reports them.
@@ -149,6 +152,13 @@ pub struct DeviceCounters {
     /// Safety unmasks of direct routes whose interrupts stopped.
     #[serde(default)]
     pub safety_unmasks: u64,
+    /// Detaches since the daemon started (by request, by a VMM that went
+    /// away, or by the daemon).
+    #[serde(default)]
+    pub detaches: u64,
+    /// Times the device could not be brought up or went away.
+    #[serde(default)]
+    pub failures: u64,
 }
 
 /// One device in `status`.
@@ -265,6 +275,14 @@ pub enum Reply {
         device: String,
         /// The INTx state after the reset: as the guest left it.
         intx: IntxState,
+    },
+    /// To `metrics`.
+    Metrics {
+        /// The exposition's media type:
+        /// `text/plain; version=0.0.4; charset=utf-8`.
+        content_type: String,
+        /// The exposition itself.
+        text: String,
     },
     /// Any request that failed.
     Error {

@@ -8,7 +8,7 @@ mod state;
 
 pub use mode::choose_mode;
 pub use open::{log_outcome, open_bound, open_now, open_sim, Parked, SimPlace};
-pub use state::{AttachOrigin, Attachment, Holder, Lifecycle};
+pub use state::{AttachOrigin, Attachment, Holder, Lifecycle, Open};
 
 use std::time::Duration;
 
@@ -31,6 +31,10 @@ pub struct DeviceSlot {
     pub state: Lifecycle,
     /// Attaches so far.
     pub attaches: u64,
+    /// Detaches so far.
+    pub detaches: u64,
+    /// Times it could not be brought up (`Failed`, `Bound`) or went away.
+    pub failures: u64,
     /// Storm-limited events (relay routes).
     pub storm_events: EventLimiter,
     /// EOI-watchdog events (relay routes).
@@ -43,9 +47,11 @@ impl DeviceSlot {
     /// A slot for `cfg` in `state`.
     pub fn new(cfg: DeviceConfig, state: Lifecycle) -> DeviceSlot {
         DeviceSlot {
+            failures: u64::from(state.is_failure()),
             cfg,
             state,
             attaches: 0,
+            detaches: 0,
             storm_events: EventLimiter::new(RELAY_EVENT_WINDOW),
             watchdog_events: EventLimiter::new(RELAY_EVENT_WINDOW),
             health: Health::default(),
@@ -85,6 +91,27 @@ impl DeviceSlot {
         Ok(())
     }
 
+    /// Detach ([`Lifecycle::detach`]), counted. Returns the holder it had;
+    /// `None` when it was not attached.
+    pub fn detach(&mut self, tag: &str) -> Option<Holder> {
+        let holder = self.state.detach(tag)?;
+        self.detaches += 1;
+        Some(holder)
+    }
+
+    /// The device went away ([`Lifecycle::go_away`]), counted.
+    pub fn go_away(&mut self, error: String) -> Option<Open> {
+        self.failures += 1;
+        self.state.go_away(error)
+    }
+
+    /// A brought-up state (a reload's bind finished), counted when it is a
+    /// failure.
+    pub fn set_state(&mut self, state: Lifecycle) {
+        self.failures += u64::from(state.is_failure());
+        self.state = state;
+    }
+
     /// Closes the device and gives a real function back to its original
     /// driver (clean stop, or a reload that removes or replaces it). The slot
     /// is left `Removed`.
@@ -115,6 +142,8 @@ impl DeviceSlot {
                 sim: open.and_then(|o| o.backend.sim_counters()),
                 storm_seconds: self.health.storm_seconds,
                 safety_unmasks: self.health.safety_unmasks,
+                detaches: self.detaches,
+                failures: self.failures,
             },
             intx: route.map(Route::intx),
         }

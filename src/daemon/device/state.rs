@@ -101,6 +101,12 @@ impl Lifecycle {
         }
     }
 
+    /// Whether it is a state a failure leaves (`Failed`, or `Bound` when
+    /// VFIO could not open the function).
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Lifecycle::Failed { .. } | Lifecycle::Bound { .. })
+    }
+
     /// The open backend, in the states that have one.
     pub fn open(&self) -> Option<&Open> {
         match self {

@@ -173,7 +173,7 @@ impl Daemon {
     pub(in crate::daemon) fn detach_device(&mut self, di: usize, why: &str) {
         let dev = &mut self.devices[di];
         let tag = dev.tag();
-        if dev.state.detach(&tag).is_none() {
+        if dev.detach(&tag).is_none() {
             return;
         }
         log::info!("{tag}: detached ({why})");

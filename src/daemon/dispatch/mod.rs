@@ -1,9 +1,11 @@
 //! Requests: read each packet a connection sent, check it (`control::validate`),
 //! act on it and queue the reply. `attach.rs` holds attach, detach and
-//! trigger; `status.rs` the status reply and line.
+//! trigger; `status.rs` the status reply and line; `metrics.rs` the
+//! Prometheus exposition and its textfile.
 
 mod attach;
 mod lifecycle;
+mod metrics;
 mod status;
 
 use std::io;
@@ -83,6 +85,7 @@ impl Daemon {
             req @ (Request::SuspendIntx { .. }
             | Request::ResumeIntx { .. }
             | Request::Reset { .. }) => (self.lifecycle(i, req), Vec::new()),
+            Request::Metrics {} => (self.metrics_reply(), Vec::new()),
         }
     }
 

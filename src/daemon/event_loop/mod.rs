@@ -204,6 +204,10 @@ impl Daemon {
             self.sd.notifier.watchdog();
             self.update_status();
         }
+        let every = self.config.metrics.as_ref().map(|m| m.interval());
+        if self.lp.timers.textfile_due(Instant::now(), every) {
+            self.write_textfile();
+        }
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
-//! The loop's three timers, folded into the `epoll_wait` timeout: the relay
-//! scan, the health scan and the systemd watchdog ping. Pure: every method
-//! takes the time, so tests drive them with their own clock.
+//! The loop's timers, folded into the `epoll_wait` timeout: the relay
+//! scan, the health scan, the systemd watchdog ping and the metrics
+//! textfile. Pure: every method takes the time, so tests drive them with
+//! their own clock.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,10 @@ pub struct Timers {
     scan: Option<Instant>,
     ping: Option<Instant>,
     last_health: Instant,
+    /// The next metrics textfile write (`None` while there is none to do).
+    textfile: Option<Instant>,
+    /// Whether the last textfile write failed.
+    textfile_failed: bool,
 }
 
 impl Timers {
@@ -25,6 +30,9 @@ impl Timers {
             scan: None,
             ping: pings.then_some(now),
             last_health: now,
+            // Due at once: the first turn writes it, or finds it off.
+            textfile: Some(now),
+            textfile_failed: false,
         }
     }
 
@@ -38,7 +46,7 @@ impl Timers {
         cap: Option<Duration>,
     ) -> Option<Duration> {
         let health = any_route.then(|| self.last_health + HEALTH_INTERVAL);
-        [self.scan, self.ping, health]
+        [self.scan, self.ping, health, self.textfile]
             .into_iter()
             .flatten()
             .map(|due| due.saturating_duration_since(now))
@@ -91,6 +99,31 @@ impl Timers {
     }
 }
 
+impl Timers {
+    /// Whether the metrics textfile is due (`[metrics]` asks for a write
+    /// every `interval`); if so, schedules the next. Off (`None`) clears
+    /// it; turned on (a reload), it is due at once.
+    pub fn textfile_due(&mut self, now: Instant, interval: Option<Duration>) -> bool {
+        let Some(iv) = interval else {
+            self.textfile = None;
+            return false;
+        };
+        match self.textfile {
+            Some(t) if now < t => false,
+            _ => {
+                self.textfile = Some(now + iv);
+                true
+            }
+        }
+    }
+
+    /// Records whether the textfile write failed; true when that changed
+    /// (a failure starts or ends: the one time to log it).
+    pub fn textfile_failing(&mut self, failed: bool) -> bool {
+        std::mem::replace(&mut self.textfile_failed, failed) != failed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +134,7 @@ mod tests {
     fn the_wait_is_the_nearest_due_timer_or_the_cap() {
         let t0 = Instant::now();
         let mut t = Timers::new(t0, false);
+        assert!(!t.textfile_due(t0, None), "no metrics textfile");
         assert_eq!(
             t.timeout(t0, false, None),
             None,
@@ -141,6 +175,24 @@ mod tests {
         assert_eq!(t.health_due(t0 + MS * 1200), Some(MS * 1200));
         assert_eq!(t.health_due(t0 + MS * 1300), None);
         assert_eq!(t.health_due(t0 + MS * 2300), Some(MS * 1100));
+    }
+
+    #[test]
+    fn the_textfile_is_due_at_once_then_every_interval_and_never_when_off() {
+        let t0 = Instant::now();
+        let iv = Some(MS * 15_000);
+        let mut t = Timers::new(t0, false);
+        assert_eq!(t.timeout(t0, false, None), Some(Duration::ZERO));
+        assert!(!t.textfile_due(t0, None), "off");
+        assert_eq!(t.timeout(t0, false, None), None, "off: no wakeups for it");
+        assert!(t.textfile_due(t0 + MS, iv), "turned on: due at once");
+        assert!(!t.textfile_due(t0 + MS * 15_000, iv));
+        assert_eq!(t.timeout(t0 + MS, false, None), Some(MS * 15_000));
+        assert!(t.textfile_due(t0 + MS * 15_001, iv));
+        assert!(!t.textfile_failing(false), "still fine: nothing to log");
+        assert!(t.textfile_failing(true), "a failure starts");
+        assert!(!t.textfile_failing(true), "and lasts, logged once");
+        assert!(t.textfile_failing(false), "and ends");
     }
 
     #[test]
