@@ -7,7 +7,9 @@ mod open;
 mod state;
 
 pub use mode::choose_mode;
-pub use open::{log_outcome, open_bound, open_now, open_sim, Parked, SimPlace};
+pub use open::{
+    log_outcome, open_bound, open_now, open_sim, reopen_bound, Parked, Reopen, SimPlace,
+};
 pub use state::{AttachOrigin, Attachment, Holder, Lifecycle};
 
 use std::time::Duration;
