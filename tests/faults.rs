@@ -400,6 +400,35 @@ fn cleared(v: Option<String>) -> bool {
     v.is_none_or(|s| s.trim().is_empty())
 }
 
+/// A config file in `state` for `nic0` at `bdf` on the fake tree, with
+/// its socket at `socket`, then `more` devices; returns its path.
+fn nic_config(
+    kernel: &fake::FakeKernel,
+    state: &Path,
+    socket: &Path,
+    bdf: &str,
+    more: &str,
+) -> PathBuf {
+    let cfg = state.join("intxd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\nsocket = \"{}\"\n{}\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n{more}",
+            socket.display(),
+            sysfs_extra(kernel, state, 1500)
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Adds `devices` to the daemon's config and reloads it (SIGHUP).
+fn reload_with(d: &DaemonProc, devices: &str) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{text}{devices}")).unwrap();
+    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+}
+
 fn make_fifo(path: &Path) {
     let _ = std::fs::remove_file(path);
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -469,13 +498,10 @@ fn sysfs_failures_at_start_roll_back_and_the_daemon_serves_the_rest() {
     // its step, rolled back, the daemon unmoved.
     std::fs::remove_dir(sys.join("bus/pci/drivers_probe")).unwrap();
     std::fs::write(sys.join("bus/pci/drivers_probe"), "").unwrap();
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        format!("{text}[[device]]\nname = \"nothing\"\npci = \"{nothing}\"\n"),
-    )
-    .unwrap();
-    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    reload_with(
+        &d,
+        &format!("[[device]]\nname = \"nothing\"\npci = \"{nothing}\"\n"),
+    );
     assert!(wait_until(Duration::from_secs(5), || {
         d.client().status().is_ok_and(|r| matches!(&r, Reply::Status { devices, .. } if devices.iter().any(|x| x.name == "nothing")))
     }));
@@ -499,16 +525,13 @@ fn sigterm_while_a_bind_hangs_at_start_rolls_back_and_exits() {
     make_fifo(&kernel.sys_root().join("bus/pci/drivers/e1000e/unbind"));
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("intxd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[daemon]\nsocket = \"{}\"\n{}\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n[[device]]\nname = \"nic1\"\npci = \"0000:09:00.0\"\n",
-            dir.path().join("s").display(),
-            sysfs_extra(&kernel, state.path(), 1500)
-        ),
-    )
-    .unwrap();
+    let cfg = nic_config(
+        &kernel,
+        state.path(),
+        &dir.path().join("s"),
+        bdf,
+        "[[device]]\nname = \"nic1\"\npci = \"0000:09:00.0\"\n",
+    );
     let child = Command::new(intxd_bin())
         .arg("run")
         .arg("--config")
@@ -597,14 +620,10 @@ fn a_reload_whose_bind_hangs_keeps_relay_routes_served_meanwhile() {
     let relay = format!("{}mode = \"relay\"\n", sim_device("sim0", 0));
     let d = DaemonProc::start_with(&relay, &sysfs_extra(&kernel, state.path(), 3000), &[]);
     let mut att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Auto).unwrap();
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        format!("{text}[[device]]\nname = \"hangs\"\npci = \"{bdf}\"\n"),
-    )
-    .unwrap();
-
-    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    reload_with(
+        &d,
+        &format!("[[device]]\nname = \"hangs\"\npci = \"{bdf}\"\n"),
+    );
     // The bind has started: driver_override is set, the unbind blocks.
     assert!(wait_until(Duration::from_secs(5), || kernel
         .driver_override(bdf)
@@ -944,6 +963,21 @@ fn a_parked_route_whose_pci_address_changed_is_dropped_and_the_others_adopted() 
     kill9(&mut second);
 }
 
+/// A fake tree with one NIC at 0000:03:00.0 on `driver` (IOMMU group 1),
+/// and a state directory.
+fn one_nic(
+    driver: &str,
+) -> (
+    std::sync::Arc<fake::FakeKernel>,
+    &'static str,
+    tempfile::TempDir,
+) {
+    let kernel = fake::FakeKernel::new();
+    let bdf = "0000:03:00.0";
+    fake_nic(&kernel, bdf, driver, 1);
+    (kernel, bdf, tempfile::tempdir().unwrap())
+}
+
 /// A device's state as `status` lists it (`None` while it is not listed).
 fn listed_state(d: &DaemonProc, name: &str) -> Option<(String, String)> {
     match d.client().status().ok()? {
@@ -957,22 +991,10 @@ fn listed_state(d: &DaemonProc, name: &str) -> Option<(String, String)> {
 
 #[test]
 fn a_bad_socket_path_fails_the_start_before_any_function_is_touched() {
-    let kernel = fake::FakeKernel::new();
-    let bdf = "0000:03:00.0";
-    fake_nic(&kernel, bdf, "e1000e", 1);
-    let state = tempfile::tempdir().unwrap();
+    let (kernel, bdf, state) = one_nic("e1000e");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("file"), "").unwrap();
-    let cfg = dir.path().join("intxd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[daemon]\nsocket = \"{}\"\n{}\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n",
-            dir.path().join("file/s").display(),
-            sysfs_extra(&kernel, state.path(), 1500)
-        ),
-    )
-    .unwrap();
+    let cfg = nic_config(&kernel, state.path(), &dir.path().join("file/s"), bdf, "");
     let ovr = kernel
         .sys_root()
         .join("bus/pci/devices")
@@ -1011,14 +1033,13 @@ fn a_reload_checks_iommu_groups_against_the_functions_it_configures() {
         &sysfs_extra(&kernel, state.path(), 1500),
         &[],
     );
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        format!("{text}[[device]]\nname = \"a\"\npci = \"{a}\"\n[[device]]\nname = \"b\"\npci = \"{b}\"\n"),
-    )
-    .unwrap();
 
-    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    reload_with(
+        &d,
+        &format!(
+            "[[device]]\nname = \"a\"\npci = \"{a}\"\n[[device]]\nname = \"b\"\npci = \"{b}\"\n"
+        ),
+    );
 
     // `a`'s group peer `b` is configured by this reload: the group is viable
     // (`b` fails later, at the bind a plain file tree cannot do).
@@ -1033,10 +1054,7 @@ fn a_reload_checks_iommu_groups_against_the_functions_it_configures() {
 
 #[test]
 fn a_function_left_bound_is_tried_again_and_found_again_after_remove_and_rescan() {
-    let kernel = fake::FakeKernel::new();
-    let bdf = "0000:03:00.0";
-    fake_nic(&kernel, bdf, "vfio-pci", 1);
-    let state = tempfile::tempdir().unwrap();
+    let (kernel, bdf, state) = one_nic("vfio-pci");
     let d = DaemonProc::start_with(
         &format!("[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n"),
         &sysfs_extra(&kernel, state.path(), 1500),

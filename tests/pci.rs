@@ -1242,28 +1242,30 @@ fn host_in_use_checks_see_the_root_disk_and_the_default_route() {
     assert_eq!(sys.writes.load(Ordering::SeqCst), 0);
 }
 
-/// A config for one function `nic0` at `bdf`, with its state in `state`.
-fn binder_config(kernel: &FakeKernel, state: &Path, bdf: &str) -> intxd::config::Config {
+/// A fake kernel with a NIC at `bdf` on e1000e, and a config for it as
+/// `nic0` with its state in `state`.
+fn nic_for_binder(bdf: &str, state: &Path) -> (Arc<FakeKernel>, intxd::config::Config) {
+    let kernel = FakeKernel::new();
+    kernel.add_driver("vfio-pci");
+    kernel.add_function(bdf, 0x020000, Some("e1000e"), Some(4));
     let text = format!(
         "[daemon]\nsocket = \"/run/x.sock\"\nproc_root = \"{}\"\nstate_dir = \"{}\"\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n",
         kernel.proc_root().display(),
         state.display()
     );
-    intxd::config::load_str(Path::new("intxd.toml"), &text).expect("test step")
+    let cfg = intxd::config::load_str(Path::new("intxd.toml"), &text).expect("test step");
+    (kernel, cfg)
 }
 
 #[test]
 fn a_bind_whose_record_cannot_be_written_is_undone() {
-    let kernel = FakeKernel::new();
     let bdf = "0000:03:00.0";
-    kernel.add_driver("vfio-pci");
-    kernel.add_function(bdf, 0x020000, Some("e1000e"), Some(4));
     let state = tempfile::tempdir().expect("test step");
     // Where the records go is a dangling link: no record is found there,
     // and none can be written.
     std::os::unix::fs::symlink(state.path().join("gone/away"), state.path().join("bind"))
         .expect("test step");
-    let cfg = binder_config(&kernel, state.path(), bdf);
+    let (kernel, cfg) = nic_for_binder(bdf, state.path());
     let binder =
         intxd::daemon::Binder::with_sysfs(&cfg, Box::new(kernel.io(Duration::from_secs(2))));
 
@@ -1285,12 +1287,9 @@ fn a_bind_whose_record_cannot_be_written_is_undone() {
 
 #[test]
 fn a_function_the_host_took_back_gets_its_override_back_and_its_record_forgotten() {
-    let kernel = FakeKernel::new();
     let bdf = "0000:03:00.0";
-    kernel.add_driver("vfio-pci");
-    kernel.add_function(bdf, 0x020000, Some("e1000e"), Some(4));
     let state = tempfile::tempdir().expect("test step");
-    let cfg = binder_config(&kernel, state.path(), bdf);
+    let (kernel, cfg) = nic_for_binder(bdf, state.path());
     let io = kernel.io(Duration::from_secs(2));
     let binder =
         intxd::daemon::Binder::with_sysfs(&cfg, Box::new(kernel.io(Duration::from_secs(2))));
