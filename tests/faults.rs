@@ -400,6 +400,35 @@ fn cleared(v: Option<String>) -> bool {
     v.is_none_or(|s| s.trim().is_empty())
 }
 
+/// A config file in `state` for `nic0` at `bdf` on the fake tree, with
+/// its socket at `socket`, then `more` devices; returns its path.
+fn nic_config(
+    kernel: &fake::FakeKernel,
+    state: &Path,
+    socket: &Path,
+    bdf: &str,
+    more: &str,
+) -> PathBuf {
+    let cfg = state.join("intxd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\nsocket = \"{}\"\n{}\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n{more}",
+            socket.display(),
+            sysfs_extra(kernel, state, 1500)
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Adds `devices` to the daemon's config and reloads it (SIGHUP).
+fn reload_with(d: &DaemonProc, devices: &str) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{text}{devices}")).unwrap();
+    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+}
+
 fn make_fifo(path: &Path) {
     let _ = std::fs::remove_file(path);
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -469,13 +498,10 @@ fn sysfs_failures_at_start_roll_back_and_the_daemon_serves_the_rest() {
     // its step, rolled back, the daemon unmoved.
     std::fs::remove_dir(sys.join("bus/pci/drivers_probe")).unwrap();
     std::fs::write(sys.join("bus/pci/drivers_probe"), "").unwrap();
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        format!("{text}[[device]]\nname = \"nothing\"\npci = \"{nothing}\"\n"),
-    )
-    .unwrap();
-    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    reload_with(
+        &d,
+        &format!("[[device]]\nname = \"nothing\"\npci = \"{nothing}\"\n"),
+    );
     assert!(wait_until(Duration::from_secs(5), || {
         d.client().status().is_ok_and(|r| matches!(&r, Reply::Status { devices, .. } if devices.iter().any(|x| x.name == "nothing")))
     }));
@@ -499,16 +525,13 @@ fn sigterm_while_a_bind_hangs_at_start_rolls_back_and_exits() {
     make_fifo(&kernel.sys_root().join("bus/pci/drivers/e1000e/unbind"));
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("intxd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[daemon]\nsocket = \"{}\"\n{}\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n[[device]]\nname = \"nic1\"\npci = \"0000:09:00.0\"\n",
-            dir.path().join("s").display(),
-            sysfs_extra(&kernel, state.path(), 1500)
-        ),
-    )
-    .unwrap();
+    let cfg = nic_config(
+        &kernel,
+        state.path(),
+        &dir.path().join("s"),
+        bdf,
+        "[[device]]\nname = \"nic1\"\npci = \"0000:09:00.0\"\n",
+    );
     let child = Command::new(intxd_bin())
         .arg("run")
         .arg("--config")
@@ -597,14 +620,10 @@ fn a_reload_whose_bind_hangs_keeps_relay_routes_served_meanwhile() {
     let relay = format!("{}mode = \"relay\"\n", sim_device("sim0", 0));
     let d = DaemonProc::start_with(&relay, &sysfs_extra(&kernel, state.path(), 3000), &[]);
     let mut att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Auto).unwrap();
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        format!("{text}[[device]]\nname = \"hangs\"\npci = \"{bdf}\"\n"),
-    )
-    .unwrap();
-
-    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    reload_with(
+        &d,
+        &format!("[[device]]\nname = \"hangs\"\npci = \"{bdf}\"\n"),
+    );
     // The bind has started: driver_override is set, the unbind blocks.
     assert!(wait_until(Duration::from_secs(5), || kernel
         .driver_override(bdf)
@@ -644,4 +663,465 @@ fn a_reload_whose_bind_hangs_keeps_relay_routes_served_meanwhile() {
     drop(att);
     let log = d.stop();
     assert!(log.contains("reload: 1 added"), "{log}");
+}
+
+/// systemd's fd store, played by the test: a notify socket that keeps every
+/// fd parked with `FDSTORE=1` under its `FDNAME` and drops the name at
+/// `FDSTOREREMOVE=1`, and hands them all to the next daemon as systemd does
+/// (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`).
+struct FakeFdStore {
+    path: PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+    fds: std::sync::Arc<std::sync::Mutex<Vec<(String, std::os::fd::OwnedFd)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+type Parked = std::sync::Mutex<Vec<(String, std::os::fd::OwnedFd)>>;
+
+/// Reads every datagram waiting on the notify socket into `fds`.
+fn take_notifications(sock: &std::os::unix::net::UnixDatagram, fds: &Parked) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut parked = fds.lock().unwrap();
+    loop {
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 64]);
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+        let Ok(msg) = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), flags) else {
+            return;
+        };
+        let mut got = Vec::new();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: SCM_RIGHTS just gave this process these fds.
+                #[allow(unsafe_code)]
+                got.extend(
+                    raw.into_iter()
+                        .map(|r| unsafe { std::os::fd::FromRawFd::from_raw_fd(r) }),
+                );
+            }
+        }
+        let n = msg.bytes;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let name = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("FDNAME="))
+            .unwrap_or("stored")
+            .to_string();
+        if lines.contains(&"FDSTOREREMOVE=1") {
+            parked.retain(|(n, _)| *n != name);
+        } else if lines.contains(&"FDSTORE=1") {
+            parked.extend(got.into_iter().map(|fd| (name.clone(), fd)));
+        }
+    }
+}
+
+impl FakeFdStore {
+    fn new() -> FakeFdStore {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let fds = std::sync::Arc::new(Parked::default());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, f, st) = (sock.try_clone().unwrap(), fds.clone(), stop.clone());
+        // Read as the daemon writes: a full queue would block its sd_notify.
+        let reader = std::thread::spawn(move || {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut p = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut p, PollTimeout::from(50u8)).unwrap_or(0) > 0 {
+                    take_notifications(&s, &f);
+                }
+            }
+        });
+        FakeFdStore {
+            path,
+            sock,
+            fds,
+            stop,
+            reader: Some(reader),
+            _dir: dir,
+        }
+    }
+
+    /// What is parked now, once every notification sent so far is read.
+    fn names(&self) -> Vec<String> {
+        take_notifications(&self.sock, &self.fds);
+        self.fds
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// `intxd run --config` under this store, with what it holds passed as
+    /// systemd passes it; stderr is collected in the returned log.
+    fn spawn(&self, config: &Path, env: &[(&str, &str)]) -> (std::process::Child, Log) {
+        use std::os::unix::process::CommandExt;
+        take_notifications(&self.sock, &self.fds);
+        let parked = self.fds.lock().unwrap();
+        let raws: Vec<i32> = parked.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        let names: Vec<&str> = parked.iter().map(|(n, _)| n.as_str()).collect();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" run --config \"$1\""])
+            .arg(intxd_bin())
+            .arg(config)
+            .env("NOTIFY_SOCKET", &self.path)
+            .env("INTXD_TEST_HOOKS", "1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !raws.is_empty() {
+            cmd.env("LISTEN_FDS", raws.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"));
+        }
+        // SAFETY: only fcntl and dup2 between fork and exec; the fds are
+        // this process's own, moved out of the way first so that none is
+        // overwritten before it is copied to its place from 3 on.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(move || {
+                let high: Vec<i32> = raws
+                    .iter()
+                    .map(|r| libc::fcntl(*r, libc::F_DUPFD_CLOEXEC, 1000))
+                    .collect();
+                for (i, h) in high.iter().enumerate() {
+                    if *h < 0 || libc::dup2(*h, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = Log::default();
+        let (out, l) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l.0.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        (child, log)
+    }
+}
+
+impl Drop for FakeFdStore {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// A daemon's stderr as it comes.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Log {
+    fn wait_for(&self, text: &str, limit: Duration) -> String {
+        let held = wait_until(limit, || self.0.lock().unwrap().contains(text));
+        let log = self.0.lock().unwrap().clone();
+        assert!(held, "no {text:?} in the daemon's log:\n{log}");
+        log
+    }
+}
+
+/// The fake store's restart scene: a sim host, three emulated devices, and
+/// the config a daemon under the store runs.
+struct RestartScene {
+    host: SimHostProc,
+    store: FakeFdStore,
+    socket: PathBuf,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RestartScene {
+    fn new() -> RestartScene {
+        let host = SimHostProc::start();
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, config) = (
+            dir.path().join("control.sock"),
+            dir.path().join("intxd.toml"),
+        );
+        let scene = RestartScene {
+            host,
+            store: FakeFdStore::new(),
+            socket,
+            config,
+            _dir: dir,
+        };
+        scene.configure(&[0, 1, 2]);
+        scene
+    }
+
+    /// Devices sim0, sim1, … at the emulated addresses `at`.
+    fn configure(&self, at: &[u32]) {
+        let mut text = format!(
+            "[daemon]\nsocket = \"{}\"\nsim_host = \"{}\"\n",
+            self.socket.display(),
+            self.host.socket.display()
+        );
+        for (i, n) in at.iter().enumerate() {
+            text +=
+                &format!("[[device]]\nname = \"sim{i}\"\npci = \"sim:{n}\"\nmode = \"relay\"\n");
+        }
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn start(&self, env: &[(&str, &str)]) -> (std::process::Child, Log) {
+        let (child, log) = self.store.spawn(&self.config, env);
+        log.wait_for("ready:", Duration::from_secs(30));
+        (child, log)
+    }
+
+    fn state(&self, device: &str) -> intxd::control::proto::DeviceStatus {
+        let mut c = Client::connect(&self.socket).unwrap();
+        c.hello("restart-test").unwrap();
+        match c.status().unwrap() {
+            Reply::Status { devices, .. } => {
+                devices.into_iter().find(|d| d.name == device).unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn kill9(child: &mut std::process::Child) {
+    signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+}
+
+/// A relay route's guest, served through `n` cycles.
+fn cycles(att: &mut intxd::control::client::Attachment, n: u64) -> u64 {
+    let ack = owned_into_eventfd(att.device_fds[0].try_clone().unwrap());
+    let doorbell = owned_into_eventfd(att.device_fds[1].try_clone().unwrap());
+    serve_guest(&att.irq, &ack, &att.resample, &doorbell, n)
+}
+
+#[test]
+fn a_daemon_killed_inside_a_state_record_write_leaves_every_route_to_the_next() {
+    let scene = RestartScene::new();
+    let (mut first, log) = scene.start(&[("INTXD_TEST_RECORD_PAUSE", "3")]);
+    let mut a0 = attach_user_irqchip(&scene.socket, "sim0", ModeRequest::Relay).unwrap();
+    let mut a1 = attach_user_irqchip(&scene.socket, "sim1", ModeRequest::Relay).unwrap();
+    assert_eq!((cycles(&mut a0, 20), cycles(&mut a1, 20)), (20, 20));
+    // The third attach's record write stops halfway (the hook): kill there.
+    let sock = scene.socket.clone();
+    let third = std::thread::spawn(move || attach_user_irqchip(&sock, "sim2", ModeRequest::Relay));
+    log.wait_for(
+        "test hook: the state record write stops halfway",
+        Duration::from_secs(20),
+    );
+    kill9(&mut first);
+    assert!(
+        third.join().unwrap().is_err(),
+        "the daemon died before it answered"
+    );
+    assert!(scene.store.names().iter().any(|n| n == "state"));
+
+    let (mut second, log) = scene.start(&[]);
+    let log = log.wait_for("restart: took back", Duration::from_secs(5));
+    assert!(log.contains("and 2 route(s) from the fd store"), "{log}");
+    for (name, att) in [("sim0", &mut a0), ("sim1", &mut a1)] {
+        let st = scene.state(name);
+        assert_eq!(st.state, "attached", "{name}: {st:?}");
+        assert_eq!(st.owner.unwrap().pid, std::process::id(), "{name}");
+        assert_eq!(cycles(att, 20), 20, "{name} delivers after the restart");
+    }
+    assert!(!log.contains("cannot be read"), "{log}");
+    kill9(&mut second);
+}
+
+#[test]
+fn a_parked_route_whose_pci_address_changed_is_dropped_and_the_others_adopted() {
+    let scene = RestartScene::new();
+    let (mut first, _) = scene.start(&[]);
+    let mut a0 = attach_user_irqchip(&scene.socket, "sim0", ModeRequest::Relay).unwrap();
+    let _a1 = attach_user_irqchip(&scene.socket, "sim1", ModeRequest::Relay).unwrap();
+    kill9(&mut first);
+    // sim1 now names another function.
+    scene.configure(&[0, 3, 2]);
+    let (mut second, log) = scene.start(&[]);
+    let log = log.wait_for("restart: took back", Duration::from_secs(5));
+    assert!(
+        log.contains("sim1 sim:3: restart: the parked route was for PCI address sim:1, but sim1 is now configured at sim:3; the route is dropped"),
+        "{log}"
+    );
+    assert!(log.contains("and 1 route(s) from the fd store"), "{log}");
+    assert_eq!(scene.state("sim0").state, "attached");
+    assert_eq!(cycles(&mut a0, 20), 20);
+    let moved = scene.state("sim1");
+    assert!(moved.owner.is_none(), "{moved:?}");
+    assert_eq!(moved.state, "opened", "the new address opened afresh");
+    kill9(&mut second);
+}
+
+/// A fake tree with one NIC at 0000:03:00.0 on `driver` (IOMMU group 1),
+/// and a state directory.
+fn one_nic(
+    driver: &str,
+) -> (
+    std::sync::Arc<fake::FakeKernel>,
+    &'static str,
+    tempfile::TempDir,
+) {
+    let kernel = fake::FakeKernel::new();
+    let bdf = "0000:03:00.0";
+    fake_nic(&kernel, bdf, driver, 1);
+    (kernel, bdf, tempfile::tempdir().unwrap())
+}
+
+/// A device's state as `status` lists it (`None` while it is not listed).
+fn listed_state(d: &DaemonProc, name: &str) -> Option<(String, String)> {
+    match d.client().status().ok()? {
+        Reply::Status { devices, .. } => devices
+            .into_iter()
+            .find(|x| x.name == name)
+            .map(|x| (x.state.to_string(), x.failure.unwrap_or_default())),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_bad_socket_path_fails_the_start_before_any_function_is_touched() {
+    let (kernel, bdf, state) = one_nic("e1000e");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    let cfg = nic_config(&kernel, state.path(), &dir.path().join("file/s"), bdf, "");
+    let ovr = kernel
+        .sys_root()
+        .join("bus/pci/devices")
+        .join(bdf)
+        .join("driver_override");
+    let before = std::fs::read(&ovr).unwrap();
+
+    let out = Command::new(intxd_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("file/s"), "the error names the socket: {log}");
+    assert!(!log.contains("nic0"), "no function was touched: {log}");
+    assert_eq!(
+        std::fs::read(&ovr).unwrap(),
+        before,
+        "driver_override untouched"
+    );
+    assert_eq!(kernel.driver(bdf).as_deref(), Some("e1000e"));
+    assert!(!state.path().join("bind").exists(), "no bind record");
+}
+
+#[test]
+fn a_reload_checks_iommu_groups_against_the_functions_it_configures() {
+    let kernel = fake::FakeKernel::new();
+    let (a, b) = ("0000:03:00.0", "0000:03:00.1");
+    fake_nic(&kernel, a, "vfio-pci", 5);
+    fake_nic(&kernel, b, "e1000e", 5);
+    let state = tempfile::tempdir().unwrap();
+    let d = DaemonProc::start_with(
+        &sim_device("sim0", 0),
+        &sysfs_extra(&kernel, state.path(), 1500),
+        &[],
+    );
+
+    reload_with(
+        &d,
+        &format!(
+            "[[device]]\nname = \"a\"\npci = \"{a}\"\n[[device]]\nname = \"b\"\npci = \"{b}\"\n"
+        ),
+    );
+
+    // `a`'s group peer `b` is configured by this reload: the group is viable
+    // (`b` fails later, at the bind a plain file tree cannot do).
+    assert!(wait_until(Duration::from_secs(10), || {
+        listed_state(&d, "a").is_some() && listed_state(&d, "b").is_some()
+    }));
+    let (state_a, why) = listed_state(&d, "a").unwrap();
+    assert_eq!(state_a, "bound", "{why}");
+    let (_, why_b) = listed_state(&d, "b").unwrap();
+    assert!(!why_b.contains("IOMMU group"), "{why_b}");
+}
+
+#[test]
+fn a_function_left_bound_is_tried_again_and_found_again_after_remove_and_rescan() {
+    let (kernel, bdf, state) = one_nic("vfio-pci");
+    let d = DaemonProc::start_with(
+        &format!("[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n"),
+        &sysfs_extra(&kernel, state.path(), 1500),
+        &[],
+    );
+    // VFIO cannot open it here: it stays `bound`, and is tried again.
+    assert_eq!(listed_state(&d, "nic0").unwrap().0, "bound");
+    let refused = attach_user_irqchip(&d.socket, "nic0", ModeRequest::Auto)
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::DeviceError));
+    assert!(
+        refused
+            .to_string()
+            .contains("open tried 2 times, the last at attach"),
+        "{refused}"
+    );
+    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || listed_state(&d, "nic0")
+            .is_some_and(
+                |(_, why)| why.contains("open tried 3 times, the last at reload")
+            )),
+        "{:?}",
+        listed_state(&d, "nic0")
+    );
+
+    // The host removes it.
+    let sys = kernel.sys_root();
+    let node = std::fs::canonicalize(sys.join("bus/pci/devices").join(bdf)).unwrap();
+    std::fs::remove_dir_all(node).unwrap();
+    for link in [
+        format!("bus/pci/devices/{bdf}"),
+        format!("bus/pci/drivers/vfio-pci/{bdf}"),
+        format!("kernel/iommu_groups/1/devices/{bdf}"),
+    ] {
+        std::fs::remove_file(sys.join(link)).unwrap();
+    }
+    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || listed_state(&d, "nic0")
+            .is_some_and(
+                |(st, why)| st == "failed" && why.contains("the host took it back")
+            )),
+        "{:?}",
+        listed_state(&d, "nic0")
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !state
+            .path()
+            .join("bind/nic0.json")
+            .exists()),
+        "its bind record is forgotten"
+    );
+
+    // A rescan brings it back: the next reload finds it again.
+    kernel.add_function(bdf, 0x020000, Some("vfio-pci"), Some(1));
+    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || listed_state(&d, "nic0")
+            .is_some_and(|(st, _)| st == "bound")),
+        "{:?}",
+        listed_state(&d, "nic0")
+    );
+    let log = d.stop();
+    assert!(
+        log.contains("nic0 0000:03:00.0: found again at reload"),
+        "{log}"
+    );
 }

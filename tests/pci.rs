@@ -1241,3 +1241,88 @@ fn host_in_use_checks_see_the_root_disk_and_the_default_route() {
     eprintln!("{checked} host uses checked");
     assert_eq!(sys.writes.load(Ordering::SeqCst), 0);
 }
+
+/// A fake kernel with a NIC at `bdf` on e1000e, and a config for it as
+/// `nic0` with its state in `state`.
+fn nic_for_binder(bdf: &str, state: &Path) -> (Arc<FakeKernel>, intxd::config::Config) {
+    let kernel = FakeKernel::new();
+    kernel.add_driver("vfio-pci");
+    kernel.add_function(bdf, 0x020000, Some("e1000e"), Some(4));
+    let text = format!(
+        "[daemon]\nsocket = \"/run/x.sock\"\nproc_root = \"{}\"\nstate_dir = \"{}\"\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n",
+        kernel.proc_root().display(),
+        state.display()
+    );
+    let cfg = intxd::config::load_str(Path::new("intxd.toml"), &text).expect("test step");
+    (kernel, cfg)
+}
+
+#[test]
+fn a_bind_whose_record_cannot_be_written_is_undone() {
+    let bdf = "0000:03:00.0";
+    let state = tempfile::tempdir().expect("test step");
+    // Where the records go is a dangling link: no record is found there,
+    // and none can be written.
+    std::os::unix::fs::symlink(state.path().join("gone/away"), state.path().join("bind"))
+        .expect("test step");
+    let (kernel, cfg) = nic_for_binder(bdf, state.path());
+    let binder =
+        intxd::daemon::Binder::with_sysfs(&cfg, Box::new(kernel.io(Duration::from_secs(2))));
+
+    let err = binder.bind(&cfg.devices[0]).expect_err("the bind fails");
+
+    assert!(
+        matches!(err, intxd::daemon::BinderError::RecordUnsaved { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("nic0: could not write the bind record")
+            && text.contains("so the bind was undone (given back to e1000e)"),
+        "{text}"
+    );
+    assert_eq!(kernel.driver(bdf).as_deref(), Some("e1000e"));
+    assert_eq!(kernel.driver_override(bdf), None);
+}
+
+#[test]
+fn a_function_the_host_took_back_gets_its_override_back_and_its_record_forgotten() {
+    let bdf = "0000:03:00.0";
+    let state = tempfile::tempdir().expect("test step");
+    let (kernel, cfg) = nic_for_binder(bdf, state.path());
+    let io = kernel.io(Duration::from_secs(2));
+    let binder =
+        intxd::daemon::Binder::with_sysfs(&cfg, Box::new(kernel.io(Duration::from_secs(2))));
+    let rec = binder.bind(&cfg.devices[0]).expect("test step");
+    assert_eq!(kernel.driver(bdf).as_deref(), Some("vfio-pci"));
+    // The host unbinds it from vfio-pci; with the override still set, its
+    // own driver cannot have it.
+    io.write(Path::new("bus/pci/drivers/vfio-pci/unbind"), bdf.as_bytes())
+        .expect("test step");
+    io.write(Path::new(pci::DRIVERS_PROBE), bdf.as_bytes())
+        .expect("test step");
+    assert_eq!(
+        kernel.driver(bdf).as_deref(),
+        Some("vfio-pci"),
+        "the override wins"
+    );
+    io.write(Path::new("bus/pci/drivers/vfio-pci/unbind"), bdf.as_bytes())
+        .expect("test step");
+
+    binder.given_back(&rec).expect("test step");
+
+    assert_eq!(kernel.driver_override(bdf), None);
+    assert!(
+        binder.record("nic0").expect("test step").is_none(),
+        "record forgotten"
+    );
+    io.write(Path::new(pci::DRIVERS_PROBE), bdf.as_bytes())
+        .expect("test step");
+    assert_eq!(kernel.driver(bdf).as_deref(), Some("e1000e"));
+    // A removed function has nothing to put back.
+    let gone = BindRecord {
+        addr: "0000:07:00.0".parse().expect("test step"),
+        ..rec
+    };
+    binder.given_back(&gone).expect("test step");
+}

@@ -209,10 +209,16 @@ impl Daemon {
             self.send_event(i, &ev);
         }
         self.detach_device(i, "the device is going away");
-        let gone = self.devices[i].go_away(format!("{tag}: the device went away"));
+        let (gone, record) = self.devices[i].go_away(format!(
+            "{tag}: the device went away; an attach or `systemctl reload intxd` looks for it again"
+        ));
         if let Some(r) = gone.as_ref().and_then(|o| o.request.as_ref()) {
             self.lp.unwatch(r);
         }
+        // Closing VFIO's fds lets the host's unbind finish; then the function
+        // is the host's: its driver_override must not keep its own driver out.
+        drop(gone);
+        self.hand_back(record);
     }
 }
 

@@ -8,9 +8,12 @@
 //! systemd) is sent when the last job is back.
 
 use super::binder::{Done, Job};
-use super::device::{log_outcome, open_bound, open_sim, DeviceSlot, Lifecycle, SimPlace};
+use super::device::{
+    log_outcome, open_bound, open_sim, reopen_bound, DeviceSlot, Lifecycle, Reopen, SimPlace,
+};
 use super::Daemon;
 use crate::config::{DeviceConfig, PciAddr};
+use crate::pci::BindRecord;
 use crate::util::error::chain;
 
 fn same(a: &DeviceConfig, b: &DeviceConfig) -> bool {
@@ -41,6 +44,7 @@ impl Daemon {
             return;
         }
         self.sd.notifier.reloading();
+        self.retry_devices(None, "reload");
         let new = match crate::config::load(&path) {
             Ok(c) => c,
             Err(e) => {
@@ -56,6 +60,16 @@ impl Daemon {
                 return;
             }
         }
+        // The group checks of this reload's binds see the functions it
+        // configures (and those attached, which stay), not the start's.
+        let mut peers = new.devices.clone();
+        peers.extend(
+            self.devices
+                .iter()
+                .filter(|d| d.holder().is_some())
+                .map(|d| d.cfg.clone()),
+        );
+        self.binder.binder().set_peers(&peers);
         if new.daemon != self.config.daemon {
             log::warn!("reload: changes to the [daemon] section take effect at the next restart");
         }
@@ -90,6 +104,7 @@ impl Daemon {
                             slot: None,
                             release: Some(cfg),
                             bind: None,
+                            given_back: None,
                         });
                         self.apply(done);
                     }
@@ -150,6 +165,59 @@ impl Daemon {
         }
     }
 
+    /// Tries again the devices (all, or `only`) that a former attempt left
+    /// unusable for a reason that may have passed, at `when` (an attach, a
+    /// reload): a function left `Bound` is opened again; a device that went
+    /// away is looked for again (brought up anew once sysfs shows it).
+    pub(super) fn retry_devices(&mut self, only: Option<usize>, when: &str) {
+        for i in 0..self.devices.len() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let dev = &mut self.devices[i];
+            let was_gone = dev.state.gone();
+            let sys = self.binder.binder().sysfs();
+            match reopen_bound(&dev.cfg, &mut dev.state, sys, when) {
+                Reopen::Opened => {
+                    self.watch_request(i);
+                    self.update_status();
+                    continue;
+                }
+                Reopen::Gone(record) => {
+                    self.hand_back(Some(record));
+                    self.update_status();
+                    continue;
+                }
+                Reopen::NotBound | Reopen::StillBound => {}
+            }
+            // A function (not an emulated device: the sim host has no
+            // rescan) that sysfs shows again is brought up anew.
+            let back = was_gone
+                && matches!(dev.cfg.pci, PciAddr::Bdf { .. })
+                && crate::pci::identify(sys, &dev.cfg.name, dev.cfg.pci).is_ok();
+            if back {
+                log::info!("{}: found again at {when}; bringing it up", dev.tag());
+                dev.state = Lifecycle::Binding;
+                self.bring_up(i, None);
+            }
+        }
+    }
+
+    /// The host took a function back: its `driver_override` is put back and
+    /// its bind record forgotten, on the binder's worker (sysfs may block).
+    pub(super) fn hand_back(&mut self, record: Option<BindRecord>) {
+        let Some(rec) = record else {
+            return;
+        };
+        let done = self.binder.submit(Job {
+            slot: None,
+            release: None,
+            bind: None,
+            given_back: Some(rec),
+        });
+        self.apply(done);
+    }
+
     /// Brings slot `i` (in `Binding`, with its new config) up: an emulated
     /// device at once, unless a function must be given back first; a real
     /// function through the worker.
@@ -164,6 +232,7 @@ impl Daemon {
             slot: Some(i),
             release,
             bind,
+            given_back: None,
         };
         let done = self.binder.submit(job);
         self.apply(done);

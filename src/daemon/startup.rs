@@ -31,39 +31,9 @@ impl Daemon {
             true => Some(Signals::new(opts.test_hooks)?),
             false => None,
         };
-        let binder = Binder::new(&config);
-        let at = SimPlace {
-            host: &sim,
-            remote: config.daemon.sim_host.as_deref(),
-        };
-        let mut devices: Vec<DeviceSlot> = Vec::new();
-        for d in &config.devices {
-            // SIGTERM while binding at start-up: stop, and give back what is
-            // bound so far (a bind in progress finishes or times out and
-            // rolls back first).
-            if signals.as_mut().is_some_and(Signals::stop_requested) {
-                log::warn!(
-                    "stop requested during start-up; releasing the {} device(s) bound so far",
-                    devices.len()
-                );
-                for done in &mut devices {
-                    done.release(&binder);
-                }
-                return Err(DaemonError::Interrupted);
-            }
-            // A device whose route outlived the last daemon comes back
-            // through the fd that kept it open, never by a new open.
-            let parked = record
-                .as_ref()
-                .filter(|(_, r)| r.routes.iter().any(|x| x.device == d.name))
-                .and_then(|_| inherited.take(&route_fd_name(&d.name, ParkedFd::Device)))
-                .map(|dev| Parked {
-                    dev,
-                    container: inherited.take(&route_fd_name(&d.name, ParkedFd::Container)),
-                });
-            let state = open_now(d, at, &binder, parked);
-            devices.push(DeviceSlot::new(d.clone(), state));
-        }
+        // Everything that can fail without touching a device comes first
+        // (the control socket above all): a start that fails leaves every
+        // function as it found it.
         let accept = match inherited.take("control") {
             Some(fd) => Acceptor::new(
                 listener::adopt_listener(fd)
@@ -81,8 +51,47 @@ impl Daemon {
             lp.watch(sfd, Tok::Signal, Interest::READABLE)
                 .map_err(loop_err("watch the signalfd"))?;
         }
-        let binder = BindWorker::start(binder, lp.waker())
+        let binder = BindWorker::start(Binder::new(&config), lp.waker())
             .map_err(loop_err("start the binder's worker thread"))?;
+        let at = SimPlace {
+            host: &sim,
+            remote: config.daemon.sim_host.as_deref(),
+        };
+        let mut devices: Vec<DeviceSlot> = Vec::new();
+        // Which devices this start bound (an earlier run's stay as they are).
+        let mut fresh: Vec<bool> = Vec::new();
+        for d in &config.devices {
+            // SIGTERM while binding at start-up: stop, and give back what is
+            // bound so far (a bind in progress finishes or times out and
+            // rolls back first).
+            if signals.as_mut().is_some_and(Signals::stop_requested) {
+                log::warn!(
+                    "stop requested during start-up; releasing the {} device(s) bound so far",
+                    fresh.iter().filter(|f| **f).count()
+                );
+                for (done, _) in devices.iter_mut().zip(&fresh).filter(|(_, f)| **f) {
+                    done.release(binder.binder());
+                }
+                return Err(DaemonError::Interrupted);
+            }
+            // A device whose route outlived the last daemon comes back
+            // through the fd that kept it open, never by a new open; not
+            // when the name now stands for another address (`adopt_route`
+            // drops that route and says so).
+            let pci = d.pci.to_string();
+            let parked = record
+                .as_ref()
+                .filter(|(_, r)| r.routes.iter().any(|x| x.device == d.name && x.pci == pci))
+                .and_then(|_| inherited.take(&route_fd_name(&d.name, ParkedFd::Device)))
+                .map(|dev| Parked {
+                    dev,
+                    container: inherited.take(&route_fd_name(&d.name, ParkedFd::Container)),
+                });
+            let earlier = binder.binder().record(&d.name).ok().flatten().is_some();
+            let state = open_now(d, at, binder.binder(), parked);
+            fresh.push(!earlier);
+            devices.push(DeviceSlot::new(d.clone(), state));
+        }
         let mut d = Daemon {
             lp,
             signals,

@@ -159,6 +159,15 @@ fn bind_steps(
     }
 }
 
+/// The `driver_override` to put back: the recorded one, or cleared (an
+/// override naming vfio-pci would bind vfio-pci again on the next probe).
+fn override_before(record: &BindRecord) -> String {
+    match record.original_override.as_deref() {
+        Some(o) if o != VFIO_PCI => o.to_string(),
+        _ => "\n".to_string(),
+    }
+}
+
 /// Gives the function back to `record.original_driver`: restore
 /// `driver_override`, unbind whatever other driver is bound (normally
 /// vfio-pci), reprobe (only when there was an original driver) and verify.
@@ -166,11 +175,7 @@ fn bind_steps(
 fn restore(sys: &dyn SysfsIo, t: &Target, record: &BindRecord) -> Result<(), (ReleaseStep, Cause)> {
     let step = |s: ReleaseStep| move |e: std::io::Error| (s, Cause::Io(e));
     let original = record.original_driver.driver();
-    // An override naming vfio-pci would bind vfio-pci again on the reprobe.
-    let value = match record.original_override.as_deref() {
-        Some(o) if o != VFIO_PCI => o.to_string(),
-        _ => "\n".to_string(),
-    };
+    let value = override_before(record);
     sys.write(&t.path("driver_override"), value.as_bytes())
         .map_err(step(ReleaseStep::RestoreOverride))?;
     let now = current_driver(sys, &t.bdf).map_err(step(ReleaseStep::ReadDriver))?;
@@ -228,6 +233,29 @@ pub fn release(sys: &dyn SysfsIo, record: &BindRecord) -> Result<(), PciError> {
             addr: t.addr,
             step,
             source,
+        }),
+    }
+}
+
+/// The host took a function bound by [`bind`] back (an unbind from
+/// vfio-pci, or a remove): put `driver_override` back as the record had it,
+/// so that the original driver (or the next rescan's probe) can bind it. A
+/// removed function, whose sysfs node is gone, has nothing to put back.
+/// Binds and unbinds nothing.
+pub fn give_up(sys: &dyn SysfsIo, record: &BindRecord) -> Result<(), PciError> {
+    if !record.changed() {
+        return Ok(());
+    }
+    let t = Target::new(&record.device, record.addr)?;
+    let value = override_before(record);
+    match sys.write(&t.path("driver_override"), value.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PciError::Release {
+            device: t.name,
+            addr: t.addr,
+            step: ReleaseStep::RestoreOverride,
+            source: Cause::Io(e),
         }),
     }
 }

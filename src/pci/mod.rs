@@ -25,7 +25,7 @@ mod inuse;
 mod io;
 mod record;
 
-pub use bind::{bind, check_bindable, release, BindOptions, DRIVERS_PROBE};
+pub use bind::{bind, check_bindable, give_up, release, BindOptions, DRIVERS_PROBE};
 pub use error::{chain, BindStep, Cause, PciError, ReleaseStep, Rollback, IOMMU_FIX};
 pub use group::{check_group, group_devices_dir, Offender, VFIO_FRIENDLY_DRIVERS};
 pub use identify::{enumerate, identify, is_bridge_class, FunctionInfo, IntxPin, DEVICES_DIR};

@@ -24,10 +24,12 @@ mod worker;
 pub use worker::{BindWorker, Done, Job};
 
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::config::{Config, DeviceConfig, PciAddr};
 use crate::pci::{self, BindOptions, BindRecord, DirIo, PciError, RealSysfs, SysfsIo};
+use crate::util::error::chain;
 
 /// Errors of binding and release.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,21 @@ pub enum BinderError {
         #[source]
         source: std::io::Error,
     },
+    /// The record of a bind could not be written, so the bind was undone:
+    /// a function on vfio-pci whose original driver is written nowhere
+    /// would stay there.
+    #[error("{device}: could not write the bind record {}, so the bind was undone ({rollback}); make the state directory writable", .path.display())]
+    RecordUnsaved {
+        /// Device name.
+        device: String,
+        /// The record's path.
+        path: PathBuf,
+        /// What undoing the bind gave.
+        rollback: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Not a real PCI function.
     #[error("{0}: an emulated device is not bound to any driver")]
     NotReal(String),
@@ -56,29 +73,46 @@ pub enum BinderError {
 
 /// Binds and releases real functions for one config.
 pub struct Binder {
-    sys: RealSysfs,
+    sys: Box<dyn SysfsIo>,
     proc: DirIo,
     state_dir: PathBuf,
-    peers: Vec<PciAddr>,
+    peers: Mutex<Vec<PciAddr>>,
+}
+
+/// The configured real functions: the peers a group check lets through.
+fn real_addrs(devices: &[DeviceConfig]) -> Vec<PciAddr> {
+    devices
+        .iter()
+        .map(|d| d.pci)
+        .filter(|a| matches!(a, PciAddr::Bdf { .. }))
+        .collect()
 }
 
 impl Binder {
     /// A binder for `config`'s sysfs root, proc root and state directory.
     pub fn new(config: &Config) -> Binder {
+        let sys = RealSysfs::real_with_timeout(
+            &config.daemon.sysfs_root,
+            Duration::from_millis(config.daemon.sysfs_timeout_ms),
+        );
+        Self::with_sysfs(config, Box::new(sys))
+    }
+
+    /// A binder on another sysfs (a test's fake kernel), with `config`'s
+    /// proc root and state directory.
+    pub fn with_sysfs(config: &Config, sys: Box<dyn SysfsIo>) -> Binder {
         Binder {
-            sys: RealSysfs::real_with_timeout(
-                &config.daemon.sysfs_root,
-                Duration::from_millis(config.daemon.sysfs_timeout_ms),
-            ),
+            sys,
             proc: DirIo::new(&config.daemon.proc_root),
             state_dir: config.daemon.state_dir.clone(),
-            peers: config
-                .devices
-                .iter()
-                .map(|d| d.pci)
-                .filter(|a| matches!(a, PciAddr::Bdf { .. }))
-                .collect(),
+            peers: Mutex::new(real_addrs(&config.devices)),
         }
+    }
+
+    /// Takes the configured functions from `devices` (a reload), so that
+    /// each group check sees the config it binds for, not the one at start.
+    pub fn set_peers(&self, devices: &[DeviceConfig]) {
+        *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = real_addrs(devices);
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
@@ -113,7 +147,7 @@ impl Binder {
             return Err(BinderError::NotReal(dev.name.clone()));
         }
         if let Some(rec) = self.record(&dev.name)? {
-            let info = pci::identify(&self.sys, &dev.name, dev.pci)?;
+            let info = pci::identify(&*self.sys, &dev.name, dev.pci)?;
             if rec.addr == dev.pci && info.driver.as_deref() == Some(pci::VFIO_PCI) {
                 log::info!(
                     "{} {}: still bound to vfio-pci from an earlier run",
@@ -127,29 +161,66 @@ impl Binder {
             force: dev.force,
             group_peers: self
                 .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter()
                 .copied()
                 .filter(|a| *a != dev.pci)
                 .collect(),
         };
-        let rec = pci::bind(&self.sys, &self.proc, &dev.name, dev.pci, &opts)?;
-        self.save(&rec)?;
+        let rec = pci::bind(&*self.sys, &self.proc, &dev.name, dev.pci, &opts)?;
+        if let Err(source) = self.save(&rec) {
+            let rollback = match pci::release(&*self.sys, &rec) {
+                Ok(()) => format!(
+                    "given back to {}",
+                    rec.original_driver.driver().unwrap_or("no driver")
+                ),
+                Err(e) => format!("giving it back failed too: {}", chain(&e)),
+            };
+            return Err(BinderError::RecordUnsaved {
+                device: dev.name.clone(),
+                path: self.record_path(&dev.name),
+                rollback,
+                source,
+            });
+        }
         Ok(rec)
     }
 
-    fn save(&self, rec: &BindRecord) -> Result<(), BinderError> {
+    /// Writes the record.
+    fn save(&self, rec: &BindRecord) -> std::io::Result<()> {
         let path = self.record_path(&rec.device);
-        let err = |source| BinderError::Record {
-            device: rec.device.clone(),
-            what: "write",
-            path: path.clone(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.state_dir))?;
+        let text = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
+        std::fs::write(&path, text)
+    }
+
+    /// The host took `rec`'s function back (unbind or remove): its
+    /// `driver_override` is put back and its record forgotten, so that its
+    /// original driver can bind it, and a rescan finds it as the host had it.
+    pub fn given_back(&self, rec: &BindRecord) -> Result<(), BinderError> {
+        pci::give_up(&*self.sys, rec)?;
+        log::info!(
+            "{} {}: the host took it back; driver_override put back and the bind record forgotten",
+            rec.device,
+            rec.addr
+        );
+        self.forget(&rec.device)
+    }
+
+    /// Forgets `name`'s record (the function is no longer on vfio-pci).
+    pub fn forget(&self, name: &str) -> Result<(), BinderError> {
+        let path = self.record_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(BinderError::Record {
+                device: name.to_string(),
+                what: "remove",
+                path,
+                source,
+            }),
         }
-        let text = serde_json::to_vec_pretty(rec).map_err(|e| err(std::io::Error::other(e)))?;
-        std::fs::write(&path, text).map_err(err)
     }
 
     /// Gives `dev` back to its original driver and forgets the record.
@@ -160,7 +231,7 @@ impl Binder {
         let rec = match self.record(&dev.name)? {
             Some(r) => r,
             None => {
-                let info = pci::identify(&self.sys, &dev.name, dev.pci)?;
+                let info = pci::identify(&*self.sys, &dev.name, dev.pci)?;
                 if info.driver.as_deref() != Some(pci::VFIO_PCI) {
                     log::info!(
                         "{} {}: not on vfio-pci ({}); nothing to release",
@@ -176,14 +247,14 @@ impl Binder {
                     original_driver: pci::OriginalDriver::None,
                     original_override: None,
                 };
-                return match pci::release(&self.sys, &rec) {
+                return match pci::release(&*self.sys, &rec) {
                     Ok(()) => Ok(()),
                     // The record said "no driver", but the kernel found one
                     // at reprobe: that is what a release without a record is for.
                     Err(PciError::Release {
                         step: pci::ReleaseStep::Verify { .. },
                         ..
-                    }) if pci::identify(&self.sys, &dev.name, dev.pci)?
+                    }) if pci::identify(&*self.sys, &dev.name, dev.pci)?
                         .driver
                         .is_some_and(|d| d != pci::VFIO_PCI) =>
                     {
@@ -193,25 +264,12 @@ impl Binder {
                 };
             }
         };
-        pci::release(&self.sys, &rec)?;
-        let path = self.record_path(&dev.name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(BinderError::Record {
-                    device: dev.name.clone(),
-                    what: "remove",
-                    path,
-                    source,
-                })
-            }
-        }
-        Ok(())
+        pci::release(&*self.sys, &rec)?;
+        self.forget(&dev.name)
     }
 
     /// The sysfs access, for identify.
     pub fn sysfs(&self) -> &dyn SysfsIo {
-        &self.sys
+        &*self.sys
     }
 }

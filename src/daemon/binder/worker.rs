@@ -23,6 +23,9 @@ pub struct Job {
     pub release: Option<DeviceConfig>,
     /// Then bind this one to vfio-pci.
     pub bind: Option<DeviceConfig>,
+    /// First of all: the host took this function back; put its
+    /// `driver_override` back and forget its record.
+    pub given_back: Option<BindRecord>,
 }
 
 /// What a job did.
@@ -118,6 +121,11 @@ impl BindWorker {
 
 /// Does one job's sysfs work.
 fn run(binder: &Binder, job: Job) -> Done {
+    if let Some(rec) = &job.given_back {
+        if let Err(e) = binder.given_back(rec) {
+            log::error!("{}", chain(&e));
+        }
+    }
     if let Some(cfg) = &job.release {
         if let Err(e) = binder.release(cfg) {
             log::error!("{}", chain(&e));

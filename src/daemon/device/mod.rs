@@ -7,7 +7,9 @@ mod open;
 mod state;
 
 pub use mode::choose_mode;
-pub use open::{log_outcome, open_bound, open_now, open_sim, Parked, SimPlace};
+pub use open::{
+    log_outcome, open_bound, open_now, open_sim, reopen_bound, Parked, Reopen, SimPlace,
+};
 pub use state::{AttachOrigin, Attachment, Holder, Lifecycle, Open};
 
 use std::time::Duration;
@@ -17,6 +19,7 @@ use super::events::EventLimiter;
 use super::health::Health;
 use crate::config::DeviceConfig;
 use crate::control::proto::{DeviceCounters, DeviceState, DeviceStatus};
+use crate::pci::BindRecord;
 use crate::route::Route;
 use crate::util::error::chain;
 
@@ -100,7 +103,7 @@ impl DeviceSlot {
     }
 
     /// The device went away ([`Lifecycle::go_away`]), counted.
-    pub fn go_away(&mut self, error: String) -> Option<Open> {
+    pub fn go_away(&mut self, error: String) -> (Option<Open>, Option<BindRecord>) {
         self.failures += 1;
         self.state.go_away(error)
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::state::{Lifecycle, Open};
 use crate::config::{DeviceConfig, PciAddr};
 use crate::daemon::binder::{Binder, BinderError};
-use crate::pci::BindRecord;
+use crate::pci::{BindRecord, SysfsIo};
 use crate::sim::remote::RemoteSim;
 use crate::sim::SimHost;
 use crate::util::error::chain;
@@ -35,7 +35,11 @@ pub struct SimPlace<'a> {
 /// daemon left in the fd store, if there is one).
 pub fn open_sim(cfg: &DeviceConfig, n: u32, at: SimPlace<'_>, parked: Option<Parked>) -> Lifecycle {
     let opened = |b: Box<dyn IntxDevice>| Lifecycle::Opened(with_request(cfg, b, None));
-    let failed = |error| Lifecycle::Failed { error, bound: None };
+    let failed = |error| Lifecycle::Failed {
+        error,
+        bound: None,
+        gone: false,
+    };
     match (at.remote, parked) {
         (Some(_), Some(Parked { dev, .. })) => opened(Box::new(RemoteSim::adopt(dev, &cfg.name, n))),
         (Some(path), None) => match RemoteSim::open(path, &cfg.name, n, cfg.sim) {
@@ -69,6 +73,7 @@ pub fn open_bound(
             return Lifecycle::Failed {
                 error: chain(&e),
                 bound: None,
+                gone: false,
             }
         }
     };
@@ -84,7 +89,73 @@ pub fn open_bound(
         Err(e) => Lifecycle::Bound {
             record,
             error: chain(&e),
+            tries: 1,
         },
+    }
+}
+
+/// What trying a `Bound` function again gave.
+pub enum Reopen {
+    /// Not `Bound`: nothing tried.
+    NotBound,
+    /// Open now.
+    Opened,
+    /// Still refused; the reason is this try's.
+    StillBound,
+    /// The host took it back (it left vfio-pci, or sysfs no longer shows
+    /// it): the device is `Failed` (gone) and this is what the bind changed.
+    Gone(BindRecord),
+}
+
+/// Tries again to open a function left `Bound` (VFIO refused it, e.g. its
+/// group still held by a former process), at `when` (an attach, a reload),
+/// after checking in `sys` that it is still on vfio-pci.
+pub fn reopen_bound(
+    cfg: &DeviceConfig,
+    state: &mut Lifecycle,
+    sys: &dyn SysfsIo,
+    when: &str,
+) -> Reopen {
+    let Lifecycle::Bound { tries, .. } = state else {
+        return Reopen::NotBound;
+    };
+    let tries = *tries + 1;
+    let on_vfio = crate::pci::identify(sys, &cfg.name, cfg.pci)
+        .is_ok_and(|i| i.driver.as_deref() == Some(crate::pci::VFIO_PCI));
+    if !on_vfio {
+        let (_, record) = state.go_away(format!(
+            "{} {}: the host took it back (it left vfio-pci, or was removed); an attach or `systemctl reload intxd` looks for it again",
+            cfg.name, cfg.pci
+        ));
+        log::warn!("{} {}: found off vfio-pci at {when}", cfg.name, cfg.pci);
+        return record.map_or(Reopen::NotBound, Reopen::Gone);
+    }
+    match VfioIntx::open(&cfg.name, cfg.pci) {
+        Ok(d) => {
+            let Lifecycle::Bound { record, .. } = std::mem::replace(state, Lifecycle::Binding)
+            else {
+                return Reopen::NotBound;
+            };
+            *state = Lifecycle::Opened(with_request(cfg, Box::new(d), Some(record)));
+            log::info!("{} {}: opened at {when} (try {tries})", cfg.name, cfg.pci);
+            Reopen::Opened
+        }
+        Err(e) => {
+            let error = format!(
+                "{} (open tried {tries} times, the last at {when}; it is tried again at each attach and reload)",
+                chain(&e)
+            );
+            log::warn!("{error}");
+            if let Lifecycle::Bound {
+                error: now,
+                tries: n,
+                ..
+            } = state
+            {
+                (*now, *n) = (error, tries);
+            }
+            Reopen::StillBound
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //!  open ─► Opened ─attach─► Attached ─detach─► Detached ─attach─► Attached …
 //!    │                         │                    │
 //!    ├─► Bound (VFIO refused)  └──── go_away ───────┴─► Failed
+//!    │     └─ attach, reload: open again ─► Opened
+//!  Failed (gone) ─attach, reload: found again─► Binding ─► …
 //!    └─► Failed (bind or open refused)
 //!  any ─remove─► Removed          reload ─► Binding ─bound─► Opened | Bound | Failed
 //! ```
@@ -55,8 +57,10 @@ pub enum Lifecycle {
     Bound {
         /// What the bind changed.
         record: BindRecord,
-        /// Why it could not be opened.
+        /// Why it could not be opened (the last try's reason).
         error: String,
+        /// How many times opening it was tried.
+        tries: u32,
     },
     /// Open, never attached since it was opened.
     Opened(Open),
@@ -72,6 +76,9 @@ pub enum Lifecycle {
         error: String,
         /// What a bind changed, still to be given back at release.
         bound: Option<BindRecord>,
+        /// It went away (the host took it back, or it was removed): an
+        /// attach or a reload looks for it again.
+        gone: bool,
     },
     /// Dropped from the config by a reload (the slot stays, so the event
     /// loop's tokens for other devices keep their meaning).
@@ -191,9 +198,11 @@ impl Lifecycle {
         Some(att.holder)
     }
 
-    /// The device went away: it is closed and marked failed. A route must be
-    /// detached first.
-    pub fn go_away(&mut self, error: String) -> Option<Open> {
+    /// The device went away: it is closed and marked failed, and what a
+    /// bind changed is handed back (the host has the function now; the
+    /// caller puts its `driver_override` back). A route must be detached
+    /// first.
+    pub fn go_away(&mut self, error: String) -> (Option<Open>, Option<BindRecord>) {
         debug_assert!(!matches!(self, Lifecycle::Attached(..)), "detach first");
         let (open, bound) = match std::mem::replace(self, Lifecycle::Removed) {
             Lifecycle::Opened(mut o) | Lifecycle::Detached(mut o) => {
@@ -204,12 +213,21 @@ impl Lifecycle {
             Lifecycle::Failed { bound, .. } => (None, bound),
             other @ Lifecycle::Attached(..) => {
                 *self = other;
-                return None;
+                return (None, None);
             }
             Lifecycle::Binding | Lifecycle::Removed => (None, None),
         };
-        *self = Lifecycle::Failed { error, bound };
-        open
+        *self = Lifecycle::Failed {
+            error,
+            bound: None,
+            gone: true,
+        };
+        (open, bound)
+    }
+
+    /// Whether it went away and is to be looked for again.
+    pub fn gone(&self) -> bool {
+        matches!(self, Lifecycle::Failed { gone: true, .. })
     }
 
     /// Closes the backend (VFIO's fds close before an unbind, which would

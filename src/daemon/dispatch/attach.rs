@@ -54,6 +54,9 @@ impl Daemon {
                 ),
             ));
         }
+        // A device left unopened, or gone, is tried again first.
+        self.retry_devices(Some(di), "attach");
+        let dev = &self.devices[di];
         if dev.state.open().is_none() {
             let why = dev.state.error().unwrap_or("not open");
             return fail(Reply::error(

@@ -22,7 +22,7 @@ use crate::systemd::Inherited;
 use crate::util::error::chain;
 use crate::util::fd::{owned_into_eventfd, FdKind};
 use crate::vfio::ParkedFd;
-use persist::{ConnRecord, RouteRecord, STATE_VERSION};
+use persist::{ConnRecord, RouteRecord, WritePause, STATE_VERSION};
 
 /// Takes the state record a previous daemon parked, if any.
 pub(super) fn take_record(inherited: &mut Inherited) -> Option<(StateFile, StateRecord)> {
@@ -79,6 +79,9 @@ impl Daemon {
                 }
             }
         }
+        if let Some(f) = self.sd.state_file.as_mut() {
+            f.set_pause(WritePause::from_env(self.test_hooks));
+        }
         self.save_state();
     }
 
@@ -123,6 +126,12 @@ impl Daemon {
             return;
         };
         let tag = self.devices[di].tag();
+        let configured = self.devices[di].cfg.pci.to_string();
+        if r.pci != configured {
+            log::warn!("{tag}: restart: the parked route was for PCI address {}, but {} is now configured at {configured}; the route is dropped (its VMM must attach again)", r.pci, r.device);
+            self.forget_route_fds(&r.device);
+            return;
+        }
         let mut take = |role: ParkedFd| {
             inherited
                 .take(&route_fd_name(&r.device, role))
