@@ -79,7 +79,7 @@ impl Daemon {
             return;
         };
         log::warn!(
-            "{}: interrupt storm above {}/s; INTx held masked for {} ms ({held_back} more limited since the last report)",
+            "{}: stuck line (re-fires at every unmask, never seen serviced) above {}/s; INTx held masked for {} ms ({held_back} more limited since the last report)",
             dev.tag(),
             dev.cfg.relay.storm_rate,
             backoff.as_millis(),

@@ -16,7 +16,7 @@ use crate::route::{VfioLine, VmmLine};
 pub struct RelayStats {
     /// Interrupts carried to the VMM (trigger wakeups that found a count).
     pub relayed: u64,
-    /// EOIs carried back (resample wakeups that found a count).
+    /// EOIs carried back (resample events with an interrupt outstanding).
     pub eois: u64,
     /// Times the storm limiter held the line masked.
     pub storms: u64,
