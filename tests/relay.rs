@@ -12,7 +12,7 @@ use common::{require_kvm, wait_until, DaemonProc};
 use intxd::control::client::attach_user_irqchip;
 use intxd::control::proto::ModeRequest;
 use intxd::route::{Irqchip, Mode};
-use intxd::soak::{run_one, DaemonWiring, RunSpec};
+use intxd::soak::{run_one, DaemonWiring, RunSpec, Session};
 use intxd::util::fd::owned_into_eventfd;
 
 const LIMIT: u64 = 100;
@@ -130,4 +130,16 @@ fn a_healthy_direct_soak_beside_a_relay_soak_has_no_safety_unmask_and_no_wakeups
         rr.loop_wakeups_per_irq
     );
     assert_eq!(d.device("d").counters.safety_unmasks, 0, "a healthy soak");
+
+    // A healthy device that goes quiet while attached (its interrupts
+    // stopped after they moved): nothing was lost, so no unmask. Two health
+    // scans must pass; nothing shows that they did but the time.
+    let mut w = DaemonWiring::connect(&d.socket, "d").unwrap();
+    let mut s = Session::start(&mut w, Irqchip::User, Mode::Direct).unwrap();
+    s.ring(1000).unwrap();
+    assert_eq!(s.wait_count(1000, Duration::from_secs(10)), 1000);
+    std::thread::sleep(Duration::from_millis(2500));
+    let quiet = d.device("d").counters.safety_unmasks;
+    s.finish().unwrap();
+    assert_eq!(quiet, 0, "a device that went quiet");
 }
