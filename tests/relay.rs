@@ -135,7 +135,7 @@ fn a_healthy_direct_soak_beside_a_relay_soak_has_no_safety_unmask_and_no_wakeups
     // stopped after they moved): nothing was lost, so no unmask. Two health
     // scans must pass; nothing shows that they did but the time.
     let mut w = DaemonWiring::connect(&d.socket, "d").unwrap();
-    let mut s = Session::start(&mut w, Irqchip::User, Mode::Direct).unwrap();
+    let s = Session::start(&mut w, Irqchip::User, Mode::Direct).unwrap();
     s.ring(1000).unwrap();
     assert_eq!(s.wait_count(1000, Duration::from_secs(10)), 1000);
     std::thread::sleep(Duration::from_millis(2500));
