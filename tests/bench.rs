@@ -75,4 +75,9 @@ fn bench_json_is_complete_and_every_run_exact() {
     assert!(scale[1]["irqs_per_s"].as_f64().unwrap() > 0.0);
     assert!(scale[1]["rss_mib"].as_f64().unwrap() > 0.0);
     assert!(scale[1]["attach_ms_p99"].as_f64().unwrap() > 0.0);
+    let caveats = v["caveats"].to_string();
+    assert!(
+        caveats.contains("by construction") && caveats.contains("real vfio-pci"),
+        "the baseline's and the emulator's limits are said: {caveats}"
+    );
 }

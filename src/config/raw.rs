@@ -62,6 +62,7 @@ pub(super) struct RawRelay {
     pub storm_rate: Option<u64>,
     pub storm_backoff_ms: Option<Spanned<u64>>,
     pub storm_backoff_max_ms: Option<u64>,
+    pub direct_storm_rate: Option<u64>,
     pub eoi_timeout_ms: Option<Spanned<u64>>,
     pub watchdog: Option<WatchdogPolicy>,
 }

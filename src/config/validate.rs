@@ -226,6 +226,11 @@ fn device(
         if let Some(v) = r.storm_backoff_max_ms {
             relay.storm_backoff_max_ms = v;
         }
+        // A `storm_rate` set without `direct_storm_rate` keeps its older
+        // meaning on direct routes too.
+        if let Some(v) = r.direct_storm_rate.or(r.storm_rate) {
+            relay.direct_storm_rate = v;
+        }
         if let Some(v) = &r.eoi_timeout_ms {
             if *v.get_ref() < 10 {
                 return Err(src.err(

@@ -4,11 +4,17 @@
 //! - **storms on direct routes**: the kernel carries direct interrupts, so
 //!   intxd cannot limit them, but it sees them in the host interrupt count
 //!   (`/proc/interrupts`, or the emulated device's counter) and reports a
-//!   rate above the device's `storm_rate` in status and as an event;
+//!   rate above the device's `direct_storm_rate` in status and as an event;
 //! - **a safety unmask for direct routes**: when a direct route's host count
 //!   stops moving after it moved, one unmask is sent. If an EOI was lost
-//!   (INTx masked for good), that unmask recovers the line; if the device
-//!   simply went quiet it is a no-op. A route that stays idle costs nothing;
+//!   (INTx masked for good), that unmask recovers the line. Only where an
+//!   EOI can be lost: the VMM's own irqchip (split or user) signals the
+//!   resample eventfd, while with the in-kernel irqchip KVM's resampler
+//!   hands it to vfio-pci inside the kernel (and there the host count is
+//!   no progress measure: vfio-pci's re-fires at unmask raise no hard
+//!   interrupt, so a healthy chain stops it). Not when the device says its
+//!   line is low (the emulated device tells; it went quiet). A route that
+//!   stays idle costs nothing;
 //! - **a VMM whose irqfd is gone**: when the VMM's irq eventfd holds an
 //!   unread count for longer than `irqfd_timeout_ms`, nobody serves it (KVM
 //!   dropped the irqfd, or the VMM stopped). The device is detached, so its
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::events::EventLimiter;
 use super::Daemon;
 use crate::control::proto::{Event, IntxState};
-use crate::route::Mode;
+use crate::route::{Irqchip, Mode};
 use crate::util::error::chain;
 use crate::util::fd::eventfd_count;
 
@@ -36,7 +42,7 @@ pub struct Health {
     moved_last: bool,
     irq_unread_since: Option<Instant>,
     storm_reports: EventLimiter,
-    /// Seconds with a direct-route rate above `storm_rate`.
+    /// Seconds with a direct-route rate above `direct_storm_rate`.
     pub storm_seconds: u64,
     /// Safety unmasks sent.
     pub safety_unmasks: u64,
@@ -66,10 +72,16 @@ pub struct Sample {
     pub irq_unread: u64,
     /// Time since the last scan.
     pub elapsed: Duration,
-    /// The device's `storm_rate` (0: off).
+    /// The device's `direct_storm_rate` (0: off).
     pub storm_rate: u64,
     /// The device's `irqfd_timeout_ms`.
     pub irqfd_timeout: Duration,
+    /// Whether the VMM's irqchip signals the resample eventfd from
+    /// userspace (split or user), where an EOI can be lost.
+    pub eoi_in_userspace: bool,
+    /// Whether the device asserts its line, where it can tell (the
+    /// emulated device: raised more often than acked).
+    pub asserting: Option<bool>,
 }
 
 /// What the scan found, for the daemon to act on.
@@ -106,7 +118,8 @@ impl Health {
                     found.storm_report = Some(rate);
                 }
             }
-            found.safety_unmask = self.moved_last && !moved;
+            found.safety_unmask =
+                self.moved_last && !moved && s.eoi_in_userspace && s.asserting != Some(false);
         }
         self.moved_last = moved;
         self.last_count = Some(s.host_count);
@@ -143,13 +156,15 @@ impl Daemon {
                 host_count: open.backend.host_count(),
                 irq_unread: eventfd_count(irq).unwrap_or(0),
                 elapsed,
-                storm_rate: dev.cfg.relay.storm_rate,
+                storm_rate: dev.cfg.relay.direct_storm_rate,
                 irqfd_timeout: Duration::from_millis(dev.cfg.irqfd_timeout_ms),
+                eoi_in_userspace: att.irqchip != Irqchip::Kernel,
+                asserting: open.backend.sim_counters().map(|c| c.raised > c.acked),
             };
             let found = dev.health.observe(sample, now);
             if let Some(rate) = found.storm_report {
                 let limit = sample.storm_rate;
-                log::warn!("{tag}: interrupt storm on a direct route: {rate:.0}/s in the host counts (storm_rate {limit}); the kernel carries it, intxd reports it");
+                log::warn!("{tag}: interrupt storm on a direct route: {rate:.0}/s in the host counts (direct_storm_rate {limit}); the kernel carries it, intxd reports it");
                 storms.push((i, rate as u64, limit));
             }
             if found.safety_unmask {
@@ -237,6 +252,8 @@ mod tests {
             elapsed: SEC,
             storm_rate: 1000,
             irqfd_timeout: Duration::from_millis(2500),
+            eoi_in_userspace: true,
+            asserting: None,
         }
     }
 
@@ -290,6 +307,36 @@ mod tests {
             let f = h.observe(sample(Mode::Direct, count), t0 + SEC * (i as u32 + 1));
             assert_eq!(f.safety_unmask, unmask, "scan {i} at count {count}");
         }
+    }
+
+    #[test]
+    fn no_safety_unmask_with_the_kernel_irqchip_or_a_device_whose_line_is_low() {
+        let t0 = Instant::now();
+        for (kernel, asserting) in [(true, None), (true, Some(true)), (false, Some(false))] {
+            let mut h = Health::default();
+            h.reset(0);
+            let s = |count| Sample {
+                eoi_in_userspace: !kernel,
+                asserting,
+                ..sample(Mode::Direct, count)
+            };
+            assert!(!h.observe(s(10), t0 + SEC).safety_unmask);
+            assert!(
+                !h.observe(s(10), t0 + SEC * 2).safety_unmask,
+                "kernel irqchip {kernel}, asserting {asserting:?}"
+            );
+        }
+        let mut h = Health::default();
+        h.reset(0);
+        let s = |count| Sample {
+            asserting: Some(true),
+            ..sample(Mode::Direct, count)
+        };
+        h.observe(s(10), t0 + SEC);
+        assert!(
+            h.observe(s(10), t0 + SEC * 2).safety_unmask,
+            "user irqchip, line high"
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! One interrupt on a relay route: `Tok::Trigger(i)` → [`Daemon::on_trigger`]
 //! → `RelayPath::on_trigger` (drain VFIO's trigger, write the VMM's irq);
 //! the guest EOIs; `Tok::Resample(i)` → [`Daemon::on_resample`] →
-//! `RelayPath::on_resample` (drain the resample, unmask INTx through the
-//! backend's `VFIO_DEVICE_SET_IRQS`).
+//! `RelayPath::on_resample` (unmask INTx through the backend's
+//! `VFIO_DEVICE_SET_IRQS`, read the trigger it may have re-fired, write the
+//! VMM's irq). In steady state that is one wakeup and four syscalls per
+//! interrupt: `epoll_wait`, the unmask, the trigger read, the irq write.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -14,7 +16,22 @@ use std::time::{Duration, Instant};
 use super::event_loop::SCAN_INTERVAL;
 use super::Daemon;
 use crate::control::proto::Event;
-use crate::relay::{ResampleOutcome, TimerOutcome, WatchdogPolicy};
+use crate::relay::{RelayDevice, ResampleOutcome, TimerOutcome, WatchdogPolicy};
+use crate::vfio::IntxDevice;
+
+/// A route's backend, as the relay's hot path sees it.
+struct Backend<'a>(&'a mut Box<dyn IntxDevice>);
+
+impl RelayDevice for Backend<'_> {
+    #[inline]
+    fn unmask(&mut self) -> io::Result<()> {
+        self.0.unmask().map_err(io::Error::other)
+    }
+
+    fn acks(&mut self) -> Option<u64> {
+        self.0.sim_counters().map(|c| c.acked)
+    }
+}
 
 impl Daemon {
     /// Device `i`'s VFIO trigger fired: carry it to the VMM.
@@ -23,6 +40,7 @@ impl Daemon {
         let Some((_, path)) = self.devices.get_mut(i).and_then(|d| d.state.relay_mut()) else {
             return;
         };
+        path.woken(self.lp.stats.wakeups);
         match path.on_trigger(now) {
             Ok(_) => self.lp.timers.scan_soon(now),
             Err(e) => log::error!(
@@ -39,9 +57,8 @@ impl Daemon {
         let Some((open, path)) = self.devices.get_mut(i).and_then(|d| d.state.relay_mut()) else {
             return;
         };
-        let backend = &mut open.backend;
-        let mut unmask = || backend.unmask().map_err(io::Error::other);
-        match path.on_resample(now, &mut unmask) {
+        path.woken(self.lp.stats.wakeups);
+        match path.on_resample(now, &mut Backend(&mut open.backend)) {
             Ok(ResampleOutcome::Refired) => self.lp.timers.scan_soon(now),
             Ok(ResampleOutcome::Backoff(until)) => {
                 let storms = path.stats().storms;
@@ -62,7 +79,7 @@ impl Daemon {
             return;
         };
         log::warn!(
-            "{}: interrupt storm above {}/s; INTx held masked for {} ms ({held_back} more limited since the last report)",
+            "{}: stuck line (re-fires at every unmask, never seen serviced) above {}/s; INTx held masked for {} ms ({held_back} more limited since the last report)",
             dev.tag(),
             dev.cfg.relay.storm_rate,
             backoff.as_millis(),

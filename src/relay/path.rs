@@ -42,6 +42,19 @@ pub enum TimerOutcome {
     },
 }
 
+/// What the relay asks of the device on its hot path.
+pub trait RelayDevice {
+    /// The device's unmask call (`VFIO_DEVICE_SET_IRQS`
+    /// `ACTION_UNMASK|DATA_NONE`).
+    fn unmask(&mut self) -> io::Result<()>;
+    /// The device's own count of acks that lowered its line, where it keeps
+    /// one (the emulated device; a real function cannot tell the host). The
+    /// storm limiter asks at most twice per 100 ms window.
+    fn acks(&mut self) -> Option<u64> {
+        None
+    }
+}
+
 /// The relay between VFIO's eventfds (ours) and the VMM's.
 #[derive(Debug)]
 pub struct RelayPath {
@@ -54,6 +67,9 @@ pub struct RelayPath {
     backoff_until: Option<Instant>,
     relayed: u64,
     eois: u64,
+    stale_resamples: u64,
+    wakeups: u64,
+    last_turn: u64,
     syscalls: u64,
     latency: EoiLatency,
 }
@@ -74,8 +90,22 @@ impl RelayPath {
             backoff_until: None,
             relayed: 0,
             eois: 0,
+            stale_resamples: 0,
+            wakeups: 0,
+            last_turn: u64::MAX,
             syscalls: 0,
             latency: EoiLatency::new(),
+        }
+    }
+
+    /// Loop turn `turn` (the daemon's wakeup count) carried an event of this
+    /// route: counts one wakeup per turn, however many of its eventfds
+    /// were ready in it.
+    #[inline]
+    pub fn woken(&mut self, turn: u64) {
+        if self.last_turn != turn {
+            self.last_turn = turn;
+            self.wakeups += 1;
         }
     }
 
@@ -95,43 +125,53 @@ impl RelayPath {
         Ok(true)
     }
 
-    /// The guest EOI'd: drain the resample and unmask, unless a storm holds
-    /// the line masked.
+    /// The guest EOI'd: unmask, unless a storm holds the line masked.
     ///
-    /// `unmask` is the device's unmask call (`VFIO_DEVICE_SET_IRQS`
-    /// `ACTION_UNMASK|DATA_NONE`). It is synchronous: when the line is still
+    /// The resample eventfd is not read. mio registers it edge-triggered,
+    /// and every eventfd signal (KVM's at the EOI, or a userspace irqchip's
+    /// write) wakes an `EPOLLET` waiter, whatever the counter holds, so each
+    /// EOI is one event without draining; the counter only grows, and
+    /// nothing reads it. That saves a syscall per interrupt, and a read of a
+    /// peer's eventfd that could block if the VMM passed one without
+    /// `O_NONBLOCK`. An event with no interrupt outstanding (a count that
+    /// was there at registration, another source's EOI on a shared guest
+    /// line) unmasks nothing: level semantics say the line was not handed
+    /// out, so there is nothing to give back.
+    ///
+    /// The device's unmask (`VFIO_DEVICE_SET_IRQS`
+    /// `ACTION_UNMASK|DATA_NONE`) is synchronous: when the line is still
     /// high, vfio-pci signals the trigger before the call returns, so the
     /// next interrupt is read and carried in this same wakeup instead of the
-    /// next one.
+    /// next one. That read is the one the relay cannot drop: it is how it
+    /// learns, without another wakeup, that the unmask re-fired.
     #[inline]
     pub fn on_resample(
         &mut self,
         now: Instant,
-        unmask: &mut dyn FnMut() -> io::Result<()>,
+        dev: &mut dyn RelayDevice,
     ) -> io::Result<ResampleOutcome> {
-        self.syscalls += 1;
-        match self.vmm.resample.read() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ResampleOutcome::Idle),
-            Err(e) => return Err(e),
-        }
+        let Some(sent) = self.watchdog.eoi() else {
+            self.stale_resamples += 1;
+            return Ok(ResampleOutcome::Idle);
+        };
         self.eois += 1;
-        if let Some(sent) = self.watchdog.eoi() {
-            self.latency.record(now.saturating_duration_since(sent));
+        self.latency.record(now.saturating_duration_since(sent));
+        if let Some(until) = self.backoff_until {
+            return Ok(ResampleOutcome::Backoff(until));
         }
-        if self.backoff_until.is_some() {
-            return Ok(ResampleOutcome::Backoff(self.backoff_until.unwrap_or(now)));
-        }
-        if let Some(until) = self.storm.admit(now) {
+        if let Some(until) = self.storm.admit(now, &mut || dev.acks()) {
             self.backoff_until = Some(until);
             return Ok(ResampleOutcome::Backoff(until));
         }
         self.syscalls += 1;
-        unmask()?;
-        if self.on_trigger(now)? {
-            return Ok(ResampleOutcome::Refired);
-        }
-        Ok(ResampleOutcome::Unmasked)
+        dev.unmask()?;
+        let refired = self.on_trigger(now)?;
+        self.storm.unmasked(refired);
+        Ok(if refired {
+            ResampleOutcome::Refired
+        } else {
+            ResampleOutcome::Unmasked
+        })
     }
 
     /// Checks the back-off and the EOI watchdog at `now`.
@@ -195,6 +235,8 @@ impl RelayPath {
         RelayStats {
             relayed: self.relayed,
             eois: self.eois,
+            stale_resamples: self.stale_resamples,
+            wakeups: self.wakeups,
             storms: self.storm.engaged,
             watchdog_fires: self.watchdog.fired,
             syscalls: self.syscalls,

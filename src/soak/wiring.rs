@@ -240,7 +240,9 @@ impl Wiring for DaemonWiring {
             })?;
         Ok(Snapshot {
             sim: dev.counters.sim.unwrap_or_default(),
-            loop_wakeups: daemon.loop_wakeups,
+            // The route's own wakeups: a direct run beside a relay run
+            // must not count the relay's.
+            loop_wakeups: dev.counters.relay.as_ref().map_or(0, |r| r.wakeups),
             relay_eois: dev.counters.relay.as_ref().map(|r| r.eois).unwrap_or(0),
             storms: dev.counters.relay.as_ref().map(|r| r.storms).unwrap_or(0),
             relayed: dev.counters.relay.as_ref().map(|r| r.relayed).unwrap_or(0),

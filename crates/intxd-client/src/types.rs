@@ -122,14 +122,24 @@ pub struct SimCounters {
 pub struct RelayStats {
     /// Interrupts carried to the VMM (trigger wakeups that found a count).
     pub relayed: u64,
-    /// EOIs carried back (resample wakeups that found a count).
+    /// EOIs carried back (resample events with an interrupt outstanding).
     pub eois: u64,
     /// Times the storm limiter held the line masked.
     pub storms: u64,
     /// Times the EOI watchdog fired.
     pub watchdog_fires: u64,
-    /// read/write syscalls made on the hot path.
+    /// read/write/unmask syscalls made on the hot path (the loop's
+    /// `epoll_wait` returns are counted by the loop, per route).
     pub syscalls: u64,
+    /// Resample wakeups with no interrupt outstanding (a stale count at
+    /// registration, another source's EOI on a shared guest line, a VMM
+    /// that signals twice): ignored, no unmask.
+    #[serde(default)]
+    pub stale_resamples: u64,
+    /// Event-loop wakeups (`epoll_wait` returns) that carried an event of
+    /// this route: the route's own share of the daemon's wakeups.
+    #[serde(default)]
+    pub wakeups: u64,
     /// Interrupt-to-EOI latency p50, microseconds.
     pub latency_p50_us: f64,
     /// Interrupt-to-EOI latency p99, microseconds.
