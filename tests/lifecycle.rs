@@ -35,6 +35,18 @@ fn the_example_vmm_goes_through_suspend_resume_and_reset_with_exact_counts() {
 }
 
 #[test]
+fn a_relay_route_goes_through_the_same_lifecycle_with_exact_counts() {
+    let d = DaemonProc::start("[[device]]\nname = \"rel0\"\npci = \"sim:0\"\nmode = \"relay\"\n");
+    let phases = vmm::run(&d.socket, "rel0", CYCLES).expect("the example's scenario, relay");
+    let exact = Phase {
+        asked: CYCLES,
+        delivered: CYCLES,
+    };
+    assert_eq!(phases, vec![exact; 4]);
+    eprintln!("lifecycle phases, relay (asked/delivered): {phases:?}");
+}
+
+#[test]
 fn suspend_resume_and_reset_leave_nothing_pending() {
     let d = DaemonProc::start(&sim_device("sim0", 0));
     let mut v = Vmm::attach(&d.socket, "sim0").expect("attach");

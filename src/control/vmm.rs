@@ -55,8 +55,7 @@ pub fn attach_kernel_irqchip(
     device: &str,
     mode: ModeRequest,
 ) -> Result<Attachment, ClientError> {
-    let irq = new_eventfd().map_err(ClientError::Io)?;
-    let resample = new_eventfd().map_err(ClientError::Io)?;
+    let (irq, resample) = eventfd_pair()?;
     vm.register_irqfd_with_resample(&irq, &resample, gsi)
         .map_err(|e| ClientError::Irqfd {
             gsi,
@@ -78,9 +77,16 @@ pub fn attach_user_irqchip(
     device: &str,
     mode: ModeRequest,
 ) -> Result<Attachment, ClientError> {
-    let irq = new_eventfd().map_err(ClientError::Io)?;
-    let resample = new_eventfd().map_err(ClientError::Io)?;
+    let (irq, resample) = eventfd_pair()?;
     attach_pair(socket, device, Irqchip::User, mode, irq, resample)
+}
+
+/// A new (irq, resample) pair.
+fn eventfd_pair() -> Result<(EventFd, EventFd), ClientError> {
+    Ok((
+        new_eventfd().map_err(ClientError::Io)?,
+        new_eventfd().map_err(ClientError::Io)?,
+    ))
 }
 
 fn attach_pair(
