@@ -511,3 +511,34 @@ fn check_config_names_the_file_line_key_and_fix_of_a_bad_metrics_table() {
     let cfg = intxd::config::load_str(Path::new("x.toml"), &good).unwrap();
     assert_eq!(cfg.metrics.unwrap().interval_secs, 15);
 }
+
+#[test]
+fn a_reload_turns_the_textfile_on_and_a_device_that_cannot_open_counts_a_failure() {
+    // The sim host is not running: the emulated device fails to open.
+    let d = DaemonProc::start_with(
+        "[[device]]\nname = \"sim0\"\npci = \"sim:0\"\n",
+        "sim_host = \"/nonexistent-intxd/sim.sock\"\n",
+        &[],
+    );
+    let st = d.device("sim0");
+    assert_eq!((st.state.as_str(), st.counters.failures), ("failed", 1));
+    let samples = parse(&metrics_cli(&d.socket));
+    assert_counters_match(&samples, &st, "none");
+
+    let tf = tempfile::tempdir().unwrap();
+    let textfile = tf.path().join("intxd.prom");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let table = format!("[metrics]\ntextfile = \"{}\"\n", textfile.display());
+    std::fs::write(&d.config, format!("{table}{text}")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || textfile.exists()),
+        "the reload did not start the textfile"
+    );
+    let file = parse(&std::fs::read_to_string(&textfile).unwrap());
+    assert_counters_match(&file, &d.device("sim0"), "none");
+}

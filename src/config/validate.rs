@@ -113,20 +113,16 @@ pub(super) fn build(
     for (file, text) in dropins {
         let src = Source { file, text };
         let raw = src.parse()?;
-        if let Some(d) = &raw.daemon {
+        let main_only = [
+            ("daemon", raw.daemon.as_ref().map(|t| t.span())),
+            ("metrics", raw.metrics.as_ref().map(|t| t.span())),
+        ];
+        if let Some((table, span)) = main_only.into_iter().find_map(|(t, s)| Some((t, s?))) {
             return Err(src.err(
-                d.span(),
-                "daemon",
+                span,
+                table,
                 "a drop-in may only hold [[device]] tables".into(),
-                "move the [daemon] table to the main config file",
-            ));
-        }
-        if let Some(m) = &raw.metrics {
-            return Err(src.err(
-                m.span(),
-                "metrics",
-                "a drop-in may only hold [[device]] tables".into(),
-                "move the [metrics] table to the main config file",
+                &format!("move the [{table}] table to the main config file"),
             ));
         }
         files.push(file.to_path_buf());
