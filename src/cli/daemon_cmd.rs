@@ -63,10 +63,11 @@ pub fn run(config: &Path) -> CmdResult {
     }
     daemon.run()?;
     if daemon.restart_planned() {
-        // Every route is in the fd store: dropping the daemon leaves them
-        // there, as a crash would, for the next one (the unit restarts on
-        // this status).
-        drop(daemon);
+        // Every route is in the fd store. Exit as a crash would, without
+        // running a single destructor (no backend's, no route's), so the
+        // kernel only closes this process's copies of the fds; the unit
+        // restarts on this status and the next daemon adopts them all.
+        std::mem::forget(daemon);
         return Ok(ExitCode::from(intxd::control::proto::RESTART_EXIT_STATUS));
     }
     Ok(ExitCode::SUCCESS)
