@@ -20,6 +20,7 @@ pub fn run(config: &Path) -> CmdResult {
     set.add(Signal::SIGUSR1);
     set.add(Signal::SIGUSR2);
     set.thread_block()?;
+    log::info!("intxd {} starting", super::version::line());
     let cfg = intxd::config::load(config)?;
     for f in &cfg.files {
         intxd::config::check_owner(f)?;
@@ -39,7 +40,7 @@ pub fn run(config: &Path) -> CmdResult {
             notifier: Box::new(SdNotifier::from_env()),
             fdstore,
             config_path: Some(config.to_path_buf()),
-            test_hooks: std::env::var_os("INTXD_TEST_HOOKS").is_some_and(|v| v == "1"),
+            test_hooks: test_hooks_wanted(),
         },
     );
     let mut daemon = match daemon {
@@ -61,7 +62,24 @@ pub fn run(config: &Path) -> CmdResult {
         }
     }
     daemon.run()?;
+    if daemon.restart_planned() {
+        // Every route is in the fd store. Exit as a crash would, without
+        // running a single destructor (no backend's, no route's), so the
+        // kernel only closes this process's copies of the fds; the unit
+        // restarts on this status and the next daemon adopts them all.
+        std::mem::forget(daemon);
+        return Ok(ExitCode::from(intxd::control::proto::RESTART_EXIT_STATUS));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `INTXD_TEST_HOOKS=1`, honoured only by a build with the test hooks.
+fn test_hooks_wanted() -> bool {
+    let wanted = std::env::var_os("INTXD_TEST_HOOKS").is_some_and(|v| v == "1");
+    if wanted && !intxd::daemon::TEST_HOOKS_BUILT {
+        log::warn!("INTXD_TEST_HOOKS=1 is ignored: this build has no test hooks (they are a cargo feature of the tests' build only)");
+    }
+    wanted && intxd::daemon::TEST_HOOKS_BUILT
 }
 
 pub fn bind(config: &Path, device: &str, bind: bool) -> CmdResult {

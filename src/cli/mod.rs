@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands' entry points.
 
+mod admin_cmd;
 mod bench_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
@@ -7,6 +8,7 @@ mod logging;
 mod metrics_cmd;
 mod soak_cmd;
 mod status_cmd;
+mod version;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Level-triggered PCI INTx passthrough to virtual machines.
 #[derive(Parser)]
-#[command(name = "intxd", version, about, long_about = None)]
+#[command(name = "intxd", version = version::line(), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,6 +68,25 @@ enum Cmd {
         /// Control socket.
         #[arg(long, default_value = "/run/intxd/control.sock")]
         socket: PathBuf,
+    },
+    /// Re-read the running daemon's config and wait until the reload has
+    /// finished; exit 1 with the reason if the config was refused (the
+    /// unit's ExecReload=).
+    Reload {
+        /// Control socket.
+        #[arg(long, default_value = "/run/intxd/control.sock")]
+        socket: PathBuf,
+    },
+    /// Planned restart (an upgrade): the daemon parks every route and
+    /// connection in systemd's fd store and exits with status 75; systemd
+    /// starts the binary now installed, which takes them all back.
+    Restart {
+        /// Control socket.
+        #[arg(long, default_value = "/run/intxd/control.sock")]
+        socket: PathBuf,
+        /// Seconds to wait for the next daemon to serve (0: do not wait).
+        #[arg(long, default_value_t = 30.0, allow_negative_numbers = true, value_parser = hold_seconds)]
+        wait: f64,
     },
     /// Fire a device's trigger once (the loopback self-test).
     Trigger {
@@ -270,6 +291,8 @@ pub fn main() -> ExitCode {
         Cmd::Bind { device, config } => daemon_cmd::bind(&config, &device, true),
         Cmd::Release { device, config } => daemon_cmd::bind(&config, &device, false),
         Cmd::Status { socket, json } => status_cmd::status(&socket, json),
+        Cmd::Reload { socket } => admin_cmd::reload(&socket),
+        Cmd::Restart { socket, wait } => admin_cmd::restart(&socket, wait),
         Cmd::Trigger { device, socket } => status_cmd::trigger(&socket, &device),
         Cmd::Metrics { socket } => metrics_cmd::metrics(&socket),
         Cmd::Attach {

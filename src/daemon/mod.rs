@@ -17,10 +17,12 @@
 //! | `device/` | a device slot, its lifecycle state machine, opening, mode choice |
 //! | `health.rs` | the once-a-second scan and the request interrupt |
 //! | `binder/` | binding to vfio-pci and back, and the worker thread for reloads |
-//! | `reload.rs` | SIGHUP |
+//! | `reload.rs` | SIGHUP and the `reload` request |
+//! | `admin.rs` | the operator's `reload` reply and planned `restart` |
 //! | `restart/` | the state record and the fd store across a restart |
 //! | `listener.rs`, `caps.rs`, `seccomp.rs` | the socket, the host probe, the filter |
 
+mod admin;
 mod binder;
 mod caps;
 mod conns;
@@ -86,6 +88,10 @@ pub enum DaemonError {
     },
 }
 
+/// Whether this build has the test hooks (cargo feature `test-hooks`: the
+/// tests' build, never `cargo build --release`).
+pub const TEST_HOOKS_BUILT: bool = cfg!(feature = "test-hooks");
+
 fn loop_err(what: &'static str) -> impl FnOnce(io::Error) -> DaemonError {
     move |source| DaemonError::Loop { what, source }
 }
@@ -105,7 +111,8 @@ pub struct DaemonOptions {
     pub fdstore: Box<dyn FdStore>,
     /// The config file, re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
-    /// Test-only hooks (SIGUSR2 stalls the loop, to test the watchdog).
+    /// Test-only hooks (SIGUSR2 stalls the loop, to test the watchdog); only
+    /// a build with [`TEST_HOOKS_BUILT`] has them, others ignore this.
     pub test_hooks: bool,
 }
 
@@ -163,7 +170,10 @@ pub struct Daemon {
     caps: Capabilities,
     sd: Systemd,
     config_path: Option<PathBuf>,
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     test_hooks: bool,
+    /// The operator's reload waiters and planned restart.
+    admin: admin::Admin,
     started: Instant,
     binder: BindWorker,
     /// A reload whose sysfs work is still on the worker.

@@ -26,10 +26,10 @@ fn same(a: &DeviceConfig, b: &DeviceConfig) -> bool {
 /// What a reload did, for its closing log line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReloadCounts {
-    added: usize,
-    removed: usize,
-    changed: usize,
-    refused: usize,
+    pub(super) added: usize,
+    pub(super) removed: usize,
+    pub(super) changed: usize,
+    pub(super) refused: usize,
 }
 
 impl Daemon {
@@ -48,14 +48,14 @@ impl Daemon {
         let new = match crate::config::load(&path) {
             Ok(c) => c,
             Err(e) => {
-                log::error!("reload: {}; keeping the running config", chain(&e));
+                self.refuse_reload(chain(&e));
                 self.finish_reload();
                 return;
             }
         };
         for f in &new.files {
             if let Err(e) = crate::config::check_owner(f) {
-                log::error!("reload: {}; keeping the running config", chain(&e));
+                self.refuse_reload(chain(&e));
                 self.finish_reload();
                 return;
             }
@@ -288,7 +288,8 @@ impl Daemon {
     }
 
     fn finish_reload(&mut self) {
-        if let Some(n) = self.reload.take() {
+        let counts = self.reload.take();
+        if let Some(n) = counts {
             log::info!(
                 "reload: {} added, {} removed, {} changed, {} refused",
                 n.added,
@@ -300,5 +301,6 @@ impl Daemon {
         let status = self.status_line();
         self.sd.notifier.ready(&status);
         self.sd.last_status = status;
+        self.reload_finished(counts);
     }
 }

@@ -108,6 +108,7 @@ impl Daemon {
             },
             config_path: opts.config_path,
             test_hooks: opts.test_hooks,
+            admin: Default::default(),
             started: Instant::now(),
             binder,
             reload: None,
@@ -155,8 +156,13 @@ impl Daemon {
         }
     }
 
-    /// Detaches every device and closes every connection.
+    /// Detaches every device and closes every connection; after a planned
+    /// restart (`restart` request), parks everything instead.
     pub fn shutdown(&mut self) {
+        if self.restart_planned() {
+            self.park_for_restart();
+            return;
+        }
         self.sd.notifier.stopping();
         self.finish_jobs();
         for i in 0..self.devices.len() {

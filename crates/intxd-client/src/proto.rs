@@ -92,7 +92,19 @@ pub enum Request {
     /// Every device's counters and the relay's EOI latency histograms in
     /// the Prometheus text exposition format (`docs/operations.md`).
     Metrics {},
+    /// Re-read the config, as SIGHUP does; the reply (`reloaded`, or the
+    /// error `reload_refused` with the reason) comes once the reload has
+    /// finished. Root only.
+    Reload {},
+    /// Planned restart: park every route and connection in systemd's fd
+    /// store and exit with [`RESTART_EXIT_STATUS`], so that systemd starts
+    /// the (possibly upgraded) binary, which takes them all back. Root only.
+    Restart {},
 }
+
+/// The exit status of a planned restart (`EX_TEMPFAIL`); the unit restarts
+/// on it (`RestartForceExitStatus=75`).
+pub const RESTART_EXIT_STATUS: u8 = 75;
 
 /// Host capabilities, as `hello` reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -284,6 +296,23 @@ pub enum Reply {
         /// The exposition itself.
         text: String,
     },
+    /// The reload finished and every change in the config was applied.
+    Reloaded {
+        /// Devices added.
+        added: usize,
+        /// Devices removed.
+        removed: usize,
+        /// Devices replaced with a changed config.
+        changed: usize,
+    },
+    /// Everything is parked; the daemon exits with [`RESTART_EXIT_STATUS`]
+    /// right after this reply.
+    Restarting {
+        /// Routes left in the fd store.
+        routes: usize,
+        /// Connections left in the fd store.
+        connections: usize,
+    },
     /// Any request that failed.
     Error {
         /// What failed.
@@ -344,6 +373,12 @@ pub enum ErrorCode {
     /// of a device that is not suspended, suspend of one that is); the
     /// message says the state.
     WrongState,
+    /// A reload left the running config (or part of it) in place: the
+    /// message says why.
+    ReloadRefused,
+    /// A planned restart cannot keep the routes here (no fd store: not run
+    /// by systemd).
+    RestartUnavailable,
 }
 
 /// An asynchronous event to a device's owner.

@@ -34,8 +34,10 @@ impl Daemon {
             };
             match wire::recv(conn.sock.as_fd()) {
                 Ok(Some(p)) => {
-                    let (reply, fds) = self.handle_packet(i, p);
-                    self.reply(i, &reply, fds);
+                    // `None`: the reply comes later (a reload's, at its end).
+                    if let Some((reply, fds)) = self.handle_packet(i, p) {
+                        self.reply(i, &reply, fds);
+                    }
                 }
                 Ok(None) => {
                     self.close_conn(i);
@@ -52,7 +54,7 @@ impl Daemon {
         }
     }
 
-    fn handle_packet(&mut self, i: usize, p: Packet) -> (Reply, Vec<OwnedFd>) {
+    fn handle_packet(&mut self, i: usize, p: Packet) -> Option<(Reply, Vec<OwnedFd>)> {
         // Every refusal drops `p.fds`, which closes every fd the packet
         // carried; only a route that is wired adopts them.
         let kinds: Vec<FdKind> = p
@@ -69,9 +71,9 @@ impl Daemon {
         };
         let req = match validate(&meta) {
             Ok(r) => r,
-            Err(error) => return (Reply::Error { error }, Vec::new()),
+            Err(error) => return Some((Reply::Error { error }, Vec::new())),
         };
-        match req {
+        Some(match req {
             Request::Hello { version, client } => (self.hello(i, version, client), Vec::new()),
             Request::Attach {
                 device,
@@ -86,7 +88,9 @@ impl Daemon {
             | Request::ResumeIntx { .. }
             | Request::Reset { .. }) => (self.lifecycle(i, req), Vec::new()),
             Request::Metrics {} => (self.metrics_reply(), Vec::new()),
-        }
+            Request::Reload {} => (self.reload_request(i)?, Vec::new()),
+            Request::Restart {} => (self.restart_request(i), Vec::new()),
+        })
     }
 
     fn hello(&mut self, i: usize, version: u32, client: Option<String>) -> Reply {

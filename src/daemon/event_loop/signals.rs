@@ -1,14 +1,15 @@
-//! Signals through a signalfd: SIGTERM and SIGINT stop, SIGHUP reloads; with
-//! the test hooks (`INTXD_TEST_HOOKS=1`) SIGUSR1 runs `/bin/true` (to test
-//! the seccomp filter) and SIGUSR2 stalls the loop (to test the watchdog).
+//! Signals through a signalfd: SIGTERM and SIGINT stop, SIGHUP reloads. A
+//! build with the cargo feature `test-hooks` (the tests' build, never a
+//! release one) started with `INTXD_TEST_HOOKS=1` also has SIGUSR1 run
+//! `/bin/true` (to test the seccomp filter) and SIGUSR2 stall the loop (to
+//! test the watchdog); without the feature that code is not in the binary.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{Daemon, DaemonError, TEST_HOOKS_BUILT};
 
 /// The daemon's signalfd.
 pub struct Signals {
@@ -23,14 +24,14 @@ impl AsRawFd for Signals {
 
 impl Signals {
     /// A signalfd for the stop and reload signals (and the test hooks' when
-    /// `test_hooks`). The caller must have blocked them, before starting any
-    /// thread.
+    /// `test_hooks` in a build that has them). The caller must have blocked
+    /// them, before starting any thread.
     pub fn new(test_hooks: bool) -> Result<Signals, DaemonError> {
         let mut set = SigSet::empty();
         for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
             set.add(s);
         }
-        if test_hooks {
+        if test_hooks && TEST_HOOKS_BUILT {
             set.add(Signal::SIGUSR1);
             set.add(Signal::SIGUSR2);
         }
@@ -74,18 +75,24 @@ impl Daemon {
                     self.lp.request_stop();
                 }
                 Signal::SIGHUP => self.reload(),
-                Signal::SIGUSR1 if self.test_hooks => {
-                    match std::process::Command::new("/bin/true").status() {
-                        Ok(s) => log::warn!("test hook: ran /bin/true ({s})"),
-                        Err(e) => log::warn!("test hook: running /bin/true was refused: {e}"),
-                    }
-                }
-                Signal::SIGUSR2 if self.test_hooks => {
-                    log::warn!("test hook: stalling the event loop (INTXD_TEST_HOOKS=1)");
-                    std::thread::sleep(Duration::from_secs(3600));
-                }
+                #[cfg(feature = "test-hooks")]
+                Signal::SIGUSR1 | Signal::SIGUSR2 if self.test_hooks => test_hook(signal),
                 _ => {}
             }
         }
+    }
+}
+
+/// SIGUSR1: run `/bin/true`; SIGUSR2: stall the loop for an hour.
+#[cfg(feature = "test-hooks")]
+fn test_hook(signal: Signal) {
+    if signal == Signal::SIGUSR1 {
+        match std::process::Command::new("/bin/true").status() {
+            Ok(s) => log::warn!("test hook: ran /bin/true ({s})"),
+            Err(e) => log::warn!("test hook: running /bin/true was refused: {e}"),
+        }
+    } else {
+        log::warn!("test hook: stalling the event loop (INTXD_TEST_HOOKS=1)");
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
