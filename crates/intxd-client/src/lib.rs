@@ -4,6 +4,7 @@
 //! irqfd (or wires its own irqchip) and hands the two eventfds over.
 //!
 //! - [`proto`]: the messages (requests, replies, events, error codes);
+//! - [`status`]: what `hello` and `status` report;
 //! - [`types`]: the values they carry (mode, irqchip, facts, counters);
 //! - [`wire`]: the framing, one JSON object per `SOCK_SEQPACKET` packet,
 //!   fds as `SCM_RIGHTS`;
@@ -17,6 +18,7 @@
 pub mod channel;
 pub mod client;
 pub mod proto;
+pub mod status;
 pub mod types;
 pub mod wire;
 
