@@ -268,8 +268,8 @@ impl SoakVm {
     /// Turns the VM into the exerciser guest, before its vCPU runs: maps
     /// `page` (the first page of the device's BAR) at
     /// [`guest::DEVICE_PAGE_ADDR`] as memslot 1, loads
-    /// the architecture's exerciser guest (`setup::exerciser_code`; x86
-    /// only so far) over the emulated-device guest, and gives its ISR the
+    /// the architecture's exerciser guest (`setup::exerciser_code`) over
+    /// the emulated-device guest, and gives its ISR the
     /// registers of `ex`. The target starts at 0: the ISR
     /// raises nothing until the VMM asks for cycles.
     pub fn load_exerciser(&mut self, page: Arc<BarPage>, ex: &Exerciser) -> Result<(), VmError> {

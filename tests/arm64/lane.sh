@@ -10,7 +10,8 @@
 #   (b) tests/qemu/vfio-e2e.sh: the daemon binds edu behind the SMMUv3 (its IOMMU group comes
 #       with the vfio-pci probe), soaks it direct and relay with the vGIC and the user irqchip,
 #       gives it back at SIGTERM;
-#   (c) the project's test binaries, under the aarch64 seccomp filter where they start daemons;
+#   (c) the project's test binaries, under the aarch64 seccomp filter where they start daemons,
+#       each without the tests SKIP_<binary> (lane.env) names (tests/arm64_lane.rs says why);
 #   (d) `intxd bench` with short settings.
 # Figures come out as `arm64-lane: ...` lines and `arm64-json NAME: {one-line JSON}`; the Rust
 # test asserts on them. Exit 0 only if every step ran clean.
@@ -70,7 +71,11 @@ step tests || TESTS=
 for tb in $TESTS; do
     [ -x "/tbin/$tb" ] || { fail "no test binary $tb"; continue; }
     t=$(up)
-    timeout "$TEST_TIMEOUT" "/tbin/$tb" --test-threads=2 > "/tmp/$tb.out" 2>&1
+    eval "skip=\${SKIP_$tb:-}"
+    set --
+    for s in $skip; do set -- "$@" --skip "$s"; done
+    [ -n "$skip" ] && say "tests $tb: leaving out $skip"
+    timeout "$TEST_TIMEOUT" "/tbin/$tb" --test-threads=2 --exact "$@" > "/tmp/$tb.out" 2>&1
     rc=$?
     r=$(grep '^test result:' "/tmp/$tb.out" | tail -1)
     num() { echo "$r" | sed -n "s/.* \([0-9]*\) $1.*/\1/p"; }

@@ -1,5 +1,6 @@
-//! The aarch64 soak guest: bare-metal EL1 code with the MMU off, 79
-//! instructions and a vector table, loaded at [`LOAD_ADDR`].
+//! The aarch64 soak guests: bare-metal EL1 code with the MMU off, 79
+//! instructions and a vector table, loaded at [`LOAD_ADDR`]; the exerciser
+//! variant (`super::exerciser`, for a real function) adds 17 more.
 //!
 //! The VMM starts the vCPU at [`LOAD_ADDR`] in EL1h with every exception
 //! masked, `x0` saying which interrupt controller the VM has:
@@ -33,7 +34,7 @@
 //! TCG and on hosts with stage-2 forced write-back (`FEAT_S2FWB`, which KVM
 //! uses when present) both agree.
 //!
-//! Addresses in the listing are offsets from [`RAM_BASE`]; branch targets
+//! Addresses in the listings are offsets from [`RAM_BASE`]; branch targets
 //! are written as the address they land on.
 //!
 //! ```text
@@ -126,7 +127,6 @@
 //!     b9052a83  str w3, [x20, #0x528]           ; which vector
 //!     14000000  b .                             ; stop
 //! ```
-
 use std::time::Duration;
 
 use kvm_ioctls::IoEventAddress;
@@ -143,16 +143,17 @@ pub const COUNT_ADDR: u64 = RAM_BASE + 0x500;
 pub const ACK_ENABLE_ADDR: u64 = RAM_BASE + 0x504;
 /// Guest-physical address of the ready byte.
 pub const READY_ADDR: u64 = RAM_BASE + 0x508;
-/// Guest-physical address of the exerciser's target (reserved: the aarch64
-/// soak has no exerciser guest yet).
+/// Guest-physical address of the 32-bit count the exerciser guest stops
+/// re-raising at.
 pub const TARGET_ADDR: u64 = RAM_BASE + 0x50C;
-/// Reserved for the exerciser's ack offset.
+/// Guest-physical address of the 32-bit offset, in the device page, of the
+/// register the exerciser's ISR acks with.
 pub const ACK_OFFSET_ADDR: u64 = RAM_BASE + 0x510;
-/// Reserved for the exerciser's ack value.
+/// Guest-physical address of the 32-bit value it acks with.
 pub const ACK_VALUE_ADDR: u64 = RAM_BASE + 0x514;
-/// Reserved for the exerciser's raise offset.
+/// Guest-physical address of the 32-bit offset of the raise register.
 pub const RAISE_OFFSET_ADDR: u64 = RAM_BASE + 0x518;
-/// Reserved for the exerciser's raise value.
+/// Guest-physical address of the 32-bit value it raises with.
 pub const RAISE_VALUE_ADDR: u64 = RAM_BASE + 0x51C;
 /// Guest-physical address of the timer's divisor: the guest arms its
 /// virtual timer for every `CNTFRQ / divisor` ticks (0: no timer).
@@ -164,7 +165,8 @@ pub const TIMER_COUNT_ADDR: Option<u64> = Some(RAM_BASE + 0x520);
 /// Where the unexpected-exception handler writes its vector (1..16; the
 /// word after holds `ESR_EL1`).
 pub const FAULT_ADDR: Option<u64> = Some(RAM_BASE + 0x528);
-/// Where a real function's BAR page would go (reserved, above RAM).
+/// Where the VMM maps the first page of the exerciser's BAR (above RAM,
+/// below nothing else of the VM's).
 pub const DEVICE_PAGE_ADDR: u64 = 0x5000_0000;
 
 /// The device's ack register, an MMIO address outside every memslot.
@@ -228,16 +230,16 @@ const VECTORS_OFFSET: usize = 0x800;
 /// The vector slot for an IRQ taken at the current EL on SP_ELx.
 const IRQ_SLOT: usize = 5;
 /// Size of the image: the code, then the vector table.
-const IMAGE_SIZE: usize = VECTORS_OFFSET + 16 * 0x80;
+pub(super) const IMAGE_SIZE: usize = VECTORS_OFFSET + 16 * 0x80;
 
 /// `b` from `from` to `to` (byte offsets in the image).
-const fn branch(from: usize, to: usize) -> u32 {
+pub(super) const fn branch(from: usize, to: usize) -> u32 {
     let delta = (to as i64 - from as i64) / 4;
     0x1400_0000 | (delta as u32 & 0x03ff_ffff)
 }
 
 /// Writes `w` little-endian at `at`.
-const fn put(image: &mut [u8; IMAGE_SIZE], at: usize, w: u32) {
+pub(super) const fn put(image: &mut [u8; IMAGE_SIZE], at: usize, w: u32) {
     let b = w.to_le_bytes();
     let mut i = 0;
     while i < 4 {
@@ -271,22 +273,26 @@ const fn image() -> [u8; IMAGE_SIZE] {
     image
 }
 
-const IMAGE: [u8; IMAGE_SIZE] = image();
+pub(super) const IMAGE: [u8; IMAGE_SIZE] = image();
 
 /// The guest's image, as listed above.
 pub const CODE: &[u8] = &IMAGE;
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
+    pub(crate) fn word_of(code: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([code[at], code[at + 1], code[at + 2], code[at + 3]])
+    }
+
     fn word(at: usize) -> u32 {
-        u32::from_le_bytes([CODE[at], CODE[at + 1], CODE[at + 2], CODE[at + 3]])
+        word_of(CODE, at)
     }
 
     /// The 12-bit scaled immediate of a 32-bit `ldr`/`str` (unsigned
     /// offset form), in bytes.
-    fn ldst_w_offset(w: u32) -> u64 {
+    pub(crate) fn ldst_w_offset(w: u32) -> u64 {
         u64::from((w >> 10) & 0xfff) * 4
     }
 

@@ -3,5 +3,6 @@
 //! (`KVM_CAP_ARM_USER_IRQ`).
 
 pub mod chip;
+pub mod exerciser;
 pub mod guest;
 pub mod setup;

@@ -153,11 +153,7 @@ fn create_vgic(vm: &VmFd) -> Result<DeviceFd, VmError> {
     Ok(vgic)
 }
 
-/// The exerciser guest (a real function driven through its BAR page): not
-/// on aarch64 yet.
+/// The exerciser guest (a real function driven through its BAR page).
 pub fn exerciser_code() -> Result<&'static [u8], VmError> {
-    Err(VmError::Unsupported {
-        arch: "aarch64",
-        what: "exerciser guest for a real PCI function (soak an emulated device)",
-    })
+    Ok(super::exerciser::EXERCISER_CODE)
 }
