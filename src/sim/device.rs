@@ -17,7 +17,7 @@ use super::model::{percentiles_us, AckPolicy, DeviceModel, Next};
 use crate::util::fd::dup_eventfd;
 use crate::vfio::{
     DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, ParkedFd,
-    SimCounters, VmmFd,
+    SimCounters, SimLineState, VmmFd,
 };
 
 use super::facts::{sim_facts, SIM_INTX_INFO};
@@ -409,6 +409,13 @@ impl DeviceProbe for SimDevice {
             latency_p99_us: p99,
             latency_max_us: max,
             latency_hist: crate::util::latency::latency_buckets(&st.model.latency_ns),
+            state: SimLineState {
+                enabled: st.line.enabled(),
+                masked: st.line.masked(),
+                high: st.line.level(),
+                timer_pending: st.model.timer_pending(),
+                budget: st.model.budget(),
+            },
         })
     }
 
