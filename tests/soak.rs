@@ -31,14 +31,39 @@ fn every_mode_and_irqchip_cycles_every_interrupt_exactly_once() {
         for irqchip in [Irqchip::Kernel, Irqchip::User] {
             let mut w = DaemonWiring::connect(&d.socket, "sim0").unwrap();
 
+            let rearms = || {
+                let c = d.device("sim0").counters;
+                (c.safety_unmasks, c.relay.map_or(0, |r| r.watchdog_fires))
+            };
+            let (safety0, watchdog0) = rearms();
             let r = run_one(&mut w, &spec(mode, irqchip, 20_000), &mut |_, _| {}).unwrap();
+            // On a loaded host KVM delivers late (docs/testing.md, "Stalls
+            // under load"); each safety unmask or watchdog re-arm meanwhile
+            // may re-fire the still-high line once more: it is counted, and
+            // bounds the extra triggers (and, direct/kernel, the extra
+            // unmasks counted as EOIs).
+            let (safety1, watchdog1) = rearms();
+            let extra = (safety1 - safety0) + (watchdog1 - watchdog0);
+            let extra_eois = if (mode, irqchip) == (Mode::Direct, Irqchip::Kernel) {
+                safety1 - safety0
+            } else {
+                0
+            };
 
             let what = format!("{mode}/{irqchip}");
             assert_eq!(r.mode, mode, "{what}");
             assert_eq!(r.delivered, 20_000, "{what}: guest count");
             assert_eq!((r.lost, r.spurious), (0, 0), "{what}");
-            assert_eq!(r.triggered, 20_000, "{what}: one trigger per cycle");
-            assert_eq!(r.eois, 20_000, "{what}: one EOI per cycle");
+            assert!(
+                (20_000..=20_000 + extra).contains(&r.triggered),
+                "{what}: one trigger per cycle, at most one more per re-arm ({extra}): {}",
+                r.triggered
+            );
+            assert!(
+                (20_000..=20_000 + extra_eois).contains(&r.eois),
+                "{what}: one EOI per cycle ({extra_eois} safety unmasks): {}",
+                r.eois
+            );
             if mode == Mode::Direct {
                 assert!(
                     r.loop_wakeups_per_irq <= 0.001,
