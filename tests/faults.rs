@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{intxd_bin, require_kvm, sim_device, wait_until, DaemonProc};
+use common::{intxd_bin, require_kvm, sim_device, wait_until, DaemonProc, GUARD};
 use intxd::control::client::{attach_kernel_irqchip, attach_user_irqchip, Client};
 use intxd::control::proto::{ErrorCode, Event, ModeRequest, Reply};
 use intxd::util::fd::owned_into_eventfd;
@@ -162,9 +162,12 @@ fn out_of_fds_new_clients_are_refused_and_live_routes_keep_working() {
     assert!(refused.to_string().contains("RLIMIT_NOFILE"), "{refused}");
     assert_eq!(served(100), 100, "the live route is untouched");
     drop(held);
-    std::thread::sleep(Duration::from_millis(100));
-    let mut again = Client::connect(&d.socket).unwrap();
-    again.hello("after").unwrap();
+    // The daemon frees the slots as it sees the hangups: wait for that.
+    assert!(
+        wait_until(GUARD, || Client::connect(&d.socket)
+            .is_ok_and(|mut again| again.hello("after").is_ok())),
+        "a new client is served once the fillers are gone"
+    );
     assert!(d
         .stop()
         .contains("out of file descriptors; refused a new client"));
@@ -181,7 +184,7 @@ fn serve_guest(
     doorbell.write(n).unwrap();
     let mut got = 0;
     let t0 = Instant::now();
-    while got < n && t0.elapsed() < Duration::from_secs(10) {
+    while got < n && t0.elapsed() < GUARD {
         if irq.read().is_ok() {
             ack.write(1).unwrap();
             resample.write(1).unwrap();
@@ -211,7 +214,7 @@ impl SimHostProc {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        assert!(wait_until(Duration::from_secs(5), || socket.exists()));
+        assert!(wait_until(GUARD, || socket.exists()));
         SimHostProc {
             child,
             socket,
@@ -259,7 +262,7 @@ fn surprise_removal_tells_the_owner_and_detaches_cleanly() {
 
     host.surprise_remove(0);
 
-    match event(&mut att.client, Duration::from_secs(3)) {
+    match event(&mut att.client, GUARD) {
         Some(Event::DeviceGone { device, reason }) => {
             assert_eq!(device, "sim0");
             assert!(reason.contains("going away"), "{reason}");
@@ -275,10 +278,12 @@ fn surprise_removal_tells_the_owner_and_detaches_cleanly() {
         .unwrap();
     assert_eq!(again.code(), Some(ErrorCode::DeviceError));
     drop(att);
-    // The device's own sim-host connection and request eventfd are gone too.
+    // Every fd of the route is closed, and the removed device's own two
+    // (its sim-host connection and its request eventfd) too: exactly two
+    // fewer than before the attach, so a leak of any one of them fails.
     assert!(
-        wait_until(Duration::from_secs(2), || d.fd_count() <= fds_before),
-        "fds {} > {fds_before}",
+        wait_until(GUARD, || d.fd_count() == fds_before - 2),
+        "fds {} != {fds_before} - 2",
         d.fd_count()
     );
 }
@@ -304,7 +309,7 @@ fn a_vmm_whose_irqfd_is_dropped_is_detached_and_intx_is_not_left_masked() {
     vm.unregister_irqfd(&att.irq, 10).unwrap();
     d.client().trigger("sim0").unwrap(); // one more interrupt, which nobody reads
 
-    match event(&mut att.client, Duration::from_secs(4)) {
+    match event(&mut att.client, GUARD) {
         Some(Event::DeviceGone { reason, .. }) => {
             assert!(reason.contains("irqfd_timeout_ms"), "{reason}")
         }
@@ -332,12 +337,12 @@ fn lost_eois_on_a_direct_route_are_recovered_by_the_safety_unmask() {
     let doorbell = owned_into_eventfd(att.device_fds.remove(1));
     doorbell.write(1).unwrap();
     assert!(
-        wait_until(Duration::from_secs(2), || att.irq.read().is_ok()),
+        wait_until(GUARD, || att.irq.read().is_ok()),
         "first interrupt"
     );
 
     // The guest never EOIs: INTx stays masked with the line high.
-    let refired = wait_until(Duration::from_secs(4), || att.irq.read().is_ok());
+    let refired = wait_until(GUARD, || att.irq.read().is_ok());
 
     assert!(refired, "the safety unmask re-fired the still-high line");
     assert!(d.device("sim0").counters.safety_unmasks >= 1);
@@ -364,7 +369,7 @@ fn a_storm_on_a_direct_route_is_seen_in_the_host_counts_and_reported() {
     }
 
     assert!(n > 2000, "a storm: {n} interrupts");
-    match event(&mut att.client, Duration::from_secs(2)) {
+    match event(&mut att.client, GUARD) {
         Some(Event::StormDetected {
             device,
             rate,
@@ -415,7 +420,7 @@ fn nic_config(
         format!(
             "[daemon]\nsocket = \"{}\"\n{}\n[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n{more}",
             socket.display(),
-            sysfs_extra(kernel, state, 1500)
+            sysfs_extra(kernel, state, 5000)
         ),
     )
     .unwrap();
@@ -457,7 +462,9 @@ fn sysfs_failures_at_start_roll_back_and_the_daemon_serves_the_rest() {
     let d = DaemonProc::start_with(&devices, &sysfs_extra(&kernel, state.path(), 400), &[]);
     let up = t0.elapsed();
 
-    assert!(up < Duration::from_secs(8), "start-up took {up:?}");
+    // A guard: each bind's sysfs write times out after 400 ms; a start-up
+    // that waited on the hanging unbind would never end.
+    assert!(up < GUARD, "start-up took {up:?}");
     let f = d.device("fails");
     assert_eq!(f.state, "failed");
     assert!(
@@ -502,7 +509,7 @@ fn sysfs_failures_at_start_roll_back_and_the_daemon_serves_the_rest() {
         &d,
         &format!("[[device]]\nname = \"nothing\"\npci = \"{nothing}\"\n"),
     );
-    assert!(wait_until(Duration::from_secs(5), || {
+    assert!(wait_until(GUARD, || {
         d.client().status().is_ok_and(|r| matches!(&r, Reply::Status { devices, .. } if devices.iter().any(|x| x.name == "nothing")))
     }));
     let n = d.device("nothing");
@@ -539,7 +546,13 @@ fn sigterm_while_a_bind_hangs_at_start_rolls_back_and_exits() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Stop it once the bind is under way (driver_override set, the unbind
+    // blocking), not after a guess at how long start-up takes.
+    assert!(
+        wait_until(GUARD, || kernel.driver_override(bdf).as_deref()
+            == Some("vfio-pci")),
+        "the bind started"
+    );
 
     signal(child.id(), nix::sys::signal::Signal::SIGTERM);
     let t0 = Instant::now();
@@ -547,7 +560,7 @@ fn sigterm_while_a_bind_hangs_at_start_rolls_back_and_exits() {
 
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(t0.elapsed() < GUARD, "{:?}", t0.elapsed());
     assert!(
         log.contains("nic0 0000:03:00.0: bind failed at step `unbind from e1000e`"),
         "{log}"
@@ -562,6 +575,26 @@ fn sigterm_while_a_bind_hangs_at_start_rolls_back_and_exits() {
     assert!(!dir.path().join("s").exists(), "never listened");
 }
 
+/// Whether fd `a` of `pid_a` and fd `b` of `pid_b` are the same open file.
+#[allow(unsafe_code)]
+fn same_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp(2) only compares two fd-table entries; no memory is
+    // passed. Root (these tests) may inspect any process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::c_long::from(pid_a),
+            libc::c_long::from(pid_b),
+            KCMP_FILE,
+            libc::c_long::from(a),
+            libc::c_long::from(b),
+        )
+    };
+    // An error (a fd of ours another test closed meanwhile) is no match.
+    r == 0
+}
+
 #[test]
 fn every_fd_the_daemon_holds_is_close_on_exec_including_received_ones() {
     let d = DaemonProc::start("[[device]]\nname = \"sim0\"\npci = \"sim:0\"\nmode = \"relay\"\n");
@@ -569,8 +602,11 @@ fn every_fd_the_daemon_holds_is_close_on_exec_including_received_ones() {
     let fdinfo = PathBuf::from(format!("/proc/{}/fdinfo", d.pid()));
 
     // fds this test process holds without O_CLOEXEC are inherited by every
-    // child it spawns; they are not the daemon's.
-    let inherited: Vec<String> = std::fs::read_dir("/proc/self/fdinfo")
+    // child it spawns; they are not the daemon's. Which of the daemon's fds
+    // are such is asked of the kernel (kcmp: the same open file in both
+    // processes), not guessed from fd numbers, which mean nothing across
+    // processes.
+    let ours_inheritable: Vec<i32> = std::fs::read_dir("/proc/self/fdinfo")
         .unwrap()
         .flatten()
         .filter(|e| {
@@ -583,8 +619,14 @@ fn every_fd_the_daemon_holds_is_close_on_exec_including_received_ones() {
                     })
                 })
         })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
         .collect();
+    let daemon_pid = d.pid() as i32;
+    let inherited = |fd: i32| {
+        ours_inheritable
+            .iter()
+            .any(|&mine| same_file(std::process::id() as i32, mine, daemon_pid, fd))
+    };
     let mut eventfds = 0;
     for e in std::fs::read_dir(&fdinfo).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -594,7 +636,9 @@ fn every_fd_the_daemon_holds_is_close_on_exec_including_received_ones() {
             .find_map(|l| l.strip_prefix("flags:"))
             .map(|v| u32::from_str_radix(v.trim(), 8).unwrap());
         let Some(flags) = flags else { continue };
-        if inherited.contains(&name) {
+        let fd: i32 = name.parse().unwrap();
+        // Standard input, output and error are never close-on-exec.
+        if fd <= 2 || (flags & libc::O_CLOEXEC as u32 == 0 && inherited(fd)) {
             continue;
         }
         assert_ne!(
@@ -618,16 +662,14 @@ fn a_reload_whose_bind_hangs_keeps_relay_routes_served_meanwhile() {
     make_fifo(&kernel.sys_root().join("bus/pci/drivers/e1000e/unbind"));
     let state = tempfile::tempdir().unwrap();
     let relay = format!("{}mode = \"relay\"\n", sim_device("sim0", 0));
-    let d = DaemonProc::start_with(&relay, &sysfs_extra(&kernel, state.path(), 3000), &[]);
+    let d = DaemonProc::start_with(&relay, &sysfs_extra(&kernel, state.path(), 10_000), &[]);
     let mut att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Auto).unwrap();
     reload_with(
         &d,
         &format!("[[device]]\nname = \"hangs\"\npci = \"{bdf}\"\n"),
     );
     // The bind has started: driver_override is set, the unbind blocks.
-    assert!(wait_until(Duration::from_secs(5), || kernel
-        .driver_override(bdf)
-        .as_deref()
+    assert!(wait_until(GUARD, || kernel.driver_override(bdf).as_deref()
         == Some("vfio-pci")));
 
     // Meanwhile the loop serves requests and carries relay interrupts.
@@ -635,10 +677,12 @@ fn a_reload_whose_bind_hangs_keeps_relay_routes_served_meanwhile() {
         let t0 = Instant::now();
         att.client.trigger("sim0").unwrap();
         assert!(
-            wait_until(Duration::from_secs(1), || att.irq.read().is_ok()),
+            wait_until(GUARD, || att.irq.read().is_ok()),
             "the relay carried the interrupt"
         );
-        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        // Well inside the bind's 10 s sysfs timeout: the loop did not wait
+        // on it (and the bind is still waiting, checked below).
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     }
     assert_eq!(
         kernel.driver_override(bdf).as_deref(),
@@ -653,7 +697,7 @@ fn a_reload_whose_bind_hangs_keeps_relay_routes_served_meanwhile() {
     );
 
     // Then the write times out and the bind rolls back, off the loop.
-    assert!(wait_until(Duration::from_secs(10), || {
+    assert!(wait_until(GUARD, || {
         d.client().status().is_ok_and(|r| matches!(&r, Reply::Status { devices, .. } if devices.iter().any(|x| x.name == "hangs")))
     }));
     let h = d.device("hangs");

@@ -114,6 +114,11 @@ fn a_short_soak_writes_intervals_that_add_up_and_a_page_chromium_renders_with_th
     let (records, summary) = read_report(dir.path());
     assert_eq!(summary.intervals, records.len());
     assert_eq!(summary.first_failure, None);
+    let res = summary.soak.resources.as_ref().expect("resources");
+    assert_eq!(
+        res.fds_after, res.fds_before,
+        "the daemon's fds after the soak, exactly as before"
+    );
     assert_eq!(summary.soak.runs.len(), 2);
     let numbers: Vec<usize> = records.iter().map(|r| r.interval).collect();
     assert_eq!(numbers, (1..=records.len()).collect::<Vec<_>>());
@@ -252,6 +257,11 @@ fn a_stuck_device_fails_the_soak_and_the_report_names_its_first_interval() {
 
     assert_eq!(out.status.code(), Some(1));
     let (records, summary) = read_report(&report);
+    let res = summary.soak.resources.as_ref().expect("resources");
+    assert_eq!(
+        res.fds_after, res.fds_before,
+        "a failed soak leaves the daemon's fds exactly as before"
+    );
     let first = summary.first_failure.expect("a first failing interval");
     assert_eq!(first.interval, 1);
     assert_eq!(first.run, "relay/kernel stuck0");

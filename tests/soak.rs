@@ -19,7 +19,7 @@ fn spec(mode: Mode, irqchip: Irqchip, cycles: u64) -> RunSpec {
         irqchip,
         cycles: Some(cycles),
         duration: None,
-        stall: Duration::from_secs(3),
+        stall: common::STALL_GUARD,
     }
 }
 
@@ -31,14 +31,39 @@ fn every_mode_and_irqchip_cycles_every_interrupt_exactly_once() {
         for irqchip in [Irqchip::Kernel, Irqchip::User] {
             let mut w = DaemonWiring::connect(&d.socket, "sim0").unwrap();
 
+            let rearms = || {
+                let c = d.device("sim0").counters;
+                (c.safety_unmasks, c.relay.map_or(0, |r| r.watchdog_fires))
+            };
+            let (safety0, watchdog0) = rearms();
             let r = run_one(&mut w, &spec(mode, irqchip, 20_000), &mut |_, _| {}).unwrap();
+            // On a loaded host KVM delivers late (docs/testing.md, "Stalls
+            // under load"); each safety unmask or watchdog re-arm meanwhile
+            // may re-fire the still-high line once more: it is counted, and
+            // bounds the extra triggers (and, direct/kernel, the extra
+            // unmasks counted as EOIs).
+            let (safety1, watchdog1) = rearms();
+            let extra = (safety1 - safety0) + (watchdog1 - watchdog0);
+            let extra_eois = if (mode, irqchip) == (Mode::Direct, Irqchip::Kernel) {
+                safety1 - safety0
+            } else {
+                0
+            };
 
             let what = format!("{mode}/{irqchip}");
             assert_eq!(r.mode, mode, "{what}");
             assert_eq!(r.delivered, 20_000, "{what}: guest count");
             assert_eq!((r.lost, r.spurious), (0, 0), "{what}");
-            assert_eq!(r.triggered, 20_000, "{what}: one trigger per cycle");
-            assert_eq!(r.eois, 20_000, "{what}: one EOI per cycle");
+            assert!(
+                (20_000..=20_000 + extra).contains(&r.triggered),
+                "{what}: one trigger per cycle, at most one more per re-arm ({extra}): {}",
+                r.triggered
+            );
+            assert!(
+                (20_000..=20_000 + extra_eois).contains(&r.eois),
+                "{what}: one EOI per cycle ({extra_eois} safety unmasks): {}",
+                r.eois
+            );
             if mode == Mode::Direct {
                 assert!(
                     r.loop_wakeups_per_irq <= 0.001,
@@ -65,7 +90,11 @@ fn a_stuck_line_in_relay_mode_is_limited_and_recovers_when_fixed() {
     // The guest EOIs without acking: the device's line never drops.
     s.ram().set_ack_enabled(false);
     s.ring(1).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Measure from the moment the limiter holds the line, not after a guess.
+    assert!(
+        common::wait_until(common::GUARD, || s.snapshot().unwrap().storms > 0),
+        "the limiter engaged"
+    );
     let (cpu0, n0, t0) = (cpu_time(&stat).unwrap(), s.ram().count(), Instant::now());
     std::thread::sleep(Duration::from_secs(2));
     let (cpu1, n1, wall) = (cpu_time(&stat).unwrap(), s.ram().count(), t0.elapsed());
@@ -87,7 +116,7 @@ fn a_stuck_line_in_relay_mode_is_limited_and_recovers_when_fixed() {
     // Fix the line: the next ISR acks, and normal cycles flow again.
     s.ram().set_ack_enabled(true);
     let acked0 = snap.sim.acked;
-    assert!(common::wait_until(Duration::from_secs(3), || s
+    assert!(common::wait_until(common::GUARD, || s
         .snapshot()
         .unwrap()
         .sim
@@ -95,7 +124,7 @@ fn a_stuck_line_in_relay_mode_is_limited_and_recovers_when_fixed() {
         == acked0 + 1));
     let before = s.ram().count();
     s.ring(1000).unwrap();
-    let reached = s.wait_count(u64::from(before) + 1000, Duration::from_secs(3));
+    let reached = s.wait_count(u64::from(before) + 1000, common::STALL_GUARD);
     let after = s.snapshot().unwrap();
     s.finish().unwrap();
 
@@ -118,7 +147,7 @@ fn teardown_with_interrupts_in_flight_stops_them_and_frees_everything() {
         let mut s = Session::start(&mut w, Irqchip::Kernel, mode).unwrap();
         s.ring(u64::from(u32::MAX)).unwrap();
         assert!(
-            common::wait_until(Duration::from_secs(2), || s.ram().count() > 1000),
+            common::wait_until(common::GUARD, || s.ram().count() > 1000),
             "{mode}: cycling"
         );
 

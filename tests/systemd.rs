@@ -301,7 +301,9 @@ fn restart_mid_soak(mode: Mode, how: How) -> Gap {
     let total: u64 = 150_000;
     s.ring(total).unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || s.ram().count() > 20_000),
+        // Cycling, on a loaded host too (a relay under two busy loops runs
+        // a few hundred a second): a bound is a failure guard only.
+        wait_until(Duration::from_secs(60), || s.ram().count() > 2_000),
         "{mode}: cycling"
     );
     assert!(
@@ -376,7 +378,7 @@ fn restart_mid_soak(mode: Mode, how: How) -> Gap {
         }
         longest_stall = longest_stall.max(t - since.0);
     }
-    let reached = s.wait_count(total, Duration::from_secs(5));
+    let reached = s.wait_count(total, Duration::from_secs(30));
     let after = s.snapshot().unwrap();
 
     assert_eq!(reached, total, "{mode}: every cycle delivered");

@@ -1,7 +1,5 @@
 //! Interleaved rounds: baseline, direct, relay/kernel, relay/user, repeated.
 
-use std::time::Duration;
-
 use super::bare::BareDevice;
 use super::proc_daemon::DaemonProcess;
 use super::{BenchError, BenchOptions};
@@ -43,7 +41,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<Sa
                 irqchip,
                 cycles: Some(opts.cycles),
                 duration: None,
-                stall: Duration::from_secs(3),
+                stall: crate::soak::guest::STALL_BOUND,
             };
             let before = daemon.loop_thread();
             let run = if variant == "baseline" {

@@ -60,7 +60,6 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
     };
     let duration = args.duration.map(Duration::from_secs_f64);
     let tty = std::io::stderr().is_terminal() && !args.json;
-    let before = daemon_figures(&socket);
     let mut recorder = match &args.report {
         Some(_) => Some(intxd::lab::Recorder::connect(
             &socket,
@@ -68,6 +67,10 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         )?),
         None => None,
     };
+    // After the recorder's own control connection is up (with the
+    // in-process daemon both of its ends are this process's fds), so that
+    // the before and after figures count the same connections.
+    let before = daemon_figures(&socket);
     let mut report = SoakReport {
         runs: Vec::new(),
         resources: None,

@@ -18,7 +18,7 @@ use super::model::{percentiles_us, AckPolicy, DeviceModel, Next};
 use crate::util::fd::dup_eventfd;
 use crate::vfio::{
     DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, ParkedFd,
-    SimCounters, VmmFd,
+    SimCounters, SimLineState, VmmFd,
 };
 
 /// The state of one emulated function, shared with the host thread.
@@ -413,6 +413,13 @@ impl DeviceProbe for SimDevice {
             latency_max_us: max,
             latency_hist: crate::util::latency::latency_buckets(&st.model.latency_ns),
             intx_enabled: Some(st.line.enabled()),
+            state: SimLineState {
+                enabled: st.line.enabled(),
+                masked: st.line.masked(),
+                high: st.line.level(),
+                timer_pending: st.model.timer_pending(),
+                budget: st.model.budget(),
+            },
         })
     }
 

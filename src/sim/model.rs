@@ -89,6 +89,11 @@ impl DeviceModel {
         self.timer_pending = false;
     }
 
+    /// Whether a raise-after timer is pending.
+    pub fn timer_pending(&self) -> bool {
+        self.timer_pending
+    }
+
     /// Cycles requested but not raised yet.
     pub fn budget(&self) -> u64 {
         self.budget

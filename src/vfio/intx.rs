@@ -4,7 +4,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
-pub use intxd_client::types::{DeviceFacts, IntxInfo, SimCounters};
+pub use intxd_client::types::{DeviceFacts, IntxInfo, SimCounters, SimLineState};
 use vmm_sys_util::eventfd::EventFd;
 
 /// One INTx action, named after the `VFIO_DEVICE_SET_IRQS` call it stands for.

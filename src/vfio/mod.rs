@@ -31,7 +31,7 @@ pub use device::VfioIntx;
 pub use error::{Cause, VfioError};
 pub use intx::{
     DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxDevice, IntxError, IntxInfo, IntxOp,
-    ParkedFd, SimCounters, VmmFd,
+    ParkedFd, SimCounters, SimLineState, VmmFd,
 };
 pub use region::{
     enable_memory_and_intx, intx_loopback, is_bar_register, BarPage, RegionError, BAR_PAGE,

@@ -179,6 +179,15 @@ impl Drop for DaemonProc {
     }
 }
 
+/// The failure guard of a wait on state: generous, because the suite must
+/// pass with two busy loops beside it on 2 cores; a test that holds never
+/// waits this long.
+pub const GUARD: Duration = Duration::from_secs(30);
+
+/// A soak run's stall bound in the tests: a failure guard too (on a loaded
+/// host KVM's irqfd injection was seen 6.4 s late, and longer).
+pub const STALL_GUARD: Duration = Duration::from_secs(60);
+
 /// Waits until `f` holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();

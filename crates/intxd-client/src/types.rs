@@ -115,6 +115,25 @@ pub struct SimCounters {
     /// health scan checks a route against; absent from older emulators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intx_enabled: Option<bool>,
+    /// The line's own state when the counters were read (not inferred from
+    /// the counts, which unmasks that found INTx unmasked also move).
+    #[serde(default)]
+    pub state: SimLineState,
+}
+
+/// The emulated line's state at one moment, for stall reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimLineState {
+    /// INTx enabled (a trigger eventfd is set).
+    pub enabled: bool,
+    /// INTx masked (automasked by the last trigger, waiting for an unmask).
+    pub masked: bool,
+    /// The device drives its line high.
+    pub high: bool,
+    /// A raise-after timer is pending (the device raises again later).
+    pub timer_pending: bool,
+    /// Cycles asked for by the doorbell and not raised yet.
+    pub budget: u64,
 }
 
 /// Figures of one relay route.

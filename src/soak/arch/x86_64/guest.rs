@@ -86,8 +86,11 @@ pub const FAULT_ADDR: Option<u64> = None;
 /// How long the guest may take to come up.
 pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a run may go without a delivered interrupt before it counts as
-/// a stall.
-pub const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+/// a stall. With the in-kernel irqchip KVM asserts a resampling irqfd's GSI
+/// from a kworker (`irqfd_inject` on the system workqueue); a loaded 2-core
+/// host was measured running it up to 6.4 s after the irqfd write
+/// (docs/testing.md, "Stalls under load"), so the bound sits well above that.
+pub const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 /// The master PIC's command port, where the ISR's last EOI goes.
 pub const EOI_PORT: u16 = 0x20;
 /// The GSI (IRQ10 on the slave PIC).
