@@ -16,6 +16,7 @@
 //! | `dispatch/` | requests: hello, attach, detach, trigger, status |
 //! | `device/` | a device slot, its lifecycle state machine, opening, mode choice |
 //! | `health.rs` | the once-a-second scan and the request interrupt |
+//! | `ownership.rs` | a peer's fds never block; a device passes to a new owner clean |
 //! | `binder/` | binding to vfio-pci and back, and the worker thread for reloads |
 //! | `reload.rs` | SIGHUP |
 //! | `restart/` | the state record and the fd store across a restart |
@@ -30,6 +31,7 @@ mod event_loop;
 mod events;
 mod health;
 mod listener;
+mod ownership;
 mod relay_hot;
 mod reload;
 mod restart;

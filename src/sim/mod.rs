@@ -16,6 +16,7 @@
 
 mod device;
 mod facts;
+mod handoff;
 mod host;
 pub mod line;
 pub mod model;
