@@ -129,7 +129,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::util::fd::{borrow_eventfd, new_eventfd};
-    use std::os::unix::process::CommandExt;
 
     #[test]
     fn kcmp_tells_a_dup_from_another_eventfd() {
@@ -144,19 +143,11 @@ mod tests {
     fn a_child_holding_our_eventfd_is_found_by_pid_and_comm_and_others_are_not() {
         let held = new_eventfd().unwrap();
         let free = new_eventfd().unwrap();
-        let raw = held.as_raw_fd();
+        // The child holds it as its stdin.
         let mut cmd = std::process::Command::new("sleep");
-        cmd.arg("1000");
-        // SAFETY: dup2 is async-signal-safe; it gives the child fd 3 without
-        // close-on-exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(raw, 3) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        cmd.arg("1000").stdin(std::process::Stdio::from(
+            crate::util::fd::dup_eventfd(&held).unwrap(),
+        ));
         let mut child = cmd.spawn().unwrap();
         let pid = child.id();
         let seen = |fd: BorrowedFd<'_>| {
@@ -176,7 +167,7 @@ mod tests {
         let h = seen(borrow_eventfd(&held));
         assert!(
             h.iter()
-                .any(|h| h.pid == pid && h.comm == "sleep" && h.fd == 3 && h.which == 0),
+                .any(|h| h.pid == pid && h.comm == "sleep" && h.fd == 0 && h.which == 0),
             "{h:?}"
         );
         let none = other_holders(&[borrow_eventfd(&free)], &[]).unwrap();
