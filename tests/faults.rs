@@ -236,9 +236,26 @@ impl SimHostProc {
             &UnixAddr::new(self.socket.as_path()).unwrap(),
         )
         .unwrap();
-        let req = format!(r#"{{"op":"surprise_remove","index":{index}}}"#);
-        intxd::control::wire::send(s.as_fd(), req.as_bytes(), &[]).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // Like every sim-host request, it needs an open of that device on
+        // this connection; each reply is waited for.
+        for req in [
+            format!(
+                r#"{{"op":"open","index":{index},"name":"fault","policy":{{"after_ack":"raise"}}}}"#
+            ),
+            format!(r#"{{"op":"surprise_remove","index":{index}}}"#),
+        ] {
+            intxd::control::wire::send(s.as_fd(), req.as_bytes(), &[]).unwrap();
+            let mut reply = None;
+            assert!(wait_until(Duration::from_secs(5), || {
+                match intxd::control::wire::recv(s.as_fd()) {
+                    Ok(Some(p)) => reply = Some(p.data),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    other => panic!("{other:?}"),
+                }
+                reply.is_some()
+            }));
+            assert_eq!(reply.unwrap(), br#"{"reply":"ok"}"#, "{req}");
+        }
     }
 }
 

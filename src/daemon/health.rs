@@ -18,7 +18,10 @@
 //! - **a VMM whose irqfd is gone**: when the VMM's irq eventfd holds an
 //!   unread count for longer than `irqfd_timeout_ms`, nobody serves it (KVM
 //!   dropped the irqfd, or the VMM stopped). The device is detached, so its
-//!   INTx is disabled instead of left masked, and the owner is told.
+//!   INTx is disabled instead of left masked, and the owner is told;
+//! - **a VMM eventfd made blocking**: a VMM that cleared `O_NONBLOCK` on its
+//!   irq or resample eventfd after the attach (which refuses blocking ones)
+//!   is detached the same way (see `ownership.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -141,6 +144,7 @@ impl Daemon {
         self.check_intx_wiring();
         let mut lost = Vec::new();
         let mut storms = Vec::new();
+        let mut blocking = Vec::new();
         for (i, dev) in self.devices.iter_mut().enumerate() {
             let tag = format!("{} {}", dev.cfg.name, dev.cfg.pci);
             let Some((open, att)) = dev
@@ -161,6 +165,10 @@ impl Daemon {
                 eoi_in_userspace: att.irqchip != Irqchip::Kernel,
                 asserting: open.backend.sim_counters().map(|c| c.raised > c.acked),
             };
+            if let Some(role) = super::ownership::blocking_vmm_fd(&att.route) {
+                blocking.push((i, role));
+                continue;
+            }
             let found = dev.health.observe(sample, now);
             if let Some(rate) = found.storm_report {
                 let limit = sample.storm_rate;
@@ -187,6 +195,13 @@ impl Daemon {
                 rate_limit,
             };
             self.send_event(i, &ev);
+        }
+        for (i, role) in blocking {
+            self.peer_fd_failed(
+                i,
+                role,
+                "was made blocking (O_NONBLOCK cleared) after the attach",
+            );
         }
         for (i, waited) in lost {
             let tag = self.devices[i].tag();

@@ -16,6 +16,7 @@
 //! | `dispatch/` | requests: hello, attach, detach, trigger, status |
 //! | `device/` | a device slot, its lifecycle state machine, opening, mode choice |
 //! | `health.rs` | the once-a-second scan and the request interrupt |
+//! | `ownership.rs` | a peer's fds never block; a device passes to a new owner clean |
 //! | `binder/` | binding to vfio-pci and back, and the worker thread for reloads |
 //! | `reload.rs` | SIGHUP and the `reload` request |
 //! | `admin.rs` | the operator's `reload` reply and planned `restart` |
@@ -33,6 +34,7 @@ mod events;
 mod health;
 mod intx_watch;
 mod listener;
+mod ownership;
 mod relay_hot;
 mod reload;
 mod restart;

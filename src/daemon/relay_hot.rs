@@ -43,10 +43,9 @@ impl Daemon {
         path.woken(self.lp.stats.wakeups);
         match path.on_trigger(now) {
             Ok(_) => self.lp.timers.scan_soon(now),
-            Err(e) => log::error!(
-                "{}: relay could not signal the VMM's irq eventfd: {e}",
-                self.devices[i].tag()
-            ),
+            // A full counter (EAGAIN) or any other failure: the VMM's fd,
+            // not the daemon, ends; only this device is detached.
+            Err(e) => self.peer_fd_failed(i, "irq", &format!("could not take a signal ({e})")),
         }
     }
 

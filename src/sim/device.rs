@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,10 +15,8 @@ use super::facts::{sim_facts, SIM_INTX_INFO};
 use super::host::{drain, lock, token, Shared, Slot, KIND_UNMASK};
 use super::line::IntxLine;
 use super::model::{percentiles_us, AckPolicy, DeviceModel, Next};
-use crate::util::fd::dup_eventfd;
 use crate::vfio::{
-    DeviceFacts, DeviceFds, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, ParkedFd,
-    SimCounters, SimLineState, VmmFd,
+    DeviceFacts, DeviceProbe, IntxActions, IntxError, IntxInfo, IntxOp, SimCounters, SimLineState,
 };
 
 /// The state of one emulated function, shared with the host thread.
@@ -26,8 +24,8 @@ pub(crate) struct SimState {
     pub(super) name: String,
     pub(super) line: IntxLine,
     pub(super) model: DeviceModel,
-    ack: EventFd,
-    doorbell: EventFd,
+    pub(super) ack: EventFd,
+    pub(super) doorbell: EventFd,
     unmask: Option<EventFd>,
     request: Option<EventFd>,
     faults: HashMap<IntxOp, i32>,
@@ -129,12 +127,12 @@ impl SimState {
 pub struct SimDevice {
     name: String,
     index: u32,
-    slot: usize,
+    pub(super) slot: usize,
     pub(super) state: Slot,
     host: Arc<Shared>,
-    registry: Arc<Registry>,
-    ack: EventFd,
-    doorbell: EventFd,
+    pub(super) registry: Arc<Registry>,
+    pub(super) ack: EventFd,
+    pub(super) doorbell: EventFd,
     unmask_raw: Option<RawFd>,
 }
 
@@ -429,20 +427,6 @@ impl DeviceProbe for SimDevice {
 
     fn intx_enabled(&self) -> Option<bool> {
         Some(lock(&self.state).line.enabled())
-    }
-}
-
-impl DeviceFds for SimDevice {
-    fn vmm_fds(&self) -> io::Result<Vec<(VmmFd, OwnedFd)>> {
-        Ok(vec![
-            (VmmFd::Ack, dup_eventfd(&self.ack)?),
-            (VmmFd::Doorbell, dup_eventfd(&self.doorbell)?),
-        ])
-    }
-
-    fn store_fds(&self) -> Vec<(ParkedFd, std::os::fd::BorrowedFd<'_>)> {
-        // This emulation lives in the daemon and dies with it.
-        Vec::new()
     }
 }
 

@@ -281,7 +281,8 @@ fn run(mut poll: Poll, shared: Arc<Shared>) {
     }
 }
 
-/// Reads an eventfd's counter; 0 when it was not signalled.
+/// Reads an eventfd's counter; 0 when it was not signalled. Never blocks,
+/// even on an fd whose other holder (the VMM) cleared `O_NONBLOCK`.
 pub(super) fn drain(ev: &EventFd) -> u64 {
-    ev.read().unwrap_or_default()
+    crate::util::fd::drain_eventfd(ev)
 }

@@ -110,10 +110,10 @@ impl IntxLine {
 
     fn signal(&mut self) {
         if let Some(t) = &self.trigger {
-            // An eventfd write fails only when the counter would overflow,
-            // which a consumer that has stopped reading could cause; the
-            // pending count already says "asserted", so nothing is lost.
-            let _ = t.write(1);
+            // As the kernel's eventfd_signal: never blocks. A full counter
+            // already says "asserted", so nothing is lost; an fd its holder
+            // made blocking is left alone (the daemon detaches that route).
+            let _ = crate::util::fd::signal_eventfd(t);
             self.triggers += 1;
         }
     }

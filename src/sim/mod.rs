@@ -16,6 +16,7 @@
 
 mod device;
 mod facts;
+mod handoff;
 mod host;
 mod lifecycle;
 pub mod line;

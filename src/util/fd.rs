@@ -106,3 +106,75 @@ pub fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(io::Error::from)?;
     Ok(flags & libc::FD_CLOEXEC != 0)
 }
+
+/// Whether `fd`'s open file description has `O_NONBLOCK`. A peer that holds
+/// the same description (every copy passed over a socket does) can change
+/// it at any time, so this answers for now only.
+pub fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    Ok(flags & libc::O_NONBLOCK != 0)
+}
+
+/// What [`signal_eventfd`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signalled {
+    /// The counter went up by one.
+    Added,
+    /// The counter is at its maximum: it already says "signalled"; the
+    /// write coalesced into it (the kernel's `eventfd_signal` saturates).
+    Saturated,
+    /// The fd is not `O_NONBLOCK` (its holder cleared the flag): nothing was
+    /// written, since a write could block this thread.
+    Blocking,
+}
+
+/// Adds one to an eventfd the way the kernel's `eventfd_signal` does: never
+/// blocking. A full counter coalesces the signal; an fd whose holder made
+/// it blocking is not written at all. Any other failure is returned.
+pub fn signal_eventfd(ev: &EventFd) -> io::Result<Signalled> {
+    if !is_nonblocking(borrow_eventfd(ev))? {
+        return Ok(Signalled::Blocking);
+    }
+    match ev.write(1) {
+        Ok(()) => Ok(Signalled::Added),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Signalled::Saturated),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads and clears an eventfd's counter without ever blocking: 0 when it
+/// was not signalled, when it failed, or when its holder made it blocking
+/// (a read of a counter another holder just consumed would wait).
+pub fn drain_eventfd(ev: &EventFd) -> u64 {
+    if !is_nonblocking(borrow_eventfd(ev)).unwrap_or(false) {
+        return 0;
+    }
+    ev.read().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_signal_never_blocks_it_coalesces_into_a_full_counter_or_skips_a_blocking_fd() {
+        let ev = new_eventfd().unwrap();
+        assert_eq!(signal_eventfd(&ev).unwrap(), Signalled::Added);
+        ev.write(0xffff_ffff_ffff_fffd).unwrap();
+        assert_eq!(signal_eventfd(&ev).unwrap(), Signalled::Saturated);
+        assert_eq!(drain_eventfd(&ev), 0xffff_ffff_ffff_fffe);
+        assert_eq!(drain_eventfd(&ev), 0, "empty: no wait");
+
+        let blocking = EventFd::new(libc::EFD_CLOEXEC).unwrap();
+        assert!(!is_nonblocking(borrow_eventfd(&blocking)).unwrap());
+        blocking.write(0xffff_ffff_ffff_fffe).unwrap();
+        // A plain write here would block this thread for good.
+        assert_eq!(signal_eventfd(&blocking).unwrap(), Signalled::Blocking);
+        assert_eq!(drain_eventfd(&blocking), 0, "a blocking fd is not read");
+        assert_eq!(
+            eventfd_count(blocking.as_raw_fd()),
+            Some(0xffff_ffff_ffff_fffe)
+        );
+    }
+}

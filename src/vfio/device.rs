@@ -294,6 +294,13 @@ impl DeviceFds for VfioIntx {
             (ParkedFd::Container, self.container.as_fd()),
         ]
     }
+
+    /// The container is the device's IOMMU context: a new owner starts with
+    /// no DMA mapping of the last one (who, the daemon has checked, holds
+    /// no copy of the container fd any more to map new ones).
+    fn hand_off(&mut self) -> io::Result<()> {
+        ioctl::unmap_all_dma(self.container.as_fd())
+    }
 }
 
 impl std::fmt::Debug for VfioIntx {

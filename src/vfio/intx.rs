@@ -213,6 +213,24 @@ pub trait DeviceFds {
     /// there, they keep a live route alive across a daemon restart. Empty
     /// when the device cannot outlive the daemon (an in-process emulation).
     fn store_fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)>;
+    /// Readies the device for a new owner, before its route is wired: the
+    /// emulated device makes fresh ack and doorbell eventfds (the last
+    /// owner's copies go dead), a real one unmaps every DMA mapping of its
+    /// container (a fresh IOMMU context). The default does nothing.
+    fn hand_off(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// The last owner detached: the emulated device stops listening to the
+    /// ack and doorbell eventfds it handed out (they go deaf at once; the
+    /// next [`hand_off`](Self::hand_off) replaces them). The default does
+    /// nothing.
+    fn release_fds(&mut self) {}
+    /// Processes besides the daemon that hold the device's fds by design
+    /// (the sim host serving a remote emulated device): the hand-off check
+    /// does not count them as a former owner.
+    fn serving_pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// A whole backend, as the daemon holds it (`Box<dyn IntxDevice>`): its

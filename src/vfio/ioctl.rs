@@ -12,10 +12,11 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, vfio_irq_info, vfio_irq_set, vfio_region_info, VFIO_BASE,
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_INTX_IRQ_INDEX, VFIO_TYPE,
+    vfio_device_info, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set, vfio_region_info,
+    VFIO_BASE, VFIO_DMA_UNMAP_FLAG_ALL, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_PCI_INTX_IRQ_INDEX, VFIO_TYPE, VFIO_UNMAP_ALL,
 };
-use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ref};
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::ioctl_io_nr;
 
 ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
@@ -23,6 +24,8 @@ ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_BASE + 8);
 ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE as u32, VFIO_BASE + 9);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
+ioctl_io_nr!(VFIO_CHECK_EXTENSION, VFIO_TYPE as u32, VFIO_BASE + 1);
+ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE as u32, VFIO_BASE + 14);
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -125,6 +128,38 @@ pub(crate) fn intx_loopback(dev: BorrowedFd<'_>) -> io::Result<()> {
 pub(crate) fn reset(dev: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: an argument-less ioctl on an open fd.
     check(unsafe { ioctl(&dev, VFIO_DEVICE_RESET()) })?;
+    Ok(())
+}
+
+/// Unmaps every DMA mapping of a type1 container, so that the next owner
+/// starts from an empty IOMMU context: one `VFIO_IOMMU_UNMAP_DMA` with
+/// `VFIO_DMA_UNMAP_FLAG_ALL` where the kernel has it (`VFIO_UNMAP_ALL`,
+/// Linux 5.13), else the two halves of the 64-bit IOVA space.
+pub(crate) fn unmap_all_dma(container: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: VFIO_CHECK_EXTENSION takes its argument by value and touches
+    // no memory of ours.
+    let has_all = unsafe {
+        ioctl_with_val(
+            &container,
+            VFIO_CHECK_EXTENSION(),
+            libc::c_ulong::from(VFIO_UNMAP_ALL),
+        )
+    } > 0;
+    let half = 1u64 << 63;
+    let all = [(VFIO_DMA_UNMAP_FLAG_ALL, 0, 0)];
+    let halves = [(0, 0, half), (0, half, half)];
+    for &(flags, iova, size) in if has_all { &all[..] } else { &halves[..] } {
+        let mut unmap = vfio_iommu_type1_dma_unmap {
+            argsz: size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+            flags,
+            iova,
+            size,
+            ..Default::default()
+        };
+        // SAFETY: a live, correctly sized struct whose `argsz` bounds what
+        // the kernel reads and writes back (the unmapped size).
+        check(unsafe { ioctl_with_mut_ref(&container, VFIO_IOMMU_UNMAP_DMA(), &mut unmap) })?;
+    }
     Ok(())
 }
 

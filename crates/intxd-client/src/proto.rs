@@ -263,6 +263,13 @@ pub enum ErrorCode {
     /// A planned restart cannot keep the routes here (no fd store: not run
     /// by systemd).
     RestartUnavailable,
+    /// An `attach` eventfd without `O_NONBLOCK`; the message names which.
+    BlockingEventfd,
+    /// The same eventfd was passed as both `irq` and `resample`.
+    SameEventfd,
+    /// Another process still holds the device's fds from an earlier
+    /// attach; the message names its pid.
+    DeviceHeld,
 }
 
 /// An asynchronous event to a device's owner.

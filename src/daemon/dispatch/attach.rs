@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 
 use crate::control::proto::{ErrorCode, ModeRequest, Owner, Reply};
 use crate::daemon::device::{choose_mode, AttachOrigin, Attachment, Holder};
+use crate::daemon::ownership::check_vmm_fds;
 use crate::daemon::Daemon;
 use crate::route::{self, Irqchip, VmmLine};
 use crate::util::error::chain;
@@ -72,6 +73,13 @@ impl Daemon {
         let (Some(irq), Some(resample)) = (it.next(), it.next()) else {
             return fail(Reply::error(ErrorCode::BadFdCount, "attach takes two fds"));
         };
+        if let Err(r) = check_vmm_fds(&irq, &resample) {
+            log::warn!("{}: refused attach by pid {}: {r:?}", dev.tag(), peer.pid);
+            return fail(r);
+        }
+        if let Err(r) = self.hand_off(di, peer.pid) {
+            return fail(r);
+        }
         let vmm = VmmLine {
             irq: owned_into_eventfd(irq),
             resample: owned_into_eventfd(resample),
@@ -180,6 +188,9 @@ impl Daemon {
             return;
         }
         log::info!("{tag}: detached ({why})");
+        if let Some(open) = dev.state.open_mut() {
+            open.backend.release_fds();
+        }
         self.unpark_route(di);
         self.save_state();
         self.update_status();

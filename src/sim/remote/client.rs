@@ -264,4 +264,23 @@ impl DeviceFds for RemoteSim {
     fn store_fds(&self) -> Vec<(ParkedFd, BorrowedFd<'_>)> {
         vec![(ParkedFd::Device, self.chan.socket())]
     }
+
+    fn hand_off(&mut self) -> io::Result<()> {
+        match self.call(&SimRequest::HandOff, &[])? {
+            (SimReply::Ok, _) => Ok(()),
+            (other, _) => Err(io::Error::other(format!(
+                "sim host made no fresh device fds: {other:?}"
+            ))),
+        }
+    }
+
+    fn serving_pids(&self) -> Vec<u32> {
+        // The sim host created the device's eventfds and holds them.
+        nix::sys::socket::getsockopt(
+            &self.chan.socket(),
+            nix::sys::socket::sockopt::PeerCredentials,
+        )
+        .map(|c| vec![c.pid() as u32])
+        .unwrap_or_default()
+    }
 }

@@ -49,7 +49,10 @@ pub enum SimRequest {
     Counters,
     /// The ack and doorbell eventfds, for the VMM.
     VmmFds,
-    /// The device disappears (fault injection; needs no `open`).
+    /// Fresh ack and doorbell eventfds for a new owner.
+    HandOff,
+    /// The device disappears (fault injection). Like every other request it
+    /// needs an `open` of that device on this connection first.
     SurpriseRemove {
         /// The `N` of `sim:N`.
         index: u32,

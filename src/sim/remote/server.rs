@@ -207,6 +207,13 @@ fn handle(
     fds: Vec<OwnedFd>,
 ) -> (SimReply, Vec<OwnedFd>) {
     if let SimRequest::SurpriseRemove { index } = req {
+        // The same rule as every other request: only a connection that
+        // opened the device acts on it.
+        if conn.device != Some(index) {
+            return failed(format!(
+                "surprise_remove of sim:{index} refused: open sim:{index} on this connection first"
+            ));
+        }
         return match devices.get(&index) {
             Some(d) => {
                 d.surprise_remove();
@@ -271,6 +278,12 @@ fn handle(
             return match dev.vmm_fds() {
                 Ok(f) => (SimReply::Ok, f.into_iter().map(|(_, fd)| fd).collect()),
                 Err(e) => failed(e.to_string()),
+            }
+        }
+        SimRequest::HandOff => {
+            return match dev.hand_off() {
+                Ok(()) => (SimReply::Ok, Vec::new()),
+                Err(e) => failed(format!("could not make fresh device fds: {e}")),
             }
         }
         SimRequest::Open { .. } | SimRequest::SurpriseRemove { .. } => Ok(()),
