@@ -6,6 +6,7 @@ mod doctor_cmd;
 mod logging;
 mod metrics_cmd;
 mod soak_cmd;
+mod soak_gone;
 mod status_cmd;
 
 use std::path::PathBuf;
