@@ -47,6 +47,7 @@ fn cut_short(out: &Output, cause: &str) -> u64 {
         .lines()
         .find(|l| l.starts_with("FAIL sim0 relay/user: cut short after "))
         .unwrap_or_else(|| panic!("no FAIL line: {stdout}\n{stderr}"));
+    println!("{line}");
     assert!(line.contains(cause), "{line}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
     assert!(!stderr.contains("NotAttached"), "{stderr}");

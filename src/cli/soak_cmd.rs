@@ -94,7 +94,10 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
             let mut last_line = Instant::now();
             let mut so_far = (0u64, Duration::ZERO);
             let mut progress = |count: u64, elapsed: Duration| {
-                so_far = (count, elapsed);
+                if count != so_far.0 {
+                    // Until the last interrupt: a stall adds no time.
+                    so_far = (count, elapsed);
+                }
                 if let Some(r) = recorder.as_mut() {
                     r.progress(count, elapsed);
                 }
