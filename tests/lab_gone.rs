@@ -38,6 +38,15 @@ fn wait_cycling(d: &DaemonProc) {
     );
 }
 
+/// SIGKILLs the daemon and waits until it is gone.
+fn kill_daemon(d: &mut DaemonProc) {
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || d
+        .child_exit()
+        .is_some()));
+}
+
 /// The interrupts the soak's FAIL line says were delivered before the end.
 fn cut_short(out: &Output, cause: &str) -> u64 {
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -85,11 +94,7 @@ fn a_soak_whose_daemon_is_killed_reports_its_figures_and_the_cause() {
     let soak = start_soak(&d);
     wait_cycling(&d);
 
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || d
-        .child_exit()
-        .is_some()));
+    kill_daemon(&mut d);
 
     let out = soak.wait_with_output().unwrap();
     let delivered = cut_short(&out, "the daemon went away (connection closed)");
@@ -125,11 +130,7 @@ fn attach_hold_tells_the_removal_and_the_daemon_going_away() {
     assert!(stdout.contains("FAIL sim0: gone after "), "{stdout}");
     assert!(stdout.contains("the device is going away"), "{stdout}");
 
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || d
-        .child_exit()
-        .is_some()));
+    kill_daemon(&mut d);
     let out = second.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
