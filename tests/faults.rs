@@ -7,6 +7,8 @@
 mod common;
 #[path = "pci/fake.rs"]
 mod fake;
+#[path = "common/simhost.rs"]
+mod simhost;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use common::{intxd_bin, require_kvm, sim_device, wait_until, DaemonProc, GUARD};
 use intxd::control::client::{attach_kernel_irqchip, attach_user_irqchip, Client};
 use intxd::control::proto::{ErrorCode, Event, ModeRequest, Reply};
 use intxd::util::fd::owned_into_eventfd;
+use simhost::SimHostProc;
 use vmm_sys_util::eventfd::EventFd;
 
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
@@ -194,76 +197,6 @@ fn serve_guest(
         }
     }
     got
-}
-
-/// A sim host process for the daemon's devices.
-struct SimHostProc {
-    child: std::process::Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SimHostProc {
-    fn start() -> SimHostProc {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("sim.sock");
-        let child = Command::new(intxd_bin())
-            .arg("sim-host")
-            .arg("--socket")
-            .arg(&socket)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(wait_until(GUARD, || socket.exists()));
-        SimHostProc {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    fn surprise_remove(&self, index: u32) {
-        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-        let s = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::empty(),
-            None,
-        )
-        .unwrap();
-        connect(
-            s.as_raw_fd(),
-            &UnixAddr::new(self.socket.as_path()).unwrap(),
-        )
-        .unwrap();
-        // Like every sim-host request, it needs an open of that device on
-        // this connection; each reply is waited for.
-        for req in [
-            format!(
-                r#"{{"op":"open","index":{index},"name":"fault","policy":{{"after_ack":"raise"}}}}"#
-            ),
-            format!(r#"{{"op":"surprise_remove","index":{index}}}"#),
-        ] {
-            intxd::control::wire::send(s.as_fd(), req.as_bytes(), &[]).unwrap();
-            let mut reply = None;
-            assert!(wait_until(Duration::from_secs(5), || {
-                match intxd::control::wire::recv(s.as_fd()) {
-                    Ok(Some(p)) => reply = Some(p.data),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    other => panic!("{other:?}"),
-                }
-                reply.is_some()
-            }));
-            assert_eq!(reply.unwrap(), br#"{"reply":"ok"}"#, "{req}");
-        }
-    }
-}
-
-impl Drop for SimHostProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod doctor_cmd;
 mod logging;
 mod metrics_cmd;
 mod soak_cmd;
+mod soak_gone;
 mod status_cmd;
 mod version;
 

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{logging, ChipArg, CmdResult, ModeArg, SoakArgs};
 use intxd::config::{Config, PciAddr};
 use intxd::route::{Irqchip, Mode};
-use intxd::soak::{run_one, DaemonWiring, InProcessDaemon, RunSpec, SoakReport};
+use intxd::soak::{run_one, DaemonWiring, InProcessDaemon, RunSpec, SoakError, SoakReport};
 
 const DEFAULT_CYCLES: u64 = 50_000;
 
@@ -95,7 +95,12 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
             }
             let bar = progress_bar(tty, cycles, &label);
             let mut last_line = Instant::now();
+            let mut so_far = (0u64, Duration::ZERO);
             let mut progress = |count: u64, elapsed: Duration| {
+                if count != so_far.0 {
+                    // Until the last interrupt: a stall adds no time.
+                    so_far = (count, elapsed);
+                }
                 if let Some(r) = recorder.as_mut() {
                     r.progress(count, elapsed);
                 }
@@ -113,10 +118,25 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
                 }
             };
             let mut wiring = DaemonWiring::connect(&socket, &device)?.with_exerciser(exerciser);
-            let run = run_one(&mut wiring, &spec, &mut progress)?;
+            let run = run_one(&mut wiring, &spec, &mut progress);
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
+            let run = match run {
+                Err(SoakError::Gone { device, cause }) => {
+                    let (delivered, elapsed) = so_far;
+                    let cut = super::soak_gone::CutShort {
+                        device,
+                        mode: mode.to_string(),
+                        irqchip: irqchip.to_string(),
+                        delivered,
+                        elapsed_s: elapsed.as_secs_f64(),
+                        cause,
+                    };
+                    return super::soak_gone::report(&report, &cut, args.json);
+                }
+                r => r?,
+            };
             if let Some(r) = recorder.as_mut() {
                 r.end_run(&run);
             }

@@ -70,8 +70,17 @@ pub fn attach(socket: &Path, device: &str, mode: AttachModeArg, hold: f64) -> Cm
     };
     let mut att = intxd::control::client::attach_user_irqchip(socket, device, mode)?;
     println!("{}", serde_json::to_string(&att.reply)?);
-    if hold > 0.0 {
-        std::thread::sleep(std::time::Duration::from_secs_f64(hold));
+    let t0 = std::time::Instant::now();
+    if let Err(cause) = super::soak_gone::hold(
+        &mut att.client,
+        device,
+        std::time::Duration::from_secs_f64(hold),
+    ) {
+        println!(
+            "FAIL {device}: gone after {:.1}s of the {hold}s hold: {cause}",
+            t0.elapsed().as_secs_f64()
+        );
+        return Ok(ExitCode::FAILURE);
     }
     att.client.detach(device)?;
     Ok(ExitCode::SUCCESS)

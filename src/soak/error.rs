@@ -105,4 +105,29 @@ pub enum SoakError {
     /// A real function's registers could not be reached.
     #[error(transparent)]
     Region(#[from] RegionError),
+    /// The daemon went away or took the device back in the middle of a run:
+    /// `cause` is the daemon's `device_gone` reason, or that the connection
+    /// closed.
+    #[error("{device}: {cause}")]
+    Gone {
+        /// The device.
+        device: String,
+        /// Why, in the daemon's words or the connection's.
+        cause: String,
+    },
+}
+
+/// The cause given when the daemon's connection closes under a run.
+pub const DAEMON_WENT_AWAY: &str = "the daemon went away (connection closed)";
+
+/// Whether `e` says the daemon's end of the connection is gone.
+pub fn connection_closed(e: &ClientError) -> bool {
+    match e {
+        ClientError::Closed => true,
+        ClientError::Io(io) => matches!(
+            io.raw_os_error(),
+            Some(libc::EPIPE) | Some(libc::ECONNRESET)
+        ),
+        _ => false,
+    }
 }

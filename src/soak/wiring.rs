@@ -12,8 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::run::SoakError;
 use crate::config::Exerciser;
-use crate::control::client::Client;
-use crate::control::proto::{ModeRequest, Reply};
+use crate::control::client::{Client, ClientError};
+use crate::control::proto::{Event, ModeRequest, Reply};
 use crate::route::{Irqchip, Mode};
 use crate::util::fd::owned_into_eventfd;
 use crate::vfio::SimCounters;
@@ -149,6 +149,39 @@ impl DaemonWiring {
         self.exerciser = exerciser;
         self
     }
+
+    /// Why the device is gone, if it is: the `device_gone` event queued on
+    /// this connection, or the connection closed.
+    fn gone(&mut self) -> Option<String> {
+        loop {
+            match self.client.next_event(std::time::Duration::ZERO) {
+                Ok(Some(Event::DeviceGone { device, reason })) if device == self.device => {
+                    return Some(reason)
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => {
+                    return super::error::connection_closed(&e)
+                        .then(|| super::error::DAEMON_WENT_AWAY.to_string())
+                }
+            }
+        }
+    }
+
+    /// A failed request, told by its real cause when the device or the
+    /// daemon went away (and not as, say, `NotAttached` or `Broken pipe`).
+    fn failed(&mut self, e: ClientError) -> SoakError {
+        let cause = self.gone().or_else(|| {
+            super::error::connection_closed(&e).then(|| super::error::DAEMON_WENT_AWAY.to_string())
+        });
+        match cause {
+            Some(cause) => SoakError::Gone {
+                device: self.device.clone(),
+                cause,
+            },
+            None => SoakError::Client(e),
+        }
+    }
 }
 
 impl Wiring for DaemonWiring {
@@ -181,10 +214,13 @@ impl Wiring for DaemonWiring {
             Mode::Direct => ModeRequest::Direct,
             Mode::Relay => ModeRequest::Relay,
         };
-        let (reply, fds) = self
+        let r = self
             .client
-            .attach(&self.device, irqchip, want, irq, resample)
-            .map_err(SoakError::Client)?;
+            .attach(&self.device, irqchip, want, irq, resample);
+        let (reply, fds) = match r {
+            Ok(r) => r,
+            Err(e) => return Err(self.failed(e)),
+        };
         let Reply::Attached {
             mode,
             reason,
@@ -224,7 +260,16 @@ impl Wiring for DaemonWiring {
     }
 
     fn snapshot(&mut self) -> Result<Snapshot, SoakError> {
-        let status = self.client.status().map_err(SoakError::Client)?;
+        let status = match self.client.status() {
+            Ok(s) => s,
+            Err(e) => return Err(self.failed(e)),
+        };
+        if let Some(cause) = self.gone() {
+            return Err(SoakError::Gone {
+                device: self.device.clone(),
+                cause,
+            });
+        }
         let Reply::Status { daemon, devices } = status else {
             return Err(SoakError::UnexpectedReply {
                 device: self.device.clone(),
@@ -253,10 +298,10 @@ impl Wiring for DaemonWiring {
     }
 
     fn detach(&mut self) -> Result<(), SoakError> {
-        self.client
-            .detach(&self.device)
-            .map_err(SoakError::Client)?;
-        Ok(())
+        match self.client.detach(&self.device) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     fn device(&self) -> &str {
