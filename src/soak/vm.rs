@@ -49,14 +49,6 @@ pub enum VmError {
     /// The host kernel lacks a capability this irqchip flavour needs.
     #[error("the host KVM lacks {0}")]
     Missing(&'static str),
-    /// The soak has no such guest on this architecture yet.
-    #[error("the {arch} soak has no {what} yet")]
-    Unsupported {
-        /// The architecture.
-        arch: &'static str,
-        /// What is missing.
-        what: &'static str,
-    },
 }
 
 /// Maps a KVM error to [`VmError::Kvm`] with what was being done.
