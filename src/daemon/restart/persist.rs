@@ -13,7 +13,6 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -142,7 +141,7 @@ impl WritePause {
     /// The hook, when the test hooks are on and the variable is set.
     pub fn from_env(test_hooks: bool) -> Option<WritePause> {
         let n = std::env::var("INTXD_TEST_RECORD_PAUSE").ok()?;
-        test_hooks
+        (test_hooks && crate::daemon::TEST_HOOKS_BUILT)
             .then(|| n.parse().ok())
             .flatten()
             .map(|min_routes| WritePause { min_routes })
@@ -267,17 +266,27 @@ impl StateFile {
         buf.extend_from_slice(&body);
         let offset = self.target(HEADER + len);
         match self.pause.filter(|p| rec.routes.len() >= p.min_routes) {
-            Some(_) => {
-                let half = buf.len() / 2;
-                self.file.write_all_at(&buf[..half], offset)?;
-                log::warn!("test hook: the state record write stops halfway ({half} of {} bytes at offset {offset})", buf.len());
-                std::thread::sleep(Duration::from_secs(3600));
-                self.file.write_all_at(&buf[half..], offset + half as u64)?;
-            }
-            None => self.file.write_all_at(&buf, offset)?,
+            #[cfg(feature = "test-hooks")]
+            Some(_) => self.paused_write(&buf, offset)?,
+            _ => self.file.write_all_at(&buf, offset)?,
         }
         self.newest = Some(Slot { offset, seq, len });
         Ok(())
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl StateFile {
+    /// The write-pause hook's write: half of it, an hour's sleep, the rest.
+    fn paused_write(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let half = buf.len() / 2;
+        self.file.write_all_at(&buf[..half], offset)?;
+        log::warn!(
+            "test hook: the state record write stops halfway ({half} of {} bytes at offset {offset})",
+            buf.len()
+        );
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+        self.file.write_all_at(&buf[half..], offset + half as u64)
     }
 }
 
