@@ -67,10 +67,12 @@ DPID=$!
 i=0
 while [ ! -S "$SOCK" ] && [ $i -lt 200 ] && kill -0 "$DPID" 2>/dev/null; do sleep 0.05; i=$((i + 1)); done
 if [ -S "$SOCK" ]; then pass "intxd run is up (socket after $i polls, guest uptime $T0 -> $(up))"; else fail "intxd run did not create $SOCK"; finish; fi
+# The socket is bound before the devices come up; a client waits in its backlog
+# until bring-up is done, so the first status answer comes after the bind.
+/bin/intxd status --socket "$SOCK" --json > /tmp/status0.json 2>&1
 BOUND_DRV=$(drv "$D")
 say "sysfs bound: driver=$BOUND_DRV driver_override=$(rd "$D/driver_override") iommu_group=$(grp)"
 if [ "$BOUND_DRV" = vfio-pci ]; then pass "the daemon bound $EDU to vfio-pci through sysfs"; else fail "driver is $BOUND_DRV, not vfio-pci"; fi
-/bin/intxd status --socket "$SOCK" --json > /tmp/status0.json 2>&1
 say "status: state=$(json_str /tmp/status0.json state) pci=$(json_str /tmp/status0.json pci) vendor=$(json_num /tmp/status0.json vendor) device=$(json_num /tmp/status0.json device) pin=$(json_num /tmp/status0.json pin) shared_line=$(sed -n 's/^ *"shared_line": \([a-z]*\),\{0,1\}$/\1/p' /tmp/status0.json | head -1) pci_2_3=$(sed -n 's/^ *"pci_2_3": \([a-z]*\),\{0,1\}$/\1/p' /tmp/status0.json | head -1)"
 [ "$(json_str /tmp/status0.json state)" = opened ] || fail "the device is $(json_str /tmp/status0.json state), not opened: $(json_str /tmp/status0.json failure)"
 
