@@ -25,7 +25,8 @@ impl SimHostProc {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        assert!(wait_until(GUARD, || socket.exists()));
+        // Bound is not yet listening: wait until a connect succeeds.
+        assert!(wait_until(GUARD, || intxd::util::sock::connect(&socket).is_ok()));
         SimHostProc {
             child,
             socket,
