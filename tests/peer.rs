@@ -7,16 +7,20 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[allow(dead_code)] // each test binary uses its own part of it
+#[path = "common/simhost.rs"]
+mod simhost;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{intxd_bin, wait_until, DaemonProc};
+use common::{wait_until, DaemonProc};
 use intxd::control::client::{attach_user_irqchip, Attachment};
 use intxd::control::proto::{ErrorCode, Event, ModeRequest, Reply};
 use intxd::route::Irqchip;
 use intxd::util::fd::{borrow_eventfd, eventfd_count, new_eventfd, owned_into_eventfd};
+use simhost::SimHostProc;
 use vmm_sys_util::eventfd::EventFd;
 
 const LONG: Duration = Duration::from_secs(10);
@@ -226,17 +230,8 @@ fn no_new_owner_while_another_process_holds_the_device_fds_and_one_after_it_exit
 
 #[test]
 fn sim_host_surprise_remove_needs_an_open_of_that_device_like_every_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("sim.sock");
-    let mut host = Command::new(intxd_bin())
-        .arg("sim-host")
-        .arg("--socket")
-        .arg(&socket)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Bound is not yet listening: wait until a connect succeeds.
-    assert!(wait_until(LONG, || intxd::util::sock::connect(&socket).is_ok()));
+    let host = SimHostProc::start();
+    let socket = host.socket.clone();
     let call = |s: &OwnedFd, req: &str| {
         intxd::control::wire::send(s.as_fd(), req.as_bytes(), &[]).unwrap();
         String::from_utf8(reply(s)).unwrap()
@@ -257,8 +252,6 @@ fn sim_host_surprise_remove_needs_an_open_of_that_device_like_every_request() {
     );
     assert!(counters.contains("\"counters\""), "still there: {counters}");
     assert_eq!(by_owner, r#"{"reply":"ok"}"#);
-    let _ = host.kill();
-    let _ = host.wait();
 }
 
 /// The next packet on a non-blocking socket, waited for.
