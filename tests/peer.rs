@@ -154,6 +154,46 @@ fn a_vmm_that_makes_its_irq_eventfd_blocking_hangs_nothing_and_is_detached() {
 }
 
 #[test]
+fn a_relay_vmm_that_makes_its_full_irq_eventfd_blocking_hangs_nothing_and_is_detached() {
+    let d = DaemonProc::start(&format!(
+        "{}{}",
+        relay_device("sim0", 0),
+        relay_device("sim1", 1)
+    ));
+    let mut att = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Relay).unwrap();
+    let other = attach_user_irqchip(&d.socket, "sim1", ModeRequest::Relay).unwrap();
+    // After the attach checked it: full and blocking, so the relay's next
+    // write to it would sleep until this VMM reads, with the loop inside.
+    fill(&att.irq);
+    set_nonblocking(&att.irq, false);
+
+    att.client.trigger("sim0").unwrap();
+
+    match next_event(&mut att) {
+        Some(Event::DeviceGone { device, reason }) => {
+            assert_eq!(device, "sim0");
+            assert!(
+                reason.contains("irq eventfd") && reason.contains("blocked"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected device_gone, got {other:?}"),
+    }
+    let mut c = d.client();
+    c.set_timeout(LONG);
+    assert!(matches!(c.status().unwrap(), Reply::Status { .. }));
+    assert!(d.device("sim0").owner.is_none());
+    assert_eq!(
+        eventfd_count(att.irq.as_raw_fd()),
+        Some(0xffff_ffff_ffff_fffe),
+        "the broken write added nothing"
+    );
+    // The other VMM's relay route still delivers.
+    c.trigger("sim1").unwrap();
+    assert!(wait_until(LONG, || eventfd_count(other.irq.as_raw_fd()) == Some(1)));
+}
+
+#[test]
 fn each_owner_gets_fresh_emulated_fds_and_the_last_owners_reach_nothing() {
     let d = DaemonProc::start(&relay_device("sim0", 0));
     let mut first = attach_user_irqchip(&d.socket, "sim0", ModeRequest::Relay).unwrap();

@@ -10,6 +10,8 @@ use super::storm::StormLimiter;
 use super::watchdog::{EoiWatchdog, Overdue, WatchdogPolicy};
 use super::RelayConfig;
 use crate::route::{VfioLine, VmmLine};
+use crate::util::fd::write_eventfd;
+use crate::util::unblock::guarded;
 
 /// What to do after a resample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +121,9 @@ impl RelayPath {
             Err(e) => return Err(e),
         }
         self.syscalls += 1;
-        self.vmm.irq.write(1)?;
+        // The VMM may have cleared O_NONBLOCK since the attach: a write
+        // that sleeps is broken off (`unblock`), and the route ends.
+        guarded(|| write_eventfd(&self.vmm.irq, 1))?;
         self.relayed += 1;
         self.watchdog.armed(now);
         Ok(true)

@@ -115,6 +115,32 @@ pub fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(flags & libc::O_NONBLOCK != 0)
 }
 
+/// One `write(2)` of `value` to an eventfd. Unlike `EventFd::write` (a
+/// `write_all`, which retries on `EINTR`), an interrupted write returns
+/// `Interrupted`, so [`super::unblock`] can break off one that sleeps.
+pub fn write_eventfd(ev: &EventFd, value: u64) -> io::Result<()> {
+    match nix::unistd::write(borrow_eventfd(ev), &value.to_ne_bytes()) {
+        Ok(8) => Ok(()),
+        Ok(n) => Err(io::Error::other(format!(
+            "eventfd write took {n} of 8 bytes"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One `read(2)` of an eventfd's counter; `Interrupted` is returned, not
+/// retried (see [`write_eventfd`]).
+pub fn read_eventfd(ev: &EventFd) -> io::Result<u64> {
+    let mut buf = [0u8; 8];
+    match nix::unistd::read(borrow_eventfd(ev), &mut buf) {
+        Ok(8) => Ok(u64::from_ne_bytes(buf)),
+        Ok(n) => Err(io::Error::other(format!(
+            "eventfd read gave {n} of 8 bytes"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What [`signal_eventfd`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signalled {
@@ -130,12 +156,14 @@ pub enum Signalled {
 
 /// Adds one to an eventfd the way the kernel's `eventfd_signal` does: never
 /// blocking. A full counter coalesces the signal; an fd whose holder made
-/// it blocking is not written at all. Any other failure is returned.
+/// it blocking is not written at all, and one whose holder clears the flag
+/// between that check and the write is broken off ([`super::unblock`]).
+/// Any other failure is returned.
 pub fn signal_eventfd(ev: &EventFd) -> io::Result<Signalled> {
     if !is_nonblocking(borrow_eventfd(ev))? {
         return Ok(Signalled::Blocking);
     }
-    match ev.write(1) {
+    match super::unblock::guarded(|| write_eventfd(ev, 1)) {
         Ok(()) => Ok(Signalled::Added),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Signalled::Saturated),
         Err(e) => Err(e),
@@ -149,7 +177,7 @@ pub fn drain_eventfd(ev: &EventFd) -> u64 {
     if !is_nonblocking(borrow_eventfd(ev)).unwrap_or(false) {
         return 0;
     }
-    ev.read().unwrap_or_default()
+    super::unblock::guarded(|| read_eventfd(ev)).unwrap_or_default()
 }
 
 #[cfg(test)]
