@@ -9,7 +9,7 @@
 
 mod common;
 #[path = "common/simhost.rs"]
-#[allow(dead_code)] // surprise removal is not used here
+#[allow(dead_code, clippy::unwrap_used)] // a shared helper: surprise removal is not used here
 mod simhost;
 #[path = "../crates/intxd-client/examples/vmm.rs"]
 mod vmm;
