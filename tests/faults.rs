@@ -1175,11 +1175,17 @@ fn a_suspended_route_is_adopted_suspended_and_resumes_with_its_held_level() {
         ack.write(1).unwrap();
         a.resample.write(1).unwrap();
         assert_eq!(cycles(&mut a, 20), 20, "{mode}: after the resume");
-        let st = scene.state("sim0");
-        assert_eq!(st.intx, Some(IntxState::Enabled), "{mode}");
-        let sim = st.counters.sim.unwrap();
+        assert_eq!(scene.state("sim0").intx, Some(IntxState::Enabled), "{mode}");
         // Raised before the resume's enable, acked after: one more ack than
-        // raises in this session, and no spurious one.
+        // raises in this session, and no spurious one. (The sim host counts
+        // the last ack when it reads it: wait for it.)
+        let mut sim = None;
+        let counted = wait_until(GUARD, || {
+            sim = scene.state("sim0").counters.sim;
+            sim.as_ref().is_some_and(|s| s.acked >= 21)
+        });
+        let sim = sim.unwrap();
+        assert!(counted, "{mode}: {sim:?}");
         assert_eq!(
             (sim.raised, sim.acked, sim.spurious_acks),
             (20, 21, 0),

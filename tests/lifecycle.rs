@@ -61,9 +61,8 @@ fn suspend_resume_and_reset_leave_nothing_pending() {
     assert_eq!(v.status().expect("status").intx, Some(IntxState::Enabled));
 
     assert!(!v.suspend().expect("suspend"), "nothing was in flight");
-    let st = v.status().expect("status");
-    assert_eq!(st.intx, Some(IntxState::Suspended));
-    let sim = st.counters.sim.expect("sim counters");
+    assert_eq!(v.status().expect("status").intx, Some(IntxState::Suspended));
+    let sim = sim_when(&mut v, |s| s.acked >= CYCLES);
     assert_eq!(sim.intx_enabled, Some(false));
     assert_eq!((sim.raised, sim.acked), (CYCLES, CYCLES));
 
@@ -80,15 +79,31 @@ fn suspend_resume_and_reset_leave_nothing_pending() {
 
     assert_eq!(v.reset().expect("reset"), IntxState::Enabled);
     assert_eq!(v.soak(CYCLES).expect("soak after reset").delivered, CYCLES);
-    let st = v.status().expect("status");
-    let sim = st.counters.sim.expect("sim counters");
+    let sim = sim_when(&mut v, |s| s.acked >= CYCLES);
     // Counters restart at each INTx enable: the reset's re-enable here.
     assert_eq!(
         (sim.raised, sim.acked, sim.spurious_acks),
         (CYCLES, CYCLES, 0)
     );
-    assert_eq!(st.intx, Some(IntxState::Enabled));
+    assert_eq!(v.status().expect("status").intx, Some(IntxState::Enabled));
     assert!(v.events.is_empty(), "no events: {:?}", v.events);
+}
+
+/// The device's emulator counters once `done` holds of them: the emulator
+/// counts an ack when its thread reads the ack eventfd, a moment after the
+/// VMM's write, so a `status` right after a soak may not show the last one
+/// yet. Waits on that state, then returns what it saw last (the caller's
+/// exact asserts then say what was wrong, if it never came).
+fn sim_when(
+    v: &mut Vmm,
+    done: impl Fn(&intxd::vfio::SimCounters) -> bool,
+) -> intxd::vfio::SimCounters {
+    let mut sim = None;
+    wait_until(GUARD, || {
+        sim = v.status().expect("status").counters.sim;
+        sim.as_ref().is_some_and(&done)
+    });
+    sim.expect("sim counters")
 }
 
 /// The daemon's error code of a refused request.
@@ -318,11 +333,10 @@ fn intx_disabled_behind_a_live_daemon_is_reported_and_a_resume_recovers() {
     assert_eq!(v0.serve(1).expect("the held level").delivered, 1);
     let after = v0.soak(CYCLES).expect("soak sim0 after the resume");
     assert_eq!(after.delivered, CYCLES);
-    let st = v0.status().expect("status");
-    assert_eq!(st.intx, Some(IntxState::Enabled));
-    let sim = st.counters.sim.expect("sim counters");
+    assert_eq!(v0.status().expect("status").intx, Some(IntxState::Enabled));
     // Raised before the resume's enable, acked after: one more ack than
     // raises in this session, and no spurious one.
+    let sim = sim_when(&mut v0, |s| s.acked > CYCLES);
     assert_eq!(
         (sim.raised, sim.acked, sim.spurious_acks),
         (CYCLES, CYCLES + 1, 0),
