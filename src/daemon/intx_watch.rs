@@ -14,8 +14,32 @@
 //! What the host does not show is not seen: a trigger eventfd replaced
 //! while INTx stays enabled keeps the handler requested.
 
+use super::device::DeviceSlot;
 use super::Daemon;
 use crate::control::proto::{Event, IntxState};
+
+impl DeviceSlot {
+    /// After a restart: gives the adopted route the INTx state its record
+    /// carries. Returns whether the route is parked (suspended), in which
+    /// case it must not be re-armed. A route that was `lost` stays lost (the
+    /// health scan would find it so again).
+    pub(super) fn adopt_intx_state(&mut self, intx: IntxState) -> bool {
+        let Some((open, att)) = self.state.attached_mut() else {
+            return false;
+        };
+        match intx {
+            IntxState::Enabled => false,
+            IntxState::Suspended => {
+                att.route.adopted_suspended(open.backend.as_mut());
+                true
+            }
+            IntxState::Lost => {
+                att.route.mark_lost();
+                false
+            }
+        }
+    }
+}
 
 impl Daemon {
     /// Marks every enabled route whose INTx the host shows as off `lost`,
@@ -46,5 +70,6 @@ impl Daemon {
             self.send_event(i, &ev);
         }
         self.update_status();
+        self.save_state();
     }
 }

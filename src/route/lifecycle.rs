@@ -98,6 +98,20 @@ impl Route {
         Ok(())
     }
 
+    /// A route taken back after a restart whose record says it was
+    /// suspended: [`Route::adopt`] counted every step as done and put a
+    /// relay back in the loop, so the steps are walked back as for a
+    /// suspend, with failures ignored (INTx is already off in the kernel,
+    /// and disabling it again keeps it so). A relay leaves the loop again:
+    /// a resample there would ask VFIO for an unmask it refuses. The VMM's
+    /// `resume_intx` then wires it as after any suspend, and its final
+    /// unmask fires a level the device held meanwhile.
+    pub fn adopted_suspended(&mut self, dev: &mut dyn IntxDevice) {
+        // Non-strict: nothing stops it, so it cannot fail.
+        let _ = self.unwind(dev, false);
+        self.intx = IntxState::Suspended;
+    }
+
     /// Marks the route stale: its INTx was disabled or rewired behind our
     /// back. The steps stay recorded, so teardown (or a resume, which first
     /// suspends) still undoes them.

@@ -104,6 +104,8 @@ impl Daemon {
             Reply::error(ErrorCode::DeviceError, chain(&e))
         });
         self.update_status();
+        // The record carries the route's INTx state across a restart.
+        self.save_state();
         reply
     }
 }

@@ -188,6 +188,16 @@ impl Daemon {
             att.route.park();
             return;
         }
+        // A route its owner had suspended stays so (and is not re-armed:
+        // its INTx is off); `resume_intx` brings it back.
+        if dev.adopt_intx_state(r.intx) {
+            log::info!(
+                "{tag}: restart: {} route taken back suspended for pid {}",
+                r.mode,
+                r.owner.pid
+            );
+            return;
+        }
         // One unmask re-arms the line: an EOI that came while no daemon
         // carried it must not leave INTx masked for good.
         if let Some(open) = dev.state.open_mut() {
@@ -295,6 +305,7 @@ impl Daemon {
                         irqchip: att.irqchip,
                         conn_id: att.holder.conn_id,
                         owner: att.holder.owner,
+                        intx: att.route.intx(),
                     })
                 })
                 .collect(),

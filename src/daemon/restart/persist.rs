@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::proto::Owner;
+use crate::control::proto::{IntxState, Owner};
 use crate::route::{Irqchip, Mode};
 
 /// Version of the record's layout.
@@ -54,6 +54,16 @@ pub struct RouteRecord {
     pub conn_id: u64,
     /// The owner's credentials.
     pub owner: Owner,
+    /// The route's INTx as its owner left it (`suspended`: adopted parked,
+    /// not re-armed, until `resume_intx`). Absent from older records:
+    /// `enabled`.
+    #[serde(default = "intx_enabled")]
+    pub intx: IntxState,
+}
+
+/// What a record without `intx` means.
+fn intx_enabled() -> IntxState {
+    IntxState::Enabled
 }
 
 /// Everything the next daemon needs besides the fds themselves.
@@ -370,6 +380,16 @@ mod tests {
         next.write(&rec(4)).unwrap();
         assert_eq!(next.newest.unwrap().offset, 0);
         assert_eq!(reopen(&f).read().unwrap(), rec(4));
+    }
+
+    #[test]
+    fn a_route_record_keeps_its_intx_state_and_an_older_one_reads_as_enabled() {
+        let text = r#"{"device":"sim0","pci":"sim:0","mode":"relay","irqchip":"user","conn_id":1,"owner":{"pid":1,"uid":0,"gid":0}}"#;
+        let mut r: RouteRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(r.intx, IntxState::Enabled);
+        r.intx = IntxState::Suspended;
+        let back: RouteRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back.intx, IntxState::Suspended);
     }
 
     #[test]
