@@ -9,7 +9,7 @@
 
 mod persist;
 
-pub use persist::{conn_fd_name, route_fd_name, StateFile, StateRecord};
+pub use persist::{conn_fd_name, route_fd_name, RelayPark, StateFile, StateRecord};
 
 use std::os::fd::AsRawFd;
 
@@ -20,7 +20,7 @@ use crate::control::auth::Peer;
 use crate::route::{AdoptedFds, Mode, Route, VfioLine, VmmLine};
 use crate::systemd::Inherited;
 use crate::util::error::chain;
-use crate::util::fd::{owned_into_eventfd, FdKind};
+use crate::util::fd::{eventfd_count, owned_into_eventfd, FdKind};
 use crate::vfio::ParkedFd;
 use persist::{ConnRecord, RouteRecord, WritePause, STATE_VERSION};
 
@@ -39,6 +39,34 @@ pub(super) fn take_record(inherited: &mut Inherited) -> Option<(StateFile, State
             None
         }
     }
+}
+
+/// Empties an adopted relay route's resample eventfd before it joins the
+/// loop, and says whether the interrupt sent before a planned restart is
+/// still waiting for its EOI. The relay never reads that eventfd (each
+/// EOI is one edge-triggered event), so its count is the route's whole
+/// history, and a count present at registration would come as one event
+/// that is no EOI of anything outstanding. The EOIs it holds from the gap
+/// are answered by the unmask that re-arms the route. A count above zero
+/// is read without blocking, whatever the VMM set on the fd.
+fn take_resample_history(
+    resample: &vmm_sys_util::eventfd::EventFd,
+    park: Option<RelayPark>,
+) -> bool {
+    let count = eventfd_count(resample.as_raw_fd()).unwrap_or(0);
+    if count > 0 {
+        let _ = resample.read();
+    }
+    park.is_some_and(|p| p.eoi_pending && count == p.resample_count)
+}
+
+/// A relay's state for the record: only at a planned restart's park.
+fn relay_park(route: &Route, planned: bool) -> Option<RelayPark> {
+    let path = route.relay().filter(|_| planned)?;
+    Some(RelayPark {
+        eoi_pending: path.eoi_pending() && !path.backing_off(),
+        resample_count: eventfd_count(path.vmm().resample.as_raw_fd()).unwrap_or(0),
+    })
 }
 
 impl Daemon {
@@ -139,6 +167,10 @@ impl Daemon {
                 .map(owned_into_eventfd)
         };
         let (irq, resample) = (take(ParkedFd::Irq), take(ParkedFd::Resample));
+        let outstanding = match (r.mode, &resample) {
+            (Mode::Relay, Some(ev)) => take_resample_history(ev, r.relay),
+            _ => false,
+        };
         let vfio = match r.mode {
             Mode::Relay => match (take(ParkedFd::Trigger), take(ParkedFd::Unmask)) {
                 (Some(trigger), Some(unmask)) => Some(VfioLine { trigger, unmask }),
@@ -188,9 +220,17 @@ impl Daemon {
             att.route.park();
             return;
         }
-        // One unmask re-arms the line: an EOI that came while no daemon
-        // carried it must not leave INTx masked for good.
-        if let Some(open) = dev.state.open_mut() {
+        if let (true, Some((_, path))) = (outstanding, dev.state.relay_mut()) {
+            // The guest has yet to EOI the interrupt the last daemon sent:
+            // its EOI unmasks, as if no restart had come between (an unmask
+            // now would send the same interrupt twice). The EOI watchdog
+            // covers one that never comes.
+            let now = std::time::Instant::now();
+            path.adopt_outstanding(now);
+            self.lp.timers.scan_soon(now);
+        } else if let Some(open) = dev.state.open_mut() {
+            // One unmask re-arms the line: an EOI that came while no daemon
+            // carried it must not leave INTx masked for good.
             if let Err(e) = open.backend.unmask() {
                 log::warn!("{tag}: restart: re-arming unmask failed: {}", chain(&e));
             }
@@ -264,6 +304,7 @@ impl Daemon {
 
     /// Rewrites the state record.
     pub(super) fn save_state(&mut self) {
+        let planned = self.restart_planned();
         let Some(file) = self.sd.state_file.as_mut() else {
             return;
         };
@@ -295,6 +336,7 @@ impl Daemon {
                         irqchip: att.irqchip,
                         conn_id: att.holder.conn_id,
                         owner: att.holder.owner,
+                        relay: relay_park(&att.route, planned),
                     })
                 })
                 .collect(),
