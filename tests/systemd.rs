@@ -387,6 +387,16 @@ fn restart_mid_soak(mode: Mode, how: How) -> Gap {
     if how != How::BrokenThenGood {
         assert_eq!(sd.show("NRestarts"), "1");
     }
+    if mode == Mode::Relay && how != How::Kill {
+        // The park recorded whether the last interrupt awaited its EOI and
+        // the new daemon emptied the resample history before watching it:
+        // no EOI came to it as a stale one (each adoption had one before).
+        let Reply::Status { devices, .. } = sd.client().status().unwrap() else {
+            panic!("status")
+        };
+        let relay = devices[0].counters.relay.clone().unwrap();
+        assert_eq!(relay.stale_resamples, 0, "{relay:?}");
+    }
     s.finish().unwrap();
     sd.assert_logged(&[], &format!("restart: {mode} route taken back"));
     if how != How::Kill {

@@ -60,12 +60,13 @@ fn take_resample_history(
     park.is_some_and(|p| p.eoi_pending && count == p.resample_count)
 }
 
-/// A relay's state for the record: only at a planned restart's park.
-fn relay_park(route: &Route, planned: bool) -> Option<RelayPark> {
-    let path = route.relay().filter(|_| planned)?;
+/// A relay's state for the record: only at a planned restart's park, with
+/// the resample count read before its last turn.
+fn relay_park(route: &Route, park_count: Option<u64>) -> Option<RelayPark> {
+    let path = route.relay()?;
     Some(RelayPark {
         eoi_pending: path.eoi_pending() && !path.backing_off(),
-        resample_count: eventfd_count(path.vmm().resample.as_raw_fd()).unwrap_or(0),
+        resample_count: park_count?,
     })
 }
 
@@ -242,6 +243,17 @@ impl Daemon {
         );
     }
 
+    /// Each device's relay resample count (`None`: no relay route).
+    pub(super) fn resample_counts(&self) -> Vec<Option<u64>> {
+        self.devices
+            .iter()
+            .map(|d| {
+                let path = d.state.attachment()?.route.relay()?;
+                eventfd_count(path.vmm().resample.as_raw_fd())
+            })
+            .collect()
+    }
+
     /// Takes every fd a device may have parked out of the store.
     fn forget_route_fds(&mut self, device: &str) {
         for role in ParkedFd::ALL {
@@ -304,7 +316,7 @@ impl Daemon {
 
     /// Rewrites the state record.
     pub(super) fn save_state(&mut self) {
-        let planned = self.restart_planned();
+        let park = self.admin.park_counts.clone();
         let Some(file) = self.sd.state_file.as_mut() else {
             return;
         };
@@ -327,7 +339,8 @@ impl Daemon {
             routes: self
                 .devices
                 .iter()
-                .filter_map(|d| {
+                .enumerate()
+                .filter_map(|(i, d)| {
                     let att = d.state.attachment()?;
                     Some(RouteRecord {
                         device: d.cfg.name.clone(),
@@ -336,7 +349,7 @@ impl Daemon {
                         irqchip: att.irqchip,
                         conn_id: att.holder.conn_id,
                         owner: att.holder.owner,
-                        relay: relay_park(&att.route, planned),
+                        relay: relay_park(&att.route, park.get(i).copied().flatten()),
                     })
                 })
                 .collect(),
