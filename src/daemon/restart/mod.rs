@@ -359,3 +359,38 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::util::fd::new_eventfd;
+
+    fn count(ev: &vmm_sys_util::eventfd::EventFd) -> u64 {
+        eventfd_count(ev.as_raw_fd()).unwrap()
+    }
+
+    #[test]
+    fn adoption_empties_the_resample_history_and_keeps_an_outstanding_eoi_only_without_one_since() {
+        let park = |eoi_pending, resample_count| {
+            Some(RelayPark {
+                eoi_pending,
+                resample_count,
+            })
+        };
+        // Awaiting its EOI at the park, none since: outstanding.
+        let ev = new_eventfd().unwrap();
+        ev.write(7).unwrap();
+        assert!(take_resample_history(&ev, park(true, 7)));
+        assert_eq!(count(&ev), 0, "the history is gone before registration");
+        // The EOI came while no daemon ran: the adoption's unmask answers it.
+        ev.write(8).unwrap();
+        assert!(!take_resample_history(&ev, park(true, 7)));
+        // Nothing outstanding, or a crash (no park state): unmask.
+        ev.write(3).unwrap();
+        assert!(!take_resample_history(&ev, park(false, 3)));
+        assert!(!take_resample_history(&ev, None));
+        // An empty eventfd is not read (a blocking one would block).
+        assert!(take_resample_history(&ev, park(true, 0)));
+    }
+}
