@@ -387,6 +387,16 @@ fn restart_mid_soak(mode: Mode, how: How) -> Gap {
     if how != How::BrokenThenGood {
         assert_eq!(sd.show("NRestarts"), "1");
     }
+    if mode == Mode::Relay && how != How::Kill {
+        // The park recorded whether the last interrupt awaited its EOI and
+        // the new daemon emptied the resample history before watching it:
+        // no EOI came to it as a stale one (each adoption had one before).
+        let Reply::Status { devices, .. } = sd.client().status().unwrap() else {
+            panic!("status")
+        };
+        let relay = devices[0].counters.relay.clone().unwrap();
+        assert_eq!(relay.stale_resamples, 0, "{relay:?}");
+    }
     s.finish().unwrap();
     sd.assert_logged(&[], &format!("restart: {mode} route taken back"));
     if how != How::Kill {
@@ -406,6 +416,9 @@ fn restart_mid_soak(mode: Mode, how: How) -> Gap {
         during_restart: c1 - c0,
         longest_stall,
     };
+    if how != How::Kill {
+        eprintln!("{mode} {}", restart_timeline(&sd));
+    }
     eprintln!(
         "{mode} {}: daemon back after {:.0} ms; {} interrupts delivered meanwhile; longest stall {:.1} ms; {total} cycles, 0 lost",
         match how {
@@ -419,6 +432,49 @@ fn restart_mid_soak(mode: Mode, how: How) -> Gap {
         gap.longest_stall.as_secs_f64() * 1e3
     );
     gap
+}
+
+/// Where a planned restart's time goes, from the journal's monotonic
+/// stamps: the park, systemd's `RestartSec=` and start job, the new
+/// process up to `main`, and its start-up up to the adoption.
+fn restart_timeline(sd: &Sd) -> String {
+    let log = sd.ctl(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "short-monotonic",
+        "-u",
+        "intxd.service",
+    ]);
+    let stamp = |text: &str, after: f64| {
+        log.lines()
+            .filter(|l| l.contains(text))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.trim().parse().ok())
+            .find(|t: &f64| *t >= after)
+    };
+    let Some(asked) = stamp("planned restart requested", 0.0) else {
+        return format!("timeline: no planned restart in the journal:\n{log}");
+    };
+    let steps = [
+        ("parked", "planned restart: "),
+        ("exited", "Deactivated successfully"),
+        ("restart scheduled", "Scheduled restart job"),
+        ("start job", "Starting intxd.service"),
+        ("main()", ") starting"),
+        ("adopted", "restart: took back"),
+    ];
+    let mut out = String::from("timeline from the request (ms):");
+    let mut at = asked;
+    for (what, text) in steps {
+        match stamp(text, at) {
+            Some(t) => {
+                out += &format!(" {what} +{:.0}", (t - asked) * 1e3);
+                at = t;
+            }
+            None => out += &format!(" {what} ?"),
+        }
+    }
+    out
 }
 
 #[test]
@@ -454,7 +510,6 @@ fn a_planned_restart_keeps_a_direct_route_cycling() {
 }
 
 #[test]
-#[ignore = "relay route stalls after a planned restart on the loaded CI host (EOI watchdog fires, soak hangs): under investigation"]
 fn a_planned_restart_delivers_every_relayed_interrupt_after() {
     relay_waits(restart_mid_soak(Mode::Relay, How::Planned));
 }
@@ -465,7 +520,6 @@ fn an_upgrade_onto_another_build_keeps_a_direct_route_cycling() {
 }
 
 #[test]
-#[ignore = "relay route stalls after a planned restart on the loaded CI host (EOI watchdog fires, soak hangs): under investigation"]
 fn a_planned_restart_onto_a_broken_build_keeps_the_fd_store_for_the_next_good_one() {
     relay_waits(restart_mid_soak(Mode::Relay, How::BrokenThenGood));
 }

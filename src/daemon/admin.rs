@@ -18,6 +18,9 @@ pub struct Admin {
     reload_error: Option<String>,
     /// A `restart` was accepted: the loop stops and parks everything.
     restart: bool,
+    /// Per device, a relay route's resample count read just before the
+    /// park's last turn (empty until then): see [`Daemon::park_for_restart`].
+    pub(super) park_counts: Vec<Option<u64>>,
 }
 
 impl Daemon {
@@ -129,8 +132,17 @@ impl Daemon {
 
     /// The planned restart's end: every route and connection parked, the
     /// record written, the replies sent; nothing is released.
+    ///
+    /// A relay's outstanding interrupt goes in the record with its resample
+    /// count, read before one last turn without waiting: every EOI in that
+    /// count has its event queued by then, so the turn takes it, and the
+    /// next daemon knows that a larger count is an EOI nobody answered.
     pub(super) fn park_for_restart(&mut self) {
         self.finish_jobs();
+        self.admin.park_counts = self.resample_counts();
+        if let Err(e) = self.turn(Some(std::time::Duration::ZERO)) {
+            log::warn!("planned restart: the last turn failed: {e}");
+        }
         for di in 0..self.devices.len() {
             if self.devices[di].route().is_some() {
                 self.park_route(di);

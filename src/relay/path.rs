@@ -168,7 +168,12 @@ impl RelayPath {
             return Ok(ResampleOutcome::Backoff(until));
         }
         self.syscalls += 1;
-        dev.unmask()?;
+        if let Err(e) = dev.unmask() {
+            // Still outstanding: the watchdog re-arms it, instead of
+            // leaving INTx masked with nothing left to wait for.
+            self.watchdog.armed(sent);
+            return Err(e);
+        }
         let refired = self.on_trigger(now)?;
         self.storm.unmasked(refired);
         Ok(if refired {
@@ -176,6 +181,13 @@ impl RelayPath {
         } else {
             ResampleOutcome::Unmasked
         })
+    }
+
+    /// A restart took this route back while the interrupt the last daemon
+    /// sent was still waiting for its EOI: the next EOI is that one's (not
+    /// a stale one), and the watchdog covers it.
+    pub fn adopt_outstanding(&mut self, now: Instant) {
+        self.watchdog.armed(now);
     }
 
     /// Checks the back-off and the EOI watchdog at `now`.

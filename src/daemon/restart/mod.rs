@@ -9,7 +9,7 @@
 
 mod persist;
 
-pub use persist::{conn_fd_name, route_fd_name, StateFile, StateRecord};
+pub use persist::{conn_fd_name, route_fd_name, RelayPark, StateFile, StateRecord};
 
 use std::os::fd::AsRawFd;
 
@@ -20,7 +20,7 @@ use crate::control::auth::Peer;
 use crate::route::{AdoptedFds, Mode, Route, VfioLine, VmmLine};
 use crate::systemd::Inherited;
 use crate::util::error::chain;
-use crate::util::fd::{owned_into_eventfd, FdKind};
+use crate::util::fd::{eventfd_count, owned_into_eventfd, FdKind};
 use crate::vfio::ParkedFd;
 use persist::{ConnRecord, RouteRecord, WritePause, STATE_VERSION};
 
@@ -39,6 +39,35 @@ pub(super) fn take_record(inherited: &mut Inherited) -> Option<(StateFile, State
             None
         }
     }
+}
+
+/// Empties an adopted relay route's resample eventfd before it joins the
+/// loop, and says whether the interrupt sent before a planned restart is
+/// still waiting for its EOI. The relay never reads that eventfd (each
+/// EOI is one edge-triggered event), so its count is the route's whole
+/// history, and a count present at registration would come as one event
+/// that is no EOI of anything outstanding. The EOIs it holds from the gap
+/// are answered by the unmask that re-arms the route. A count above zero
+/// is read without blocking, whatever the VMM set on the fd.
+fn take_resample_history(
+    resample: &vmm_sys_util::eventfd::EventFd,
+    park: Option<RelayPark>,
+) -> bool {
+    let count = eventfd_count(resample.as_raw_fd()).unwrap_or(0);
+    if count > 0 {
+        let _ = resample.read();
+    }
+    park.is_some_and(|p| p.eoi_pending && count == p.resample_count)
+}
+
+/// A relay's state for the record: only at a planned restart's park, with
+/// the resample count read before its last turn.
+fn relay_park(route: &Route, park_count: Option<u64>) -> Option<RelayPark> {
+    let path = route.relay()?;
+    Some(RelayPark {
+        eoi_pending: path.eoi_pending() && !path.backing_off(),
+        resample_count: park_count?,
+    })
 }
 
 impl Daemon {
@@ -139,6 +168,10 @@ impl Daemon {
                 .map(owned_into_eventfd)
         };
         let (irq, resample) = (take(ParkedFd::Irq), take(ParkedFd::Resample));
+        let outstanding = match (r.mode, &resample) {
+            (Mode::Relay, Some(ev)) => take_resample_history(ev, r.relay),
+            _ => false,
+        };
         let vfio = match r.mode {
             Mode::Relay => match (take(ParkedFd::Trigger), take(ParkedFd::Unmask)) {
                 (Some(trigger), Some(unmask)) => Some(VfioLine { trigger, unmask }),
@@ -198,9 +231,17 @@ impl Daemon {
             );
             return;
         }
-        // One unmask re-arms the line: an EOI that came while no daemon
-        // carried it must not leave INTx masked for good.
-        if let Some(open) = dev.state.open_mut() {
+        if let (true, Some((_, path))) = (outstanding, dev.state.relay_mut()) {
+            // The guest has yet to EOI the interrupt the last daemon sent:
+            // its EOI unmasks, as if no restart had come between (an unmask
+            // now would send the same interrupt twice). The EOI watchdog
+            // covers one that never comes.
+            let now = std::time::Instant::now();
+            path.adopt_outstanding(now);
+            self.lp.timers.scan_soon(now);
+        } else if let Some(open) = dev.state.open_mut() {
+            // One unmask re-arms the line: an EOI that came while no daemon
+            // carried it must not leave INTx masked for good.
             if let Err(e) = open.backend.unmask() {
                 log::warn!("{tag}: restart: re-arming unmask failed: {}", chain(&e));
             }
@@ -210,6 +251,17 @@ impl Daemon {
             r.mode,
             r.owner.pid
         );
+    }
+
+    /// Each device's relay resample count (`None`: no relay route).
+    pub(super) fn resample_counts(&self) -> Vec<Option<u64>> {
+        self.devices
+            .iter()
+            .map(|d| {
+                let path = d.state.attachment()?.route.relay()?;
+                eventfd_count(path.vmm().resample.as_raw_fd())
+            })
+            .collect()
     }
 
     /// Takes every fd a device may have parked out of the store.
@@ -274,6 +326,7 @@ impl Daemon {
 
     /// Rewrites the state record.
     pub(super) fn save_state(&mut self) {
+        let park = self.admin.park_counts.clone();
         let Some(file) = self.sd.state_file.as_mut() else {
             return;
         };
@@ -296,7 +349,8 @@ impl Daemon {
             routes: self
                 .devices
                 .iter()
-                .filter_map(|d| {
+                .enumerate()
+                .filter_map(|(i, d)| {
                     let att = d.state.attachment()?;
                     Some(RouteRecord {
                         device: d.cfg.name.clone(),
@@ -306,6 +360,7 @@ impl Daemon {
                         conn_id: att.holder.conn_id,
                         owner: att.holder.owner,
                         intx: att.route.intx(),
+                        relay: relay_park(&att.route, park.get(i).copied().flatten()),
                     })
                 })
                 .collect(),
@@ -313,5 +368,40 @@ impl Daemon {
         if let Err(e) = file.write(&rec) {
             log::warn!("fd store: could not write the state record: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::util::fd::new_eventfd;
+
+    fn count(ev: &vmm_sys_util::eventfd::EventFd) -> u64 {
+        eventfd_count(ev.as_raw_fd()).unwrap()
+    }
+
+    #[test]
+    fn adoption_empties_the_resample_history_and_keeps_an_outstanding_eoi_only_without_one_since() {
+        let park = |eoi_pending, resample_count| {
+            Some(RelayPark {
+                eoi_pending,
+                resample_count,
+            })
+        };
+        // Awaiting its EOI at the park, none since: outstanding.
+        let ev = new_eventfd().unwrap();
+        ev.write(7).unwrap();
+        assert!(take_resample_history(&ev, park(true, 7)));
+        assert_eq!(count(&ev), 0, "the history is gone before registration");
+        // The EOI came while no daemon ran: the adoption's unmask answers it.
+        ev.write(8).unwrap();
+        assert!(!take_resample_history(&ev, park(true, 7)));
+        // Nothing outstanding, or a crash (no park state): unmask.
+        ev.write(3).unwrap();
+        assert!(!take_resample_history(&ev, park(false, 3)));
+        assert!(!take_resample_history(&ev, None));
+        // An empty eventfd is not read (a blocking one would block).
+        assert!(take_resample_history(&ev, park(true, 0)));
     }
 }

@@ -59,6 +59,21 @@ pub struct RouteRecord {
     /// `enabled`.
     #[serde(default = "intx_enabled")]
     pub intx: IntxState,
+    /// A relay's state at a planned restart's park (absent otherwise: a
+    /// crash leaves the record of the last change, not of the last turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayPark>,
+}
+
+/// What a relay route was doing when a planned restart parked it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayPark {
+    /// The interrupt last sent to the VMM was waiting for its EOI (INTx
+    /// masked).
+    pub eoi_pending: bool,
+    /// The resample eventfd's count then: a larger one at adoption means
+    /// the EOI came while no daemon ran.
+    pub resample_count: u64,
 }
 
 /// What a record without `intx` means.
