@@ -19,6 +19,9 @@
 //!   unread count for longer than `irqfd_timeout_ms`, nobody serves it (KVM
 //!   dropped the irqfd, or the VMM stopped). The device is detached, so its
 //!   INTx is disabled instead of left masked, and the owner is told;
+//! - **a stuck line on a direct route** (`health_stuck.rs`): the function's
+//!   PCI status shows its interrupt asserted scan after scan while the
+//!   device makes no progress; reported in status and as an event;
 //! - **a VMM eventfd made blocking**: a VMM that cleared `O_NONBLOCK` on its
 //!   irq or resample eventfd after the attach (which refuses blocking ones)
 //!   is detached the same way (see `ownership.rs`).
@@ -26,6 +29,7 @@
 use std::time::{Duration, Instant};
 
 use super::events::EventLimiter;
+use super::health_stuck::{StuckChange, StuckWatch, STATUS_READS};
 use super::Daemon;
 use crate::control::proto::{Event, IntxState};
 use crate::route::{Irqchip, Mode};
@@ -49,6 +53,8 @@ pub struct Health {
     pub storm_seconds: u64,
     /// Safety unmasks sent.
     pub safety_unmasks: u64,
+    /// The stuck-line watch of a direct route.
+    pub stuck: StuckWatch,
 }
 
 impl Default for Health {
@@ -60,6 +66,7 @@ impl Default for Health {
             storm_reports: EventLimiter::new(STORM_REPORT_WINDOW),
             storm_seconds: 0,
             safety_unmasks: 0,
+            stuck: StuckWatch::default(),
         }
     }
 }
@@ -102,9 +109,12 @@ impl Health {
     /// Starts watching a new route from the host count `now_count`.
     pub fn reset(&mut self, now_count: u64) {
         let (storms, unmasks) = (self.storm_seconds, self.safety_unmasks);
+        let mut stuck = std::mem::take(&mut self.stuck);
+        stuck.reset();
         *self = Health::default();
         self.storm_seconds = storms;
         self.safety_unmasks = unmasks;
+        self.stuck = stuck;
         self.last_count = Some(now_count);
     }
 
@@ -145,6 +155,7 @@ impl Daemon {
         let mut lost = Vec::new();
         let mut storms = Vec::new();
         let mut blocking = Vec::new();
+        let mut stuck = Vec::new();
         for (i, dev) in self.devices.iter_mut().enumerate() {
             let tag = format!("{} {}", dev.cfg.name, dev.cfg.pci);
             let Some((open, att)) = dev
@@ -155,16 +166,39 @@ impl Daemon {
                 continue;
             };
             let irq = std::os::fd::AsRawFd::as_raw_fd(&att.route.vmm().irq);
+            let sim = open.backend.sim_counters();
+            let host_count = open.backend.host_count();
             let sample = Sample {
                 mode: att.route.mode(),
-                host_count: open.backend.host_count(),
+                host_count,
                 irq_unread: eventfd_count(irq).unwrap_or(0),
                 elapsed,
                 storm_rate: dev.cfg.relay.direct_storm_rate,
                 irqfd_timeout: Duration::from_millis(dev.cfg.irqfd_timeout_ms),
                 eoi_in_userspace: att.irqchip != Irqchip::Kernel,
-                asserting: open.backend.sim_counters().map(|c| c.raised > c.acked),
+                asserting: sim.as_ref().map(|c| c.raised > c.acked),
             };
+            if sample.mode == Mode::Direct {
+                // Progress: the emulated device's acks, a real one's hard
+                // interrupts (`health_stuck.rs`).
+                let progress = sim.as_ref().map_or(host_count, |c| c.acked);
+                let asserted = (0..STATUS_READS)
+                    .map(|_| open.backend.intx_status())
+                    .try_fold(true, |all, s| s.map(|s| all && s));
+                match dev
+                    .health
+                    .stuck
+                    .observe(sample.mode, asserted, progress, now)
+                {
+                    Some(StuckChange::Began(_)) => {
+                        let secs = dev.health.stuck.stuck_secs(now);
+                        log::warn!("{tag}: stuck line on a direct route: the function's PCI status has shown its interrupt asserted for {secs} s while it made no progress; vfio-pci re-fires it at every unmask (no hard interrupt, so only this scan sees it). Check that the guest's driver clears the device's interrupt, or attach in relay mode, where the storm limiter bounds it");
+                        stuck.push((i, secs));
+                    }
+                    Some(StuckChange::Ended) => log::info!("{tag}: the line is no longer stuck"),
+                    None => {}
+                }
+            }
             if let Some(role) = super::ownership::blocking_vmm_fd(&att.route) {
                 blocking.push((i, role));
                 continue;
@@ -187,6 +221,13 @@ impl Daemon {
             if let Some(waited) = found.irqfd_lost {
                 lost.push((i, waited));
             }
+        }
+        for (i, seconds) in stuck {
+            let ev = Event::StuckLine {
+                device: self.devices[i].cfg.name.clone(),
+                seconds,
+            };
+            self.send_event(i, &ev);
         }
         for (i, rate, rate_limit) in storms {
             let ev = Event::StormDetected {
