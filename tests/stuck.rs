@@ -37,6 +37,12 @@ fn a_stuck_line_on_a_direct_kvm_route_shows_in_status_within_a_few_scans_and_cle
     let took = t0.elapsed();
     let c = d.device("sim0").counters;
 
+    eprintln!(
+        "stuck line reported after {:.1} s, stuck_line_secs {}, {} re-fires taken by the guest",
+        took.as_secs_f64(),
+        c.stuck_line_secs,
+        s.ram().count()
+    );
     assert!(found, "the stuck line was reported");
     assert!(took <= FEW_SCANS, "reported after {took:?}");
     assert!(c.stuck_line_secs >= 2, "{c:?}");
