@@ -10,6 +10,7 @@ mod common;
 use std::process::{Command, Output};
 
 use common::{require_kvm, sim_device, DaemonProc};
+use intxd::lab::{IntervalRecord, Summary};
 use intxd::soak::SoakReport;
 
 fn soak(d: &DaemonProc, args: &[&str]) -> Output {
@@ -35,6 +36,7 @@ fn devices() -> String {
 fn two_devices_at_once_cycle_exactly_and_add_up() {
     require_kvm();
     let d = DaemonProc::start(&devices());
+    let dir = tempfile::tempdir().unwrap();
 
     let out = soak(
         &d,
@@ -46,6 +48,10 @@ fn two_devices_at_once_cycle_exactly_and_add_up() {
             "--irqchip",
             "kernel",
             "--json",
+            "--report",
+            dir.path().to_str().unwrap(),
+            "--interval",
+            "0.1",
         ],
     );
 
@@ -75,14 +81,39 @@ fn two_devices_at_once_cycle_exactly_and_add_up() {
             "{t:?}"
         );
     }
-    let total = r.total.unwrap();
+    let total = r.total.as_ref().unwrap();
     assert_eq!(
         (total.devices, total.runs, total.cycles, total.delivered),
         (2, 4, 16_000, 16_000)
     );
     assert!(total.failed.is_empty());
-    let res = r.resources.unwrap();
+    let res = r.resources.as_ref().unwrap();
     assert_eq!(res.fds_after, res.fds_before, "the daemon kept no fd");
+
+    // One report for both devices: each record's run is its device's, and
+    // each run's intervals add up to it.
+    let lines = std::fs::read_to_string(dir.path().join("intervals.jsonl")).unwrap();
+    let records: Vec<IntervalRecord> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let numbers: Vec<usize> = records.iter().map(|x| x.interval).collect();
+    assert_eq!(numbers, (1..=records.len()).collect::<Vec<_>>());
+    for (i, run) in r.runs.iter().enumerate() {
+        let mine: Vec<&IntervalRecord> = records.iter().filter(|x| x.run == i).collect();
+        assert!(!mine.is_empty(), "run {i}");
+        assert!(mine.iter().all(|x| x.device == run.device), "run {i}");
+        assert_eq!(
+            mine.iter().map(|x| x.delivered).sum::<u64>(),
+            run.delivered,
+            "run {i}"
+        );
+    }
+    let summary: Summary =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary.first_failure, None);
+    assert_eq!(summary.soak.total, r.total);
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         Some(p) => intxd::config::load(p)?,
         None => intxd::config::load_str("<built-in config>".as_ref(), intxd::config::BUILTIN)?,
     };
+    let devices = pick_devices(&config, args.connect.as_deref(), args.device.as_deref())?;
     let inproc = match &args.connect {
         Some(_) => None,
         None => Some(InProcessDaemon::start(config.clone())?),
@@ -39,7 +40,6 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         (None, Some(d)) => d.socket().to_path_buf(),
         (None, None) => unreachable!("one of the two is set"),
     };
-    let devices = pick_devices(&config, args.connect.as_deref(), args.device.as_deref())?;
     let tty = std::io::stderr().is_terminal() && !args.json;
     let plan = Plan {
         socket: socket.clone(),
