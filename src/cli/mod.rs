@@ -7,6 +7,7 @@ mod doctor_cmd;
 mod logging;
 mod metrics_cmd;
 mod soak_cmd;
+mod soak_device;
 mod soak_gone;
 mod status_cmd;
 mod version;
@@ -179,8 +180,12 @@ pub struct SoakArgs {
     /// Drive a running daemon at this socket instead of an in-process one.
     #[arg(long)]
     connect: Option<PathBuf>,
-    /// Device to soak (default: the first emulated device in the config).
-    #[arg(long)]
+    /// Device(s) to soak: a name, a comma-separated list (`sim0,sim1`), or
+    /// `all` (every device of the config, or of the daemon at --connect).
+    /// Several devices run at once, each in KVM VMs of its own; the soak
+    /// reports each and the total, and fails if any device fails (default:
+    /// the first emulated device in the config).
+    #[arg(long, value_name = "NAME[,NAME...]|all")]
     device: Option<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]

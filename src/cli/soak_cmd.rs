@@ -1,15 +1,19 @@
-//! `intxd soak`: every requested mode × irqchip through the daemon's socket.
+//! `intxd soak`: every requested mode × irqchip through the daemon's socket,
+//! on one device or several at once (each on a thread and in VMs of its
+//! own: [`super::soak_device`]).
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 
+use super::soak_device::{DeviceSoak, Outcome, Plan};
 use super::{logging, ChipArg, CmdResult, ModeArg, SoakArgs};
 use intxd::config::{Config, PciAddr};
 use intxd::route::{Irqchip, Mode};
-use intxd::soak::{run_one, DaemonWiring, InProcessDaemon, RunSpec, SoakError, SoakReport};
+use intxd::soak::{InProcessDaemon, SoakReport};
 
 const DEFAULT_CYCLES: u64 = 50_000;
 
@@ -26,14 +30,7 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         Some(p) => intxd::config::load(p)?,
         None => intxd::config::load_str("<built-in config>".as_ref(), intxd::config::BUILTIN)?,
     };
-    let device = match (&args.connect, &args.device) {
-        // A running daemon has its own config; let it judge the name.
-        (Some(_), Some(d)) => d.clone(),
-        _ => pick_device(&config, args.device.as_deref())?,
-    };
-    // A real device needs its exerciser (raise and ack registers) from the
-    // config; an emulated one has its doorbell.
-    let exerciser = config.device(&device).and_then(|d| d.exerciser);
+    let devices = pick_devices(&config, args.connect.as_deref(), args.device.as_deref())?;
     let inproc = match &args.connect {
         Some(_) => None,
         None => Some(InProcessDaemon::start(config.clone())?),
@@ -43,106 +40,95 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         (None, Some(d)) => d.socket().to_path_buf(),
         (None, None) => unreachable!("one of the two is set"),
     };
-    let modes = match args.mode {
-        ModeArg::Direct => vec![Mode::Direct],
-        ModeArg::Relay => vec![Mode::Relay],
-        ModeArg::All => vec![Mode::Direct, Mode::Relay],
-    };
-    let chips = match args.irqchip {
-        ChipArg::Kernel => vec![Irqchip::Kernel],
-        ChipArg::User => vec![Irqchip::User],
-        ChipArg::All => vec![Irqchip::Kernel, Irqchip::User],
-    };
-    let cycles = match (args.cycles, args.duration) {
-        (Some(c), _) => Some(c),
-        (None, Some(_)) => None,
-        (None, None) => Some(DEFAULT_CYCLES),
-    };
-    let duration = args.duration.map(Duration::from_secs_f64);
     let tty = std::io::stderr().is_terminal() && !args.json;
-    let mut recorder = match &args.report {
-        Some(_) => Some(intxd::lab::Recorder::connect(
-            &socket,
-            Duration::from_secs_f64(args.interval.max(0.1)),
-        )?),
-        None => None,
+    let plan = Plan {
+        socket: socket.clone(),
+        modes: match args.mode {
+            ModeArg::Direct => vec![Mode::Direct],
+            ModeArg::Relay => vec![Mode::Relay],
+            ModeArg::All => vec![Mode::Direct, Mode::Relay],
+        },
+        chips: match args.irqchip {
+            ChipArg::Kernel => vec![Irqchip::Kernel],
+            ChipArg::User => vec![Irqchip::User],
+            ChipArg::All => vec![Irqchip::Kernel, Irqchip::User],
+        },
+        cycles: match (args.cycles, args.duration) {
+            (Some(c), _) => Some(c),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_CYCLES),
+        },
+        duration: args.duration.map(Duration::from_secs_f64),
+        bars: tty.then(MultiProgress::new),
     };
-    // After the recorder's own control connection is up (with the
-    // in-process daemon both of its ends are this process's fds), so that
+    let interval = Duration::from_secs_f64(args.interval.max(0.1));
+    let t0 = Instant::now();
+    let mut soaks = Vec::new();
+    for device in &devices {
+        // A real device is driven by its exerciser (raise and ack registers)
+        // from the config, or else by vfio-pci's loopback; an emulated one
+        // by its doorbell.
+        let recorder = match &args.report {
+            Some(_) => Some(intxd::lab::Recorder::connect(&socket, interval)?.starting_at(t0)),
+            None => None,
+        };
+        soaks.push(DeviceSoak {
+            device: device.clone(),
+            exerciser: config.device(device).and_then(|d| d.exerciser),
+            recorder,
+        });
+    }
+    // After the recorders' own control connections are up (with the
+    // in-process daemon both of their ends are this process's fds), so that
     // the before and after figures count the same connections.
     let before = daemon_figures(&socket);
+    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+        let threads: Vec<_> = soaks
+            .into_iter()
+            .map(|d| {
+                let plan = &plan;
+                std::thread::Builder::new()
+                    .name(format!("soak {}", d.device))
+                    .spawn_scoped(s, move || super::soak_device::soak(plan, d))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| match t {
+                Ok(t) => Ok(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                Err(e) => Err(e),
+            })
+            .collect::<Result<_, _>>()
+    })?;
     let mut report = SoakReport {
         runs: Vec::new(),
         resources: None,
+        devices: Vec::new(),
+        total: None,
     };
-    for &mode in &modes {
-        for &irqchip in &chips {
-            let spec = RunSpec {
-                mode,
-                irqchip,
-                cycles,
-                duration,
-                stall: intxd::soak::guest::STALL_BOUND,
-            };
-            let label = format!("{device} {mode}/{irqchip}");
-            if let Some(r) = recorder.as_mut() {
-                r.begin_run(
-                    report.runs.len(),
-                    &device,
-                    &mode.to_string(),
-                    &irqchip.to_string(),
-                );
-            }
-            let bar = progress_bar(tty, cycles, &label);
-            let mut last_line = Instant::now();
-            let mut so_far = (0u64, Duration::ZERO);
-            let mut progress = |count: u64, elapsed: Duration| {
-                if count != so_far.0 {
-                    // Until the last interrupt: a stall adds no time.
-                    so_far = (count, elapsed);
-                }
-                if let Some(r) = recorder.as_mut() {
-                    r.progress(count, elapsed);
-                }
-                let rate = count as f64 / elapsed.as_secs_f64().max(1e-9);
-                if let Some(b) = &bar {
-                    b.set_position(count);
-                    b.set_message(format!("{rate:.0}/s"));
-                } else if last_line.elapsed() >= Duration::from_secs(60) {
-                    // Off a terminal (journals, CI logs): one line a minute.
-                    eprintln!(
-                        "intxd soak: {label}: {count} interrupts in {:.0}s ({rate:.0}/s)",
-                        elapsed.as_secs_f64()
-                    );
-                    last_line = Instant::now();
-                }
-            };
-            let mut wiring = DaemonWiring::connect(&socket, &device)?.with_exerciser(exerciser);
-            let run = run_one(&mut wiring, &spec, &mut progress);
-            if let Some(b) = bar {
-                b.finish_and_clear();
-            }
-            let run = match run {
-                Err(SoakError::Gone { device, cause }) => {
-                    let (delivered, elapsed) = so_far;
-                    let cut = super::soak_gone::CutShort {
-                        device,
-                        mode: mode.to_string(),
-                        irqchip: irqchip.to_string(),
-                        delivered,
-                        elapsed_s: elapsed.as_secs_f64(),
-                        cause,
-                    };
-                    return super::soak_gone::report(&report, &cut, args.json);
-                }
-                r => r?,
-            };
-            if let Some(r) = recorder.as_mut() {
-                r.end_run(&run);
-            }
-            report.runs.push(run);
+    let (mut cuts, mut stopped, mut recorders) = (Vec::new(), Vec::new(), Vec::new());
+    let mut single_error = None;
+    for o in outcomes {
+        if let Some(r) = o.recorder {
+            recorders.push((r, report.runs.len()));
+        }
+        report.runs.extend(o.runs);
+        if let Some(c) = o.cut {
+            stopped.push((o.device.clone(), c.cause.clone()));
+            cuts.push(c);
+        }
+        if let Some(e) = o.error {
+            stopped.push((o.device.clone(), super::chain(&e)));
+            single_error = Some(e);
         }
     }
+    if devices.len() == 1 {
+        // One device: its error is the soak's, as it always was.
+        if let Some(e) = single_error {
+            return Err(e.into());
+        }
+    }
+    report.tally(&devices, plan.runs(), &stopped);
     if let (Some((pid, fds_before, rss_kib_before)), Some((_, fds_after, rss_kib_after))) =
         (before, daemon_figures(&socket))
     {
@@ -155,33 +141,18 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         });
     }
     drop(inproc);
-    let first_failure = match (recorder, &args.report) {
-        (Some(r), Some(dir)) => r.finish(dir, &report)?.first_failure,
-        _ => None,
+    if !cuts.is_empty() {
+        return super::soak_gone::report(&report, &cuts, args.json);
+    }
+    let first_failure = match &args.report {
+        Some(dir) => intxd::lab::finish_all(dir, interval, recorders, &report)?.first_failure,
+        None => None,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.table());
-        for r in &report.runs {
-            if !r.is_clean() {
-                println!(
-                    "FAIL {} {}/{}: delivered {} of {} cycles, {} lost, {} spurious{}",
-                    r.device,
-                    r.mode,
-                    r.irqchip,
-                    r.delivered,
-                    r.cycles,
-                    r.lost,
-                    r.spurious,
-                    if r.stall.is_some() {
-                        " (stalled: see STALL above)"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
+        print_failures(&report);
     }
     if let Some(dir) = &args.report {
         eprintln!(
@@ -199,6 +170,102 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
     })
 }
 
+/// One `FAIL` line per failed run, per device stopped early, and, with
+/// several devices, one naming the failed ones.
+fn print_failures(report: &SoakReport) {
+    for r in report.runs.iter().filter(|r| !r.is_clean()) {
+        println!(
+            "FAIL {} {}/{}: delivered {} of {} cycles, {} lost, {} spurious{}",
+            r.device,
+            r.mode,
+            r.irqchip,
+            r.delivered,
+            r.cycles,
+            r.lost,
+            r.spurious,
+            if r.stall.is_some() {
+                " (stalled: see STALL above)"
+            } else {
+                ""
+            }
+        );
+    }
+    for d in &report.devices {
+        if let Some(e) = &d.error {
+            println!("FAIL {}: {e}", d.device);
+        }
+    }
+    if let Some(t) = report.total.as_ref().filter(|t| t.devices > 1) {
+        if !t.failed.is_empty() {
+            println!(
+                "FAIL {} of {} devices: {}",
+                t.failed.len(),
+                t.devices,
+                t.failed.join(", ")
+            );
+        }
+    }
+}
+
+/// The devices `--device` names: one, a comma-separated list, or `all`
+/// (every device of the config, or of the daemon at `connect`).
+fn pick_devices(
+    config: &Config,
+    connect: Option<&Path>,
+    arg: Option<&str>,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let names: Vec<String> = match (arg, connect) {
+        (Some("all"), Some(socket)) => daemon_devices(socket)?,
+        (Some("all"), None) => config.devices.iter().map(|d| d.name.clone()).collect(),
+        // A running daemon has its own config; let it judge the names.
+        (Some(list), Some(_)) => split(list)?,
+        (Some(list), None) => split(list)?
+            .iter()
+            .map(|n| pick_device(config, Some(n)))
+            .collect::<Result<_, _>>()?,
+        (None, _) => vec![pick_device(config, None)?],
+    };
+    if names.is_empty() {
+        return Err("--device all: the config has no device; add a [[device]] table".into());
+    }
+    Ok(names)
+}
+
+/// `a,b,c` as names; no empty or repeated one.
+fn split(list: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut names: Vec<String> = Vec::new();
+    for n in list.split(',').map(str::trim) {
+        if n.is_empty() {
+            return Err(
+                format!("--device {list:?}: an empty name; separate names with one comma").into(),
+            );
+        }
+        if names.iter().any(|m| m == n) {
+            return Err(format!(
+                "--device {list:?}: `{n}` is named twice; a device is soaked by one VM at a time"
+            )
+            .into());
+        }
+        names.push(n.to_string());
+    }
+    Ok(names)
+}
+
+/// Every device in the status of the daemon at `socket`.
+fn daemon_devices(socket: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut c = intxd::control::client::Client::connect(socket)?;
+    c.hello("intxd-soak")?;
+    match c.status()? {
+        intxd::control::proto::Reply::Status { devices, .. } => {
+            Ok(devices.into_iter().map(|d| d.name).collect())
+        }
+        other => Err(format!(
+            "the daemon answered status with {other:?}; is it the same intxd version as this soak?"
+        )
+        .into()),
+    }
+}
+
 fn pick_device(config: &Config, name: Option<&str>) -> Result<String, Box<dyn std::error::Error>> {
     match name {
         Some(n) => config
@@ -214,22 +281,6 @@ fn pick_device(config: &Config, name: Option<&str>) -> Result<String, Box<dyn st
                 "the config has no emulated (sim:N) device; name one with --device".into()
             }),
     }
-}
-
-fn progress_bar(tty: bool, cycles: Option<u64>, label: &str) -> Option<ProgressBar> {
-    if !tty {
-        return None;
-    }
-    let bar = match cycles {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::new_spinner(),
-    };
-    let style =
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(label.to_string());
-    Some(bar)
 }
 
 /// (pid, open fds, RSS KiB) of the daemon behind `socket`, once its

@@ -26,28 +26,37 @@ pub struct CutShort {
     pub cause: String,
 }
 
-/// Prints the finished runs, the one cut short and its cause; always fails.
-pub fn report(done: &SoakReport, cut: &CutShort, json: bool) -> CmdResult {
+/// Prints the finished runs, the ones cut short and their causes; always
+/// fails.
+pub fn report(done: &SoakReport, cuts: &[CutShort], json: bool) -> CmdResult {
     if json {
         let mut v = serde_json::to_value(done)?;
         if let Some(o) = v.as_object_mut() {
-            o.insert("cut_short".into(), serde_json::to_value(cut)?);
+            // One device: one object, as before several devices could be
+            // soaked at once; several: a list.
+            let cut = match cuts {
+                [one] => serde_json::to_value(one)?,
+                all => serde_json::to_value(all)?,
+            };
+            o.insert("cut_short".into(), cut);
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if !done.runs.is_empty() {
             print!("{}", done.table());
         }
-        println!(
-            "FAIL {} {}/{}: cut short after {} interrupts delivered in {:.1}s ({:.0}/s): {}",
-            cut.device,
-            cut.mode,
-            cut.irqchip,
-            cut.delivered,
-            cut.elapsed_s,
-            cut.delivered as f64 / cut.elapsed_s.max(1e-9),
-            cut.cause
-        );
+        for cut in cuts {
+            println!(
+                "FAIL {} {}/{}: cut short after {} interrupts delivered in {:.1}s ({:.0}/s): {}",
+                cut.device,
+                cut.mode,
+                cut.irqchip,
+                cut.delivered,
+                cut.elapsed_s,
+                cut.delivered as f64 / cut.elapsed_s.max(1e-9),
+                cut.cause
+            );
+        }
     }
     Ok(ExitCode::FAILURE)
 }

@@ -171,6 +171,42 @@ pub fn first_failure(records: &[IntervalRecord]) -> Option<FirstFailure> {
         })
 }
 
+/// Writes the report of a soak whose devices each had a recorder into
+/// `dir`, and returns its summary. Each recorder comes with the index in
+/// `soak.runs` of its device's first run (its records count runs from 0);
+/// the records of all devices are put in time order and numbered again.
+pub fn finish_all(
+    dir: &std::path::Path,
+    interval: std::time::Duration,
+    recorders: Vec<(Recorder, usize)>,
+    soak: &SoakReport,
+) -> Result<Summary, LabError> {
+    let mut records: Vec<IntervalRecord> = recorders
+        .into_iter()
+        .flat_map(|(r, first_run)| {
+            r.into_records().into_iter().map(move |mut rec| {
+                rec.run += first_run;
+                rec
+            })
+        })
+        .collect();
+    records.sort_by(|a, b| a.t_start_s.total_cmp(&b.t_start_s).then(a.run.cmp(&b.run)));
+    for (i, r) in records.iter_mut().enumerate() {
+        r.interval = i + 1;
+    }
+    let summary = Summary {
+        interval_s: interval.as_secs_f64(),
+        intervals: records.len(),
+        first_failure: first_failure(&records),
+        latency_bucket_upper_us: (0..crate::util::latency::LATENCY_BUCKETS)
+            .map(crate::util::latency::latency_bucket_upper_us)
+            .collect(),
+        soak: soak.clone(),
+    };
+    write(dir, &records, &summary)?;
+    Ok(summary)
+}
+
 /// Writes `intervals.jsonl`, `summary.json` and `report.html` into `dir`
 /// (created if missing).
 pub fn write(

@@ -10,11 +10,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{first_failure, IntervalLatency, IntervalRecord, LabError, Summary};
+use super::{IntervalLatency, IntervalRecord, LabError, Summary};
 use crate::control::client::{Client, ClientError};
 use crate::control::proto::Reply;
 use crate::soak::{RunReport, SoakReport};
-use crate::util::latency::{latency_bucket_upper_us, LATENCY_BUCKETS};
+use crate::util::latency::latency_bucket_upper_us;
 
 /// Cumulative figures at one point.
 #[derive(Debug, Clone, Default)]
@@ -72,9 +72,26 @@ impl Recorder {
         })
     }
 
+    /// Counts the soak's time from `t0` (a soak of several devices has one
+    /// recorder per device, all on the same clock).
+    pub fn starting_at(mut self, t0: Instant) -> Recorder {
+        self.t0 = t0;
+        self
+    }
+
     /// The records so far.
     pub fn records(&self) -> &[IntervalRecord] {
         &self.records
+    }
+
+    /// The interval length.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Its records, for [`finish_all`](super::finish_all).
+    pub fn into_records(self) -> Vec<IntervalRecord> {
+        self.records
     }
 
     /// Starts run number `run` of `device`, before its attach.
@@ -129,15 +146,7 @@ impl Recorder {
 
     /// Writes the report into `dir` and returns its summary.
     pub fn finish(self, dir: &Path, soak: &SoakReport) -> Result<Summary, LabError> {
-        let summary = Summary {
-            interval_s: self.interval.as_secs_f64(),
-            intervals: self.records.len(),
-            first_failure: first_failure(&self.records),
-            latency_bucket_upper_us: (0..LATENCY_BUCKETS).map(latency_bucket_upper_us).collect(),
-            soak: soak.clone(),
-        };
-        super::write(dir, &self.records, &summary)?;
-        Ok(summary)
+        super::finish_all(dir, self.interval, vec![(self, 0)], soak)
     }
 
     fn close_interval(&mut self, end: Option<&RunReport>) {

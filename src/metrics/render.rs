@@ -79,6 +79,11 @@ const COUNTERS: &[Family] = &[
         value: |d| Some(d.counters.safety_unmasks),
     },
     Family {
+        name: "intxd_stuck_lines_total",
+        help: "Stuck lines the health scan found on direct routes (PCI status showed the interrupt asserted scan after scan with no progress).",
+        value: |d| Some(d.counters.stuck_lines),
+    },
+    Family {
         name: "intxd_relayed_interrupts_total",
         help: "Interrupts the relay carried to the VMM (relay routes; restarts at each attach).",
         value: |d| d.counters.relay.as_ref().map(|r| r.relayed),

@@ -425,6 +425,13 @@ impl DeviceProbe for SimDevice {
         lock(&self.state).gone
     }
 
+    /// As a real function's PCI status bit 3: the line's level, whether
+    /// INTx is masked or not (the model's "asserted" is what PCI 2.3's
+    /// Interrupt Status shows).
+    fn intx_status(&self) -> Option<bool> {
+        Some(lock(&self.state).line.level())
+    }
+
     fn intx_enabled(&self) -> Option<bool> {
         Some(lock(&self.state).line.enabled())
     }

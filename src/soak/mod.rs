@@ -14,7 +14,8 @@
 //! - [`error`]: what can go wrong, typed;
 //! - [`run`]: one run (mode × irqchip) and its figures;
 //! - [`stall`]: where a stalled run's interrupt sat;
-//! - [`report`]: the summary table and the JSON.
+//! - [`report`]: the summary table and the JSON;
+//! - [`tally`]: a soak of several devices, per device and in total.
 
 pub mod arch;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod inproc;
 pub mod report;
 pub mod run;
 pub mod stall;
+pub mod tally;
 pub mod vcpu;
 pub mod vm;
 pub mod wiring;

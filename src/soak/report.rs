@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use super::stall::Stall;
+pub use super::tally::{DeviceTally, Total};
 use crate::route::{Irqchip, Mode};
 
 /// Latency percentiles in microseconds.
@@ -103,6 +104,13 @@ pub struct SoakReport {
     /// show that a long soak leaks nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Each device's runs added up ([`SoakReport::tally`]), in the soak's
+    /// order.
+    #[serde(default)]
+    pub devices: Vec<DeviceTally>,
+    /// All devices' runs added up, and the devices that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<Total>,
 }
 
 /// A daemon's fds and memory at the start and the end of a soak.
@@ -121,14 +129,19 @@ pub struct Resources {
 }
 
 impl SoakReport {
-    /// Whether every run was clean.
+    /// Whether every run was clean (and, once tallied, no device failed).
     pub fn is_clean(&self) -> bool {
         self.runs.iter().all(RunReport::is_clean)
+            && self.total.as_ref().is_none_or(|t| t.failed.is_empty())
     }
 
-    /// A fixed-width summary table (and the resource line, when measured).
+    /// A fixed-width summary table (with several devices, their table and
+    /// the total; the resource line, when measured).
     pub fn table(&self) -> String {
         let mut out = self.runs_table();
+        if self.devices.len() > 1 {
+            out.push_str(&self.devices_table());
+        }
         if let Some(r) = &self.resources {
             out.push_str(&format!(
                 "daemon pid {}: fds {} -> {}, RSS {} -> {} KiB\n",

@@ -265,6 +265,26 @@ impl DeviceProbe for VfioIntx {
         None
     }
 
+    /// PCI_STATUS through the device fd's config region: vfio-pci passes
+    /// the Interrupt Status bit through from the hardware (it virtualizes
+    /// only the capability-list bit of that register).
+    fn intx_status(&self) -> Option<bool> {
+        const PCI_STATUS: u64 = 0x06;
+        const PCI_STATUS_INTERRUPT: u16 = 0x08;
+        if self.gone {
+            return None;
+        }
+        let fd = self.device.as_fd();
+        let cfg = super::ioctl::region_info(
+            fd,
+            vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX,
+        )
+        .ok()?;
+        let mut raw = [0u8; 2];
+        super::ioctl::read_at(fd, &mut raw, cfg.offset + PCI_STATUS).ok()?;
+        Some(u16::from_le_bytes(raw) & PCI_STATUS_INTERRUPT != 0)
+    }
+
     /// vfio-pci requests the host IRQ (its `vfio-intx(<bdf>)` handler in
     /// `/proc/interrupts`) while INTx is enabled, and frees it at disable.
     fn intx_enabled(&self) -> Option<bool> {

@@ -192,6 +192,14 @@ pub trait DeviceProbe {
     fn host_count(&self) -> u64;
     /// Hardware-side counters, where the backend has them.
     fn sim_counters(&self) -> Option<SimCounters>;
+    /// The function's PCI status bit 3 ("Interrupt Status"): whether it
+    /// asserts INTx now, whatever its INTx Disable bit or vfio-pci's mask
+    /// says. `None` when it cannot be read. Read by the health scan (one
+    /// config-space read, never on the hot path). The default serves an
+    /// emulated device's counters (its line's level).
+    fn intx_status(&self) -> Option<bool> {
+        self.sim_counters().map(|c| c.state.high)
+    }
     /// Whether the device has been removed underneath us.
     fn is_gone(&self) -> bool;
     /// Whether INTx is enabled as far as the host shows it, `None` when the

@@ -323,6 +323,19 @@ pub enum Event {
         /// What was seen.
         reason: String,
     },
+    /// A direct route's line is stuck: the function's PCI status showed
+    /// its interrupt asserted (bit 3, "Interrupt Status") in every health
+    /// scan for `seconds` while the device made no progress (no hard
+    /// interrupt on its host line; the emulated device: no ack). vfio-pci
+    /// re-fires such a line at every unmask with no hard interrupt, so
+    /// nothing else shows it. Sent once per episode; `status` shows
+    /// `stuck_line_secs` while it lasts.
+    StuckLine {
+        /// Device name.
+        device: String,
+        /// How long the line had been seen asserted without progress.
+        seconds: u64,
+    },
 }
 
 /// Anything the daemon sends.

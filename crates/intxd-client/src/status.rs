@@ -63,6 +63,14 @@ pub struct DeviceCounters {
     /// Safety unmasks of direct routes whose interrupts stopped.
     #[serde(default)]
     pub safety_unmasks: u64,
+    /// Stuck lines the health scan found on direct routes (episodes; each
+    /// also sent as a `stuck_line` event).
+    #[serde(default)]
+    pub stuck_lines: u64,
+    /// While a direct route's line is stuck: for how many seconds it has
+    /// been seen asserted without progress (0 when it is not stuck).
+    #[serde(default)]
+    pub stuck_line_secs: u64,
     /// Detaches since the daemon started (by request, by a VMM that went
     /// away, or by the daemon).
     #[serde(default)]

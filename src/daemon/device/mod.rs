@@ -145,6 +145,10 @@ impl DeviceSlot {
                 sim: open.and_then(|o| o.backend.sim_counters()),
                 storm_seconds: self.health.storm_seconds,
                 safety_unmasks: self.health.safety_unmasks,
+                stuck_lines: self.health.stuck.stuck_lines,
+                stuck_line_secs: route.map_or(0, |_| {
+                    self.health.stuck.stuck_secs(std::time::Instant::now())
+                }),
                 detaches: self.detaches,
                 failures: self.failures,
             },
