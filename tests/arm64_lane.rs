@@ -85,6 +85,16 @@ const SKIP_TESTS: &[(&str, &str, &str)] = &[
         "SIGTERM 300 ms after spawn: before the daemon on the emulated host is up",
     ),
     (
+        "soak",
+        "every_mode_and_irqchip_cycles_every_interrupt_exactly_once",
+        "4 x 20 000 cycles: 10-20 minutes at the emulated host's rate; the lane's own soak step runs every mode and irqchip at 2000 cycles with the same exact counts",
+    ),
+    (
+        "soak",
+        "the_soak_command_reports_json_with_every_field_and_exits_zero",
+        "4 x 5000 cycles: several minutes here; the lane's soak step runs `intxd soak --json` and checks its fields",
+    ),
+    (
         "metrics",
         "the_exposition_parses_with_prometheus_and_equals_status_after_soaks",
         "Prometheus's reference parser is Python (python3-prometheus-client); the busybox guest has no Python",
