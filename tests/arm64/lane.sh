@@ -57,7 +57,7 @@ fi
 
 # ---- (b) edu through vfio-pci behind the SMMUv3 --------------------------------------------------
 if step vfio; then
-VFIO_E2E_CYCLES=$CYCLES VFIO_E2E_IRQCHIPS="kernel user" sh /vfio-e2e.sh
+VFIO_E2E_CYCLES=${VFIO_CYCLES:-$CYCLES} VFIO_E2E_IRQCHIPS="kernel user" sh /vfio-e2e.sh
 rc=$?
 say "vfio-e2e rc=$rc"
 [ "$rc" = 0 ] || fail "vfio-e2e.sh exited $rc"
