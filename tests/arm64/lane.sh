@@ -49,7 +49,7 @@ fi
 # irqchip is in userspace"). A stall here is a finding about the kernel, not a failure.
 if step nokick; then
 INTXD_SOAK_KICK=off timeout "$SOAK_TIMEOUT" /bin/intxd soak --json --mode direct --irqchip user \
-    --cycles "$CYCLES" > /tmp/soak-nokick.json 2> /tmp/soak-nokick.err
+    --cycles "${NOKICK_CYCLES:-$CYCLES}" > /tmp/soak-nokick.json 2> /tmp/soak-nokick.err
 say "soak-nokick rc=$?"
 tail -5 /tmp/soak-nokick.err | sed 's/^/arm64-lane: soak-nokick stderr: /'
 json soak-nokick /tmp/soak-nokick.json
