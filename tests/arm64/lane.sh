@@ -11,7 +11,8 @@
 #       with the vfio-pci probe), soaks it direct and relay with the vGIC and the user irqchip,
 #       gives it back at SIGTERM;
 #   (c) the project's test binaries, under the aarch64 seccomp filter where they start daemons,
-#       each without the tests SKIP_<binary> (lane.env) names (tests/arm64_lane.rs says why);
+#       each without the tests SKIP_<binary> (lane.env) names (tests/arm64_lane.rs says why),
+#       each test's end stamped with the guest uptime (`test-time` lines);
 #   (d) `intxd bench` with short settings.
 # Figures come out as `arm64-lane: ...` lines and `arm64-json NAME: {one-line JSON}`; the Rust
 # test asserts on them. Exit 0 only if every step ran clean.
@@ -48,7 +49,7 @@ fi
 # irqchip is in userspace"). A stall here is a finding about the kernel, not a failure.
 if step nokick; then
 INTXD_SOAK_KICK=off timeout "$SOAK_TIMEOUT" /bin/intxd soak --json --mode direct --irqchip user \
-    --cycles "$CYCLES" > /tmp/soak-nokick.json 2> /tmp/soak-nokick.err
+    --cycles "${NOKICK_CYCLES:-$CYCLES}" > /tmp/soak-nokick.json 2> /tmp/soak-nokick.err
 say "soak-nokick rc=$?"
 tail -5 /tmp/soak-nokick.err | sed 's/^/arm64-lane: soak-nokick stderr: /'
 json soak-nokick /tmp/soak-nokick.json
@@ -56,7 +57,7 @@ fi
 
 # ---- (b) edu through vfio-pci behind the SMMUv3 --------------------------------------------------
 if step vfio; then
-VFIO_E2E_CYCLES=$CYCLES VFIO_E2E_IRQCHIPS="kernel user" sh /vfio-e2e.sh
+VFIO_E2E_CYCLES=${VFIO_CYCLES:-$CYCLES} VFIO_E2E_IRQCHIPS="kernel user" sh /vfio-e2e.sh
 rc=$?
 say "vfio-e2e rc=$rc"
 [ "$rc" = 0 ] || fail "vfio-e2e.sh exited $rc"
@@ -75,8 +76,18 @@ for tb in $TESTS; do
     set --
     for s in $skip; do set -- "$@" --skip "$s"; done
     [ -n "$skip" ] && say "tests $tb: leaving out $skip"
+    # A sampler stamps the binary's new output lines with the guest uptime once a second: when
+    # each test ended (the lane's timings). The output goes to a file, never a pipe, so a daemon a
+    # killed test leaves behind cannot hold the lane up.
+    : > "/tmp/$tb.out"; : > "/tmp/$tb.timed"; rm -f /tmp/tb.done
+    stamp() { m=$(wc -l < "/tmp/$tb.out"); [ "$m" -gt "$n" ] || return 0
+              sed -n "$((n + 1)),${m}p" "/tmp/$tb.out" | sed "s/^/$(up) /" >> "/tmp/$tb.timed"; n=$m; }
+    ( n=0; until [ -e /tmp/tb.done ]; do stamp; sleep 1; done; stamp ) &
+    sampler=$!
     timeout "$TEST_TIMEOUT" "/tbin/$tb" --test-threads=2 --exact "$@" > "/tmp/$tb.out" 2>&1
     rc=$?
+    touch /tmp/tb.done; wait "$sampler"
+    sed -n "s/^\([0-9.]*\) test \(.*\) \.\.\. \([a-zA-Z]*\)$/arm64-lane: test-time $tb \1s \2 \3/p" "/tmp/$tb.timed"
     r=$(grep '^test result:' "/tmp/$tb.out" | tail -1)
     num() { echo "$r" | sed -n "s/.* \([0-9]*\) $1.*/\1/p"; }
     say "tests $tb: rc=$rc passed=$(num passed) failed=$(num failed) ignored=$(num ignored) uptime=$t->$(up)"
