@@ -50,7 +50,9 @@ const TEST: &str = "intxd_builds_soaks_and_passes_its_tests_on_arm64";
 /// busybox guest has neither it nor apt to install it) or much time (`bench`: the lane runs
 /// `intxd bench` itself; `relay`: its limiter test counts storm windows in wall time, which the
 /// emulated host does not reach, and its other test's wall-clock soaks took 125 s here, more
-/// than a binary's bound).
+/// than a binary's bound; `multi_soak`: 24 000 cycles over three devices, minutes at the
+/// emulated host's rates; `stuck`: its healthy-soak window and stuck-line report are timed
+/// in scans of a native host's rate).
 const SKIP: &[&str] = &[
     "qemu_vfio",
     "arm64_lane",
@@ -58,6 +60,8 @@ const SKIP: &[&str] = &[
     "lab",
     "bench",
     "relay",
+    "multi_soak",
+    "stuck",
 ];
 /// Single tests of the guest's binaries left out, and why: x86's in-kernel irqchip, a
 /// wall-clock rate of a native host, which the emulated arm64 host (TCG, 3-10x slower, at
@@ -139,6 +143,16 @@ const SKIP_TESTS: &[(&str, &str, &str)] = &[
         "lifecycle",
         "a_relay_route_goes_through_the_same_lifecycle_with_exact_counts",
         "the same on a relay route, as above",
+    ),
+    (
+        "lifecycle",
+        "the_guest_line_moves_to_another_gsi_mid_run_with_exact_counts",
+        "moves the x86 guest's line from IRQ10 to IRQ11 on the PIC; the arm64 guest has one SPI",
+    ),
+    (
+        "lifecycle",
+        "intx_disabled_behind_a_live_daemon_is_reported_and_a_resume_recovers",
+        "three 2000-cycle soaks on two devices: over a binary's bound at the emulated host's rates",
     ),
     (
         "lifecycle",
