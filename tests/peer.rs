@@ -56,6 +56,25 @@ fn next_event(att: &mut Attachment) -> Option<Event> {
     att.client.next_event(LONG).unwrap()
 }
 
+/// `att`'s device (sim0) was detached with a `device_gone` naming its irq
+/// eventfd and `why`, and the daemon still answers.
+fn gone_and_the_daemon_answers(d: &DaemonProc, att: &mut Attachment, why: &str) {
+    match next_event(att) {
+        Some(Event::DeviceGone { device, reason }) => {
+            assert_eq!(device, "sim0");
+            assert!(
+                reason.contains("irq eventfd") && reason.contains(why),
+                "{reason}"
+            );
+        }
+        other => panic!("expected device_gone, got {other:?}"),
+    }
+    let mut c = d.client();
+    c.set_timeout(LONG);
+    assert!(matches!(c.status().unwrap(), Reply::Status { .. }));
+    assert!(d.device("sim0").owner.is_none());
+}
+
 #[test]
 fn a_blocking_eventfd_or_one_eventfd_as_both_is_refused_at_attach() {
     let d = DaemonProc::start(&relay_device("sim0", 0));
@@ -131,20 +150,7 @@ fn a_vmm_that_makes_its_irq_eventfd_blocking_hangs_nothing_and_is_detached() {
     set_nonblocking(&att.irq, false);
     doorbell.write(1).unwrap();
 
-    match next_event(&mut att) {
-        Some(Event::DeviceGone { device, reason }) => {
-            assert_eq!(device, "sim0");
-            assert!(
-                reason.contains("irq eventfd") && reason.contains("blocking"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected device_gone, got {other:?}"),
-    }
-    let mut c = d.client();
-    c.set_timeout(LONG);
-    assert!(matches!(c.status().unwrap(), Reply::Status { .. }));
-    assert!(d.device("sim0").owner.is_none());
+    gone_and_the_daemon_answers(&d, &mut att, "blocking");
     // The emulated devices' thread still serves the other device.
     let mut ok = attach_user_irqchip(&d.socket, "sim1", ModeRequest::Direct).unwrap();
     owned_into_eventfd(ok.device_fds.remove(1))
@@ -169,27 +175,14 @@ fn a_relay_vmm_that_makes_its_full_irq_eventfd_blocking_hangs_nothing_and_is_det
 
     att.client.trigger("sim0").unwrap();
 
-    match next_event(&mut att) {
-        Some(Event::DeviceGone { device, reason }) => {
-            assert_eq!(device, "sim0");
-            assert!(
-                reason.contains("irq eventfd") && reason.contains("blocked"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected device_gone, got {other:?}"),
-    }
-    let mut c = d.client();
-    c.set_timeout(LONG);
-    assert!(matches!(c.status().unwrap(), Reply::Status { .. }));
-    assert!(d.device("sim0").owner.is_none());
+    gone_and_the_daemon_answers(&d, &mut att, "blocked");
     assert_eq!(
         eventfd_count(att.irq.as_raw_fd()),
         Some(0xffff_ffff_ffff_fffe),
         "the broken write added nothing"
     );
     // The other VMM's relay route still delivers.
-    c.trigger("sim1").unwrap();
+    d.client().trigger("sim1").unwrap();
     assert!(wait_until(LONG, || eventfd_count(other.irq.as_raw_fd()) == Some(1)));
 }
 

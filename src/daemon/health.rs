@@ -127,6 +127,11 @@ impl Health {
         self.last_count = Some(now_count);
     }
 
+    /// The VMM's irq eventfd has held an unread count since an earlier scan.
+    pub fn undelivered(&self) -> bool {
+        self.irq_unread_since.is_some()
+    }
+
     /// One scan of one route at `now`.
     pub fn observe(&mut self, s: Sample, now: Instant) -> Findings {
         let mut found = Findings::default();
@@ -200,7 +205,14 @@ impl Daemon {
                 eoi_in_userspace: att.irqchip != Irqchip::Kernel,
                 asserting: sim.as_ref().map(|c| c.raised > c.acked),
             };
-            if sample.mode == Mode::Direct {
+            if let Some(role) = super::ownership::blocking_vmm_fd(&att.route) {
+                blocking.push((i, role));
+                continue;
+            }
+            let found = dev.health.observe(sample, now);
+            // An interrupt the VMM has not taken (its irq count unread since
+            // the last scan) is not re-firing: the irqfd rule above owns it.
+            if sample.mode == Mode::Direct && !dev.health.undelivered() {
                 // Progress: the emulated device's acks, a real one's hard
                 // interrupts (`health_stuck.rs`).
                 let progress = sim.as_ref().map_or(host_count, |c| c.acked);
@@ -226,11 +238,6 @@ impl Daemon {
                     None => {}
                 }
             }
-            if let Some(role) = super::ownership::blocking_vmm_fd(&att.route) {
-                blocking.push((i, role));
-                continue;
-            }
-            let found = dev.health.observe(sample, now);
             if let Some(rate) = found.storm_report {
                 let limit = sample.storm_rate;
                 log::warn!("{tag}: interrupt storm on a direct route: {rate:.0}/s in the host counts (direct_storm_rate {limit}); the kernel carries it, intxd reports it");
