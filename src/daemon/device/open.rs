@@ -80,7 +80,6 @@ pub fn open_bound(
             }
         }
     };
-    let warning = line_warning(cfg, host);
     let dev = match parked {
         Some(Parked {
             dev,
@@ -88,6 +87,10 @@ pub fn open_bound(
         }) => VfioIntx::adopt(&cfg.name, cfg.pci, dev, container),
         _ => VfioIntx::open(&cfg.name, cfg.pci),
     };
+    // After the open: the PCI core routes the function's pin (ACPI) when
+    // it is first enabled, and until then sysfs `irq` may be the firmware's
+    // PIC line, not the host line vfio-pci will request.
+    let warning = line_warning(cfg, host);
     match dev {
         Ok(d) => Lifecycle::Opened(with_request(cfg, Box::new(d), Some(record), warning)),
         Err(e) => Lifecycle::Bound {
