@@ -21,29 +21,10 @@
 #[path = "qemu/harness.rs"]
 mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use harness::{field, line, num};
 
-use harness::{field, line, num, text};
-
+/// The soak's cycles in (a): `CYCLES` of tests/qemu/shared.sh.
 const CYCLES: u64 = 1000;
-
-fn missing_prerequisite() -> Option<String> {
-    if !cfg!(target_arch = "x86_64") {
-        return Some(
-            "the QEMU harness boots an amd64 guest kernel; this is not an x86_64 host".into(),
-        );
-    }
-    if !(harness::on_path("qemu-system-x86_64") || harness::can_install()) {
-        return Some("qemu-system-x86_64 is not installed, and tests/qemu/prepare.sh can only install it as root with apt-get".into());
-    }
-    None
-}
-
-fn run(step: &str, cmd: &mut Command) -> std::process::Output {
-    harness::run("qemu_shared", step, cmd)
-}
 
 /// Asserts the guest printed `PASS: <what>`.
 fn passed(log: &str, what: &str) {
@@ -52,69 +33,21 @@ fn passed(log: &str, what: &str) {
 
 #[test]
 fn a_shared_line_works_with_masking_and_is_refused_as_doctor_predicts_without() {
-    let missing = missing_prerequisite();
-    if !harness::may_run("qemu_shared", missing.clone()) {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "test a_shared_line_works_with_masking_and_is_refused_as_doctor_predicts_without: SKIPPED (NOT RUN): {}; with CI=true this is a failure",
-            missing.unwrap_or_default()
-        );
+    if !harness::may_run_test(
+        "qemu_shared",
+        "a_shared_line_works_with_masking_and_is_refused_as_doctor_predicts_without",
+        harness::x86_lane_missing(),
+    ) {
         return;
     }
-    let t0 = Instant::now();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let intxd = Path::new(env!("CARGO_BIN_EXE_intxd"));
-    let harness = repo.join("tests/qemu");
-    let cache = std::env::var_os("INTXD_QEMU_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/qemu-cache"));
-    let initrd = cache.join("shared.cpio.gz");
-
-    let out = run(
-        "prepare.sh",
-        Command::new(harness.join("prepare.sh")).arg(&cache),
-    );
-    assert!(out.status.success(), "prepare.sh failed:\n{}", text(&out));
-    let out = run(
-        "mkinitrd.sh",
-        Command::new(harness.join("mkinitrd.sh"))
-            .arg(&cache)
-            .arg(intxd)
-            .arg(harness.join("shared.sh"))
-            .arg(&initrd)
-            .arg(format!(
-                "{}:/edu.toml",
-                repo.join("config/examples/edu.toml").display()
-            ))
-            .env("INTXD_QEMU_MODULES_EXTRA", "virtio_pci,virtio_rng"),
-    );
-    assert!(out.status.success(), "mkinitrd.sh failed:\n{}", text(&out));
-    let out = run(
-        "run.sh (boot, test, power-off)",
-        Command::new(harness.join("run.sh"))
-            .arg(&cache)
-            .arg(&initrd)
-            .arg("150")
-            .env("INTXD_QEMU_LOG", cache.join("shared.log"))
-            .env("SHARED_CYCLES", CYCLES.to_string())
-            .env(
-                "INTXD_QEMU_ARGS",
-                "-device virtio-rng-pci,addr=05.0,vectors=0",
-            ),
-    );
-    let log = text(&out);
-    for l in log
-        .lines()
-        .filter(|l| l.contains("shared: ") || l.starts_with("run: guest"))
-    {
-        eprintln!("qemu_shared: {l}");
-    }
-    eprintln!("qemu_shared: total {:.1}s", t0.elapsed().as_secs_f64());
-    assert!(
-        out.status.success(),
-        "the guest test failed ({}); its output:\n{log}",
-        out.status
+    let log = harness::boot_x86(
+        "qemu_shared",
+        "shared",
+        &[("INTXD_QEMU_MODULES_EXTRA", "virtio_pci,virtio_rng")],
+        &[(
+            "INTXD_QEMU_ARGS",
+            "-device virtio-rng-pci,addr=05.0,vectors=0",
+        )],
     );
 
     // 0. one line, held by the guest's virtio driver.
