@@ -550,6 +550,27 @@ fn the_daemon_warns_at_open_of_a_function_whose_intx_set_up_will_fail() {
 
     assert_eq!(s.state.to_string(), "bound", "{s:?}");
     assert_eq!(s.warning.as_deref(), Some(want.as_str()), "{s:?}");
+    // `intxd status` shows the warning and the failure under the device's row.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_intxd"))
+        .args(["status", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .expect("intxd status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = table
+        .lines()
+        .position(|l| l.starts_with("edu0 "))
+        .expect("edu0's row");
+    let under: Vec<&str> = table.lines().skip(row + 1).take(2).collect();
+    assert!(
+        under.iter().any(|l| *l == format!("  warning: {want}")),
+        "{table}"
+    );
+    assert!(
+        under.iter().any(|l| l.starts_with("  failure: ")),
+        "{table}"
+    );
     let log = d.stop();
     let line = log
         .lines()
