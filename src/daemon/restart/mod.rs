@@ -204,6 +204,7 @@ impl Daemon {
             Ok(route) => route,
             Err(e) => {
                 log::error!("{tag}: restart: cannot put the relay back in the event loop: {}; the route is dropped", chain(&e));
+                self.forget_route_fds(&r.device);
                 return;
             }
         };
@@ -219,6 +220,10 @@ impl Daemon {
         if let Err(att) = dev.attach(att, AttachOrigin::Restart) {
             log::warn!("{tag}: restart: the device did not open again; its route is dropped");
             att.route.park();
+            // Out of the store too: a parked VFIO device fd left there keeps
+            // its group open in systemd, so the device's next open (at the
+            // next attach or reload) would fail with EBUSY for good.
+            self.forget_route_fds(&r.device);
             return;
         }
         // A route its owner had suspended stays so (and is not re-armed:
