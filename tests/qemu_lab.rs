@@ -36,18 +36,6 @@ use serde_json::Value;
 const CYCLES: u64 = 1000;
 const DEVICES: [&str; 3] = ["edu0", "edu1", "nic0"];
 
-fn missing_prerequisite() -> Option<String> {
-    if !cfg!(target_arch = "x86_64") {
-        return Some(
-            "the QEMU harness boots an amd64 guest kernel; this is not an x86_64 host".into(),
-        );
-    }
-    if !(harness::on_path("qemu-system-x86_64") || harness::can_install()) {
-        return Some("qemu-system-x86_64 is not installed, and tests/qemu/prepare.sh can only install it as root with apt-get".into());
-    }
-    None
-}
-
 /// The JSON after `lab: json NAME rc=RC:`, and RC.
 fn json<'a>(log: &'a str, name: &str) -> (u64, &'a str) {
     let l = line(log, &format!("lab: json {name} rc="));
@@ -199,14 +187,11 @@ fn assert_taken_back(log: &str, how: &str) {
 
 #[test]
 fn two_edu_and_an_e1000_soak_at_once_and_the_host_takes_one_back() {
-    let missing = missing_prerequisite();
-    if !harness::may_run("qemu_lab", missing.clone()) {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "test two_edu_and_an_e1000_soak_at_once_and_the_host_takes_one_back: SKIPPED (NOT RUN): {}; with CI=true this is a failure",
-            missing.unwrap_or_default()
-        );
+    if !harness::may_run_test(
+        "qemu_lab",
+        "two_edu_and_an_e1000_soak_at_once_and_the_host_takes_one_back",
+        harness::x86_missing(),
+    ) {
         return;
     }
     let t0 = Instant::now();

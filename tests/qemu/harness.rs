@@ -21,6 +21,35 @@ pub fn can_install() -> bool {
     nix::unistd::geteuid().is_root() && on_path("apt-get")
 }
 
+/// Why the x86 QEMU lane (`tests/qemu/`) cannot run here, if it cannot.
+pub fn x86_missing() -> Option<String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Some(
+            "the QEMU harness boots an amd64 guest kernel; this is not an x86_64 host".into(),
+        );
+    }
+    if !(on_path("qemu-system-x86_64") || can_install()) {
+        return Some("qemu-system-x86_64 is not installed, and tests/qemu/prepare.sh can only install it as root with apt-get".into());
+    }
+    None
+}
+
+/// [`may_run`] for `test` of `lane`; when it may not run, also says so past
+/// the test harness's output capture (which hides a passing test's
+/// `eprintln!`), so the run's own log shows that the test did not run.
+pub fn may_run_test(lane: &str, test: &str, missing: Option<String>) -> bool {
+    let why = missing.clone().unwrap_or_default();
+    if may_run(lane, missing) {
+        return true;
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "test {test}: SKIPPED (NOT RUN): {why}; with CI=true this is a failure"
+    );
+    false
+}
+
 /// Fails with `CI=true`, else says loudly that the lane did not run. Returns
 /// whether it may run.
 pub fn may_run(lane: &str, missing: Option<String>) -> bool {
