@@ -218,7 +218,18 @@ impl Daemon {
             let sys = self.binder.binder().sysfs();
             let present = crate::pci::identify(sys, &dev.cfg.name, dev.cfg.pci).is_ok();
             if !present {
-                dev.health.removed = true;
+                if !dev.health.removed {
+                    dev.health.removed = true;
+                    log::info!(
+                        "{}: removed from sysfs; a rescan that brings it back brings it up again",
+                        dev.tag()
+                    );
+                    if let Lifecycle::Failed { error, .. } = &mut dev.state {
+                        error.push_str(
+                            "; removed from sysfs: a rescan that brings it back brings it up again",
+                        );
+                    }
+                }
             } else if dev.health.removed {
                 dev.health.removed = false;
                 self.retry_devices(Some(i), "a rescan");
