@@ -1048,12 +1048,7 @@ fn a_reload_checks_iommu_groups_against_the_functions_it_configures() {
 
 #[test]
 fn a_function_left_bound_is_tried_again_and_found_again_after_remove_and_rescan() {
-    let (kernel, bdf, state) = one_nic("vfio-pci");
-    let d = DaemonProc::start_with(
-        &format!("[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n"),
-        &sysfs_extra(&kernel, state.path(), 1500),
-        &[],
-    );
+    let (kernel, bdf, state, d) = nic_left_bound();
     // VFIO cannot open it here: it stays `bound`, and is tried again.
     assert_eq!(listed_state(&d, "nic0").unwrap().0, "bound");
     let refused = attach_user_irqchip(&d.socket, "nic0", ModeRequest::Auto)
@@ -1077,16 +1072,7 @@ fn a_function_left_bound_is_tried_again_and_found_again_after_remove_and_rescan(
     );
 
     // The host removes it.
-    let sys = kernel.sys_root();
-    let node = std::fs::canonicalize(sys.join("bus/pci/devices").join(bdf)).unwrap();
-    std::fs::remove_dir_all(node).unwrap();
-    for link in [
-        format!("bus/pci/devices/{bdf}"),
-        format!("bus/pci/drivers/vfio-pci/{bdf}"),
-        format!("kernel/iommu_groups/1/devices/{bdf}"),
-    ] {
-        std::fs::remove_file(sys.join(link)).unwrap();
-    }
+    remove_function(&kernel, bdf);
     signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
     assert!(
         wait_until(Duration::from_secs(10), || listed_state(&d, "nic0")
@@ -1105,19 +1091,7 @@ fn a_function_left_bound_is_tried_again_and_found_again_after_remove_and_rescan(
     );
 
     // A rescan brings it back: the next reload finds it again.
-    kernel.add_function(bdf, 0x020000, Some("vfio-pci"), Some(1));
-    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
-    assert!(
-        wait_until(Duration::from_secs(10), || listed_state(&d, "nic0")
-            .is_some_and(|(st, _)| st == "bound")),
-        "{:?}",
-        listed_state(&d, "nic0")
-    );
-    let log = d.stop();
-    assert!(
-        log.contains("nic0 0000:03:00.0: found again at reload"),
-        "{log}"
-    );
+    rescan_finds(&kernel, d, bdf, true, "found again at reload");
 }
 
 /// Issue 14: a route its owner suspended stays suspended across a SIGKILL
@@ -1195,4 +1169,81 @@ fn a_suspended_route_is_adopted_suspended_and_resumes_with_its_held_level() {
         eprintln!("{mode}: 20 before, suspended across a SIGKILL, 1 held at the resume, 20 after");
         kill9(&mut second);
     }
+}
+
+/// The host removes `bdf` (on vfio-pci, IOMMU group 1) from the fake sysfs.
+fn remove_function(kernel: &fake::FakeKernel, bdf: &str) {
+    let sys = kernel.sys_root();
+    let node = std::fs::canonicalize(sys.join("bus/pci/devices").join(bdf)).unwrap();
+    std::fs::remove_dir_all(node).unwrap();
+    for link in [
+        format!("bus/pci/devices/{bdf}"),
+        format!("bus/pci/drivers/vfio-pci/{bdf}"),
+        format!("kernel/iommu_groups/1/devices/{bdf}"),
+    ] {
+        std::fs::remove_file(sys.join(link)).unwrap();
+    }
+}
+
+/// Issue 15: a function the host removed is brought up again by the health
+/// scan once a rescan brings it back, with no attach or reload; meanwhile
+/// its status says so. (On real vfio-pci: `qemu_lab.rs`.)
+#[test]
+fn a_removed_function_is_brought_up_again_by_itself_after_a_rescan() {
+    let (kernel, bdf, _state, d) = nic_left_bound();
+    assert_eq!(listed_state(&d, "nic0").unwrap().0, "bound");
+    remove_function(&kernel, bdf);
+    signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || listed_state(&d, "nic0")
+            .is_some_and(|(st, why)| st == "failed"
+                && why.contains(
+                    "removed from sysfs: a rescan that brings it back brings it up again"
+                ))),
+        "{:?}",
+        listed_state(&d, "nic0")
+    );
+
+    // The rescan: no attach, no reload.
+    rescan_finds(
+        &kernel,
+        d,
+        bdf,
+        false,
+        "found again at a rescan; bringing it up",
+    );
+}
+
+/// A rescan brings nic0 back at `bdf` (then a reload, with `reload`): it is
+/// `bound` again, and the daemon's log says `nic0 BDF: {found}`.
+fn rescan_finds(kernel: &fake::FakeKernel, d: DaemonProc, bdf: &str, reload: bool, found: &str) {
+    kernel.add_function(bdf, 0x020000, Some("vfio-pci"), Some(1));
+    if reload {
+        signal(d.pid(), nix::sys::signal::Signal::SIGHUP);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || listed_state(&d, "nic0")
+            .is_some_and(|(st, _)| st == "bound")),
+        "{:?}",
+        listed_state(&d, "nic0")
+    );
+    let log = d.stop();
+    assert!(log.contains(&format!("nic0 {bdf}: {found}")), "{log}");
+}
+
+/// A daemon with nic0 at a fake function already on vfio-pci, which VFIO
+/// cannot open here: it stays `bound`.
+fn nic_left_bound() -> (
+    std::sync::Arc<fake::FakeKernel>,
+    &'static str,
+    tempfile::TempDir,
+    DaemonProc,
+) {
+    let (kernel, bdf, state) = one_nic("vfio-pci");
+    let d = DaemonProc::start_with(
+        &format!("[[device]]\nname = \"nic0\"\npci = \"{bdf}\"\n"),
+        &sysfs_extra(&kernel, state.path(), 1500),
+        &[],
+    );
+    (kernel, bdf, state, d)
 }

@@ -59,6 +59,9 @@ pub struct Health {
     pub safety_unmasks: u64,
     /// The stuck-line watch of a direct route.
     pub stuck: StuckWatch,
+    /// A function gone from vfio-pci whose sysfs node the scan has seen
+    /// missing (removed): its return (a rescan) brings it up anew.
+    pub removed: bool,
 }
 
 impl Default for Health {
@@ -72,6 +75,7 @@ impl Default for Health {
             storm_seconds: 0,
             safety_unmasks: 0,
             stuck: StuckWatch::default(),
+            removed: false,
         }
     }
 }
@@ -175,6 +179,7 @@ impl Daemon {
     /// One health scan over every attached device.
     pub(super) fn health_tick(&mut self, now: Instant, elapsed: Duration) {
         self.check_intx_wiring();
+        self.look_for_removed();
         let mut lost = Vec::new();
         let mut storms = Vec::new();
         let mut blocking = Vec::new();

@@ -203,6 +203,40 @@ impl Daemon {
         }
     }
 
+    /// A function the host removed comes back with a rescan: once a scan
+    /// has seen a gone function's sysfs node missing, its return brings the
+    /// function up anew, as a start would. After an unbind alone the node
+    /// never leaves: the host wanted the function, and it waits for an
+    /// attach or a reload.
+    pub(super) fn look_for_removed(&mut self) {
+        for i in 0..self.devices.len() {
+            let dev = &mut self.devices[i];
+            if !dev.state.gone() || !matches!(dev.cfg.pci, PciAddr::Bdf { .. }) {
+                dev.health.removed = false;
+                continue;
+            }
+            let sys = self.binder.binder().sysfs();
+            let present = crate::pci::identify(sys, &dev.cfg.name, dev.cfg.pci).is_ok();
+            if !present {
+                if !dev.health.removed {
+                    dev.health.removed = true;
+                    log::info!(
+                        "{}: removed from sysfs; a rescan that brings it back brings it up again",
+                        dev.tag()
+                    );
+                    if let Lifecycle::Failed { error, .. } = &mut dev.state {
+                        error.push_str(
+                            "; removed from sysfs: a rescan that brings it back brings it up again",
+                        );
+                    }
+                }
+            } else if dev.health.removed {
+                dev.health.removed = false;
+                self.retry_devices(Some(i), "a rescan");
+            }
+        }
+    }
+
     /// The host took a function back: its `driver_override` is put back and
     /// its bind record forgotten, on the binder's worker (sysfs may block).
     pub(super) fn hand_back(&mut self, record: Option<BindRecord>) {

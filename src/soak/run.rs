@@ -294,7 +294,7 @@ impl<'w> Session<'w> {
 }
 
 /// Runs `spec` through `wiring`. `progress` is called about every 100 ms with
-/// the guest's count and the elapsed time.
+/// the guest's count and the elapsed time; a device gone ends the run then.
 pub fn run_one(
     wiring: &mut dyn Wiring,
     spec: &RunSpec,
@@ -310,9 +310,8 @@ pub fn run_one(
     let kicks_before = chip.kicks.load(std::sync::atomic::Ordering::SeqCst);
     let limit = spec.cycles.unwrap_or(u64::MAX);
     // Keep the device's budget ahead of the guest so it never idles, but
-    // bounded, so a duration run ends with nothing outstanding.
-    // 4096 cycles is a few tens of ms at these rates: a duration run ends
-    // at most that much late.
+    // bounded, so a duration run ends with nothing outstanding: 4096 cycles
+    // is a few tens of ms at these rates, so it ends at most that much late.
     let chunk = if spec.duration.is_some() { 4096 } else { limit };
     let t0 = Instant::now();
     let mut requested = chunk.min(limit);
@@ -331,6 +330,7 @@ pub fn run_one(
         if last_progress.elapsed() >= Duration::from_millis(100) {
             progress(count, t0.elapsed());
             last_progress = Instant::now();
+            s.wiring.check_gone()?;
         }
         let time_up = spec.duration.is_some_and(|d| t0.elapsed() >= d);
         if !time_up && requested < limit && requested - count < chunk / 2 {

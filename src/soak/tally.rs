@@ -16,6 +16,12 @@ pub struct DeviceTally {
     pub cycles: u64,
     /// Interrupts its guests counted.
     pub delivered: u64,
+    /// Host-side triggers, over its runs ([`RunReport::triggered`]).
+    #[serde(default)]
+    pub triggered: u64,
+    /// EOIs carried back, over its runs ([`RunReport::eois`]).
+    #[serde(default)]
+    pub eois: u64,
     /// Lost cycles.
     pub lost: u64,
     /// Spurious acknowledgements.
@@ -40,6 +46,12 @@ pub struct Total {
     pub cycles: u64,
     /// Interrupts delivered.
     pub delivered: u64,
+    /// Host-side triggers.
+    #[serde(default)]
+    pub triggered: u64,
+    /// EOIs carried back.
+    #[serde(default)]
+    pub eois: u64,
     /// Lost cycles.
     pub lost: u64,
     /// Spurious acknowledgements.
@@ -68,6 +80,8 @@ impl SoakReport {
                     runs: mine.len(),
                     cycles: sum(|r| r.cycles),
                     delivered: sum(|r| r.delivered),
+                    triggered: sum(|r| r.triggered),
+                    eois: sum(|r| r.eois),
                     lost: sum(|r| r.lost),
                     spurious: sum(|r| r.spurious),
                     storms: sum(|r| r.storms),
@@ -84,6 +98,8 @@ impl SoakReport {
             runs: self.devices.iter().map(|d| d.runs).sum(),
             cycles: sum(|d| d.cycles),
             delivered: sum(|d| d.delivered),
+            triggered: sum(|d| d.triggered),
+            eois: sum(|d| d.eois),
             lost: sum(|d| d.lost),
             spurious: sum(|d| d.spurious),
             failed: self

@@ -121,6 +121,13 @@ pub trait Wiring {
     fn detach(&mut self) -> Result<(), SoakError>;
     /// The device's name.
     fn device(&self) -> &str;
+    /// [`SoakError::Gone`] once the daemon has told this connection that
+    /// the device is gone (or has gone away itself), so that a run ends,
+    /// and its VFIO fds close, at once rather than at the stall bound: the
+    /// host's unbind waits for them.
+    fn check_gone(&mut self) -> Result<(), SoakError> {
+        Ok(())
+    }
 }
 
 /// Through the daemon's control socket, as any VMM would.
@@ -153,8 +160,14 @@ impl DaemonWiring {
     /// Why the device is gone, if it is: the `device_gone` event queued on
     /// this connection, or the connection closed.
     fn gone(&mut self) -> Option<String> {
+        self.gone_within(std::time::Duration::ZERO)
+    }
+
+    /// [`gone`](Self::gone), reading the socket for up to `wait` (a zero
+    /// wait looks at the events already read only).
+    fn gone_within(&mut self, wait: std::time::Duration) -> Option<String> {
         loop {
-            match self.client.next_event(std::time::Duration::ZERO) {
+            match self.client.next_event(wait) {
                 Ok(Some(Event::DeviceGone { device, reason })) if device == self.device => {
                     return Some(reason)
                 }
@@ -306,5 +319,15 @@ impl Wiring for DaemonWiring {
 
     fn device(&self) -> &str {
         &self.device
+    }
+
+    fn check_gone(&mut self) -> Result<(), SoakError> {
+        match self.gone_within(std::time::Duration::from_millis(1)) {
+            Some(cause) => Err(SoakError::Gone {
+                device: self.device.clone(),
+                cause,
+            }),
+            None => Ok(()),
+        }
     }
 }

@@ -82,7 +82,7 @@ pub fn num(line: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key}= number in `{line}`"))
 }
 
-/// Why an x86_64 QEMU lane (`qemu_vfio`, `qemu_shared`) cannot run here, if it cannot.
+/// Why an x86_64 QEMU lane (`qemu_vfio`, `qemu_shared`, `qemu_lab`, …) cannot run here, if it cannot.
 pub fn x86_lane_missing() -> Option<String> {
     if !cfg!(target_arch = "x86_64") {
         return Some(

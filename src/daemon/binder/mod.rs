@@ -198,14 +198,22 @@ impl Binder {
     /// The host took `rec`'s function back (unbind or remove): its
     /// `driver_override` is put back and its record forgotten, so that its
     /// original driver can bind it, and a rescan finds it as the host had it.
+    ///
+    /// The record is forgotten even when the write fails: the function has
+    /// left vfio-pci, so nothing is left to give back at release. (A write
+    /// that timed out is still pending: the kernel takes the device lock
+    /// for it, which the unbind holds until the last VFIO fd of the
+    /// function is closed, and does it then.)
     pub fn given_back(&self, rec: &BindRecord) -> Result<(), BinderError> {
-        pci::give_up(&*self.sys, rec)?;
+        let put_back = pci::give_up(&*self.sys, rec);
+        self.forget(&rec.device)?;
+        put_back?;
         log::info!(
             "{} {}: the host took it back; driver_override put back and the bind record forgotten",
             rec.device,
             rec.addr
         );
-        self.forget(&rec.device)
+        Ok(())
     }
 
     /// Forgets `name`'s record (the function is no longer on vfio-pci).

@@ -159,7 +159,12 @@ impl Daemon {
     /// One turn of the loop: wait (at most `timeout`), handle what is ready,
     /// run due timers.
     pub fn turn(&mut self, timeout: Option<Duration>) -> Result<(), DaemonError> {
-        let any_route = self.devices.iter().any(|d| d.route().is_some());
+        // The health scan runs while a route is live, and while a function
+        // the host took back may come back with a rescan.
+        let any_route = self.devices.iter().any(|d| {
+            d.route().is_some()
+                || (d.state.gone() && matches!(d.cfg.pci, crate::config::PciAddr::Bdf { .. }))
+        });
         let wait = self.lp.timers.timeout(Instant::now(), any_route, timeout);
         let lp = &mut self.lp;
         match lp.poll.poll(&mut lp.events, wait) {
