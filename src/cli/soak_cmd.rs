@@ -31,6 +31,9 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         None => intxd::config::load_str("<built-in config>".as_ref(), intxd::config::BUILTIN)?,
     };
     let devices = pick_devices(&config, args.connect.as_deref(), args.device.as_deref())?;
+    if args.lifecycle {
+        return super::soak_lifecycle::run(args, &config, &devices);
+    }
     let inproc = match &args.connect {
         Some(_) => None,
         None => Some(InProcessDaemon::start(config.clone())?),
