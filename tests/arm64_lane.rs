@@ -46,7 +46,7 @@ const BENCH_ROUNDS: u64 = 2;
 /// The test's name, for the line that says it did not run.
 const TEST: &str = "intxd_builds_soaks_and_passes_its_tests_on_arm64";
 /// The test binaries that do not run in the guest, and why: an x86 guest kernel
-/// (`qemu_vfio`), this lane itself, a systemd (`systemd`), a headless Chromium (`lab`: the
+/// (`qemu_vfio`, `qemu_lifecycle`), this lane itself, a systemd (`systemd`), a headless Chromium (`lab`: the
 /// busybox guest has neither it nor apt to install it) or much time (`bench`: the lane runs
 /// `intxd bench` itself; `relay`: its limiter test counts storm windows in wall time, which the
 /// emulated host does not reach, and its other test's wall-clock soaks took 125 s here, more
@@ -55,6 +55,7 @@ const TEST: &str = "intxd_builds_soaks_and_passes_its_tests_on_arm64";
 /// in scans of a native host's rate).
 const SKIP: &[&str] = &[
     "qemu_vfio",
+    "qemu_lifecycle",
     "arm64_lane",
     "systemd",
     "lab",
