@@ -40,26 +40,9 @@ const PHASES: &[(&str, &str)] = &[
     ("intx_moved", "intx"),
 ];
 
-/// Why the harness cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    if !cfg!(target_arch = "x86_64") {
-        return Some(
-            "the QEMU harness boots an amd64 guest kernel; this is not an x86_64 host".into(),
-        );
-    }
-    if !(harness::on_path("qemu-system-x86_64") || harness::can_install()) {
-        return Some("qemu-system-x86_64 is not installed, and tests/qemu/prepare.sh can only install it as root with apt-get".into());
-    }
-    None
-}
-
-fn run(step: &str, cmd: &mut Command) -> std::process::Output {
-    harness::run("qemu_lifecycle", step, cmd)
-}
-
 #[test]
 fn edu_goes_through_intx_msi_suspend_resume_reset_and_a_gsi_move_in_a_qemu_guest() {
-    let missing = missing_prerequisite();
+    let missing = harness::x86_missing_prerequisite();
     if !harness::may_run("qemu_lifecycle", missing.clone()) {
         use std::io::Write;
         let _ = writeln!(
@@ -72,41 +55,24 @@ fn edu_goes_through_intx_msi_suspend_resume_reset_and_a_gsi_move_in_a_qemu_guest
     let t0 = Instant::now();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let intxd = Path::new(env!("CARGO_BIN_EXE_intxd"));
-    let harness = repo.join("tests/qemu");
     let cache = std::env::var_os("INTXD_QEMU_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target/qemu-cache"));
     let initrd = cache.join("lifecycle.cpio.gz");
-
-    let out = run(
-        "prepare.sh",
-        Command::new(harness.join("prepare.sh")).arg(&cache),
+    let edu_toml = repo.join("config/examples/edu.toml");
+    harness::x86_initrd(
+        "qemu_lifecycle",
+        repo,
+        intxd,
+        &cache,
+        "lifecycle.sh",
+        &initrd,
+        &[format!("{}:/edu.toml", edu_toml.display())],
     );
-    assert!(
-        out.status.success(),
-        "tests/qemu/prepare.sh failed:\n{}",
-        text(&out)
-    );
-    let out = run(
-        "mkinitrd.sh",
-        Command::new(harness.join("mkinitrd.sh"))
-            .arg(&cache)
-            .arg(intxd)
-            .arg(harness.join("lifecycle.sh"))
-            .arg(&initrd)
-            .arg(format!(
-                "{}:/edu.toml",
-                repo.join("config/examples/edu.toml").display()
-            )),
-    );
-    assert!(
-        out.status.success(),
-        "tests/qemu/mkinitrd.sh failed:\n{}",
-        text(&out)
-    );
-    let out = run(
+    let out = harness::run(
+        "qemu_lifecycle",
         "run.sh (boot, lifecycle, power-off)",
-        Command::new(harness.join("run.sh"))
+        Command::new(repo.join("tests/qemu/run.sh"))
             .arg(&cache)
             .arg(&initrd)
             .arg("240")

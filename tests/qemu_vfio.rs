@@ -27,26 +27,13 @@ use harness::{field, line, num, text};
 
 const CYCLES: u64 = 3000;
 
-/// Why the harness cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    if !cfg!(target_arch = "x86_64") {
-        return Some(
-            "the QEMU harness boots an amd64 guest kernel; this is not an x86_64 host".into(),
-        );
-    }
-    if !(harness::on_path("qemu-system-x86_64") || harness::can_install()) {
-        return Some("qemu-system-x86_64 is not installed, and tests/qemu/prepare.sh can only install it as root with apt-get".into());
-    }
-    None
-}
-
 fn run(step: &str, cmd: &mut Command) -> std::process::Output {
     harness::run("qemu_vfio", step, cmd)
 }
 
 #[test]
 fn edu_goes_through_vfio_pci_and_back_in_a_qemu_guest() {
-    let missing = missing_prerequisite();
+    let missing = harness::x86_missing_prerequisite();
     if !harness::may_run("qemu_vfio", missing.clone()) {
         // Past the harness's output capture (which hides a passing test's
         // eprintln!), so the run's own log says this test did not run.

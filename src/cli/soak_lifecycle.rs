@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use super::{ChipArg, CmdResult, ModeArg, SoakArgs};
+use super::{CmdResult, SoakArgs};
 use intxd::config::Config;
 
 /// Cycles per phase unless `--cycles` says otherwise.
@@ -18,9 +18,10 @@ pub fn run(_args: &SoakArgs, _config: &Config, _devices: &[String]) -> CmdResult
 
 #[cfg(target_arch = "x86_64")]
 pub fn run(args: &SoakArgs, config: &Config, devices: &[String]) -> CmdResult {
+    use super::{ChipArg, ModeArg};
     use intxd::route::Mode;
     use intxd::soak::lifecycle::run_lifecycle;
-    use intxd::soak::{DaemonWiring, InProcessDaemon};
+    use intxd::soak::DaemonWiring;
 
     let [device] = devices else {
         return Err("--lifecycle soaks one device: name it with --device".into());
@@ -28,15 +29,7 @@ pub fn run(args: &SoakArgs, config: &Config, devices: &[String]) -> CmdResult {
     if args.irqchip == ChipArg::User {
         return Err("--lifecycle runs with the in-kernel irqchip only (its MSI route and irqfds are KVM's); drop --irqchip user".into());
     }
-    let inproc = match &args.connect {
-        Some(_) => None,
-        None => Some(InProcessDaemon::start(config.clone())?),
-    };
-    let socket = match (&args.connect, &inproc) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => d.socket().to_path_buf(),
-        (None, None) => unreachable!("one of the two is set"),
-    };
+    let (inproc, socket) = super::soak_cmd::daemon(args, config)?;
     let modes = match args.mode {
         ModeArg::Direct => vec![Mode::Direct],
         ModeArg::Relay => vec![Mode::Relay],

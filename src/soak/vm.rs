@@ -185,6 +185,7 @@ impl GuestRam {
 
     /// Loads code at `gpa` while the guest runs, where it executes nothing
     /// yet (an ISR whose vector cannot arrive before the VMM routes it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn load_idle(&self, gpa: u64, bytes: &[u8]) {
         self.write(gpa, bytes);
     }

@@ -81,3 +81,45 @@ pub fn num(line: &str, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key}= number in `{line}`"))
 }
+
+/// Why an x86 QEMU lane cannot run here, if it cannot.
+pub fn x86_missing_prerequisite() -> Option<String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Some(
+            "the QEMU harness boots an amd64 guest kernel; this is not an x86_64 host".into(),
+        );
+    }
+    if !(on_path("qemu-system-x86_64") || can_install()) {
+        return Some("qemu-system-x86_64 is not installed, and tests/qemu/prepare.sh can only install it as root with apt-get".into());
+    }
+    None
+}
+
+/// `tests/qemu/prepare.sh` into `cache`, then `mkinitrd.sh` with `intxd`,
+/// the guest `script` and `extras` (`SRC:/DEST`) into `initrd`.
+pub fn x86_initrd(
+    lane: &str,
+    repo: &std::path::Path,
+    intxd: &std::path::Path,
+    cache: &std::path::Path,
+    script: &str,
+    initrd: &std::path::Path,
+    extras: &[String],
+) {
+    let harness = repo.join("tests/qemu");
+    run_ok(
+        lane,
+        "prepare.sh",
+        Command::new(harness.join("prepare.sh")).arg(cache),
+    );
+    run_ok(
+        lane,
+        "mkinitrd.sh",
+        Command::new(harness.join("mkinitrd.sh"))
+            .arg(cache)
+            .arg(intxd)
+            .arg(harness.join(script))
+            .arg(initrd)
+            .args(extras),
+    );
+}

@@ -22,11 +22,10 @@ say() { echo "lifecycle-sh: $*"; }
 fail() { say "FAIL: $*"; FAILS=$((FAILS + 1)); }
 rd() { cat "$1" 2>/dev/null || echo '?'; }
 drv() { [ -e "$1/driver" ] && basename "$(readlink "$1/driver")" || echo none; }
-up() { cut -d' ' -f1 /proc/uptime; }
-finish() {
-    if [ -n "${DPID:-}" ] && kill -0 "$DPID" 2>/dev/null; then kill -TERM "$DPID"; wait "$DPID"; fi
-    echo "---- daemon log ----"; cat /tmp/daemon.log 2>/dev/null; echo "---- end of daemon log ----"
-    if [ "$FAILS" = 0 ]; then say "ALL PASSED"; exit 0; fi
+finish() { # the daemon's log only when something failed
+    [ -z "${DPID:-}" ] || { kill -TERM "$DPID" 2>/dev/null; wait "$DPID"; }
+    [ "$FAILS" = 0 ] && { say "ALL PASSED"; exit 0; }
+    sed 's/^/lifecycle-sh: daemon: /' /tmp/daemon.log 2>/dev/null
     say "$FAILS check(s) FAILED"; exit 1
 }
 
@@ -51,13 +50,13 @@ while [ ! -S "$SOCK" ] && [ $i -lt 200 ] && kill -0 "$DPID" 2>/dev/null; do slee
 /bin/intxd status --socket "$SOCK" > /dev/null 2>&1
 [ "$(drv "$D")" = vfio-pci ] || fail "driver is $(drv "$D"), not vfio-pci"
 
-T=$(up)
+T=$(cut -d" " -f1 /proc/uptime)
 RUST_LOG=warn,intxd::soak=info /bin/intxd soak --connect "$SOCK" --device edu0 --config /tmp/edu.toml \
     --lifecycle --mode all --cycles "$CYCLES" > /tmp/lifecycle.out 2> /tmp/lifecycle.err
 RC=$?
 sed 's/^/lifecycle-sh: stderr: /' /tmp/lifecycle.err
 cat /tmp/lifecycle.out
-say "soak: rc=$RC cycles=$CYCLES guest_uptime=$T->$(up)"
+say "soak: rc=$RC cycles=$CYCLES guest_uptime=$T->$(cut -d" " -f1 /proc/uptime)"
 [ "$RC" = 0 ] || fail "intxd soak --lifecycle exited with $RC"
 for m in direct relay; do
     grep -q "^lifecycle: edu0 $m pci=$EDU phases=6 intx_after_reset=enabled clean=true$" /tmp/lifecycle.out ||
