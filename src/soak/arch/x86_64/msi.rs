@@ -45,9 +45,6 @@ pub const MSI_ISR_ADDR: u64 = 0x1100;
 pub const MSI_GSI: u32 = 24;
 /// The spurious-interrupt vector register: bit 8 enables the APIC.
 const APIC_SVR: usize = 0xF0;
-/// The in-service and request registers (8 × 32 bits, 16 bytes apart).
-const APIC_ISR: usize = 0x100;
-const APIC_IRR: usize = 0x200;
 
 /// Where the exerciser ISR EOIs the PICs (`b0 20 e6 a0 e6 20`), from its
 /// start: the MSI ISR replaces those six bytes.
@@ -99,22 +96,10 @@ pub fn enable_lapic(vcpu: &VcpuFd) -> Result<(), VmError> {
         .map_err(kvm_err("enable the local APIC (KVM_SET_LAPIC)"))
 }
 
-fn reg(lapic: &kvm_lapic_state, off: usize) -> u32 {
-    let b = |i: usize| lapic.regs[off + i] as u8;
-    u32::from_le_bytes([b(0), b(1), b(2), b(3)])
-}
-
 fn set_reg(lapic: &mut kvm_lapic_state, off: usize, v: u32) {
     for (i, byte) in v.to_le_bytes().into_iter().enumerate() {
         lapic.regs[off + i] = byte as std::os::raw::c_char;
     }
-}
-
-/// The vectors set in the APIC's in-service and request registers:
-/// `(in service, requested)`, each as the number of bits set.
-pub fn pending(lapic: &kvm_lapic_state) -> (u32, u32) {
-    let bits = |base: usize| (0..8).map(|i| reg(lapic, base + i * 16).count_ones()).sum();
-    (bits(APIC_ISR), bits(APIC_IRR))
 }
 
 /// KVM's default x86 routing (GSIs 0..16 to the IOAPIC and the PICs, 16..24
