@@ -162,10 +162,14 @@ pub fn run_lifecycle(
     Ok(report)
 }
 
-fn driver<'a>(s: &'a Session<'_>) -> &'a DeviceDriver {
+/// The session's real function (checked at start).
+fn driver<'a>(s: &'a Session<'_>) -> Result<&'a DeviceDriver, SoakError> {
     match &s.side {
-        Side::Vfio(d) => d,
-        Side::Sim(_) => unreachable!("checked at start: a real function"),
+        Side::Vfio(d) => Ok(d),
+        Side::Sim(_) => Err(SoakError::Lifecycle {
+            device: s.wiring.device().to_string(),
+            why: "needs a real PCI function".into(),
+        }),
     }
 }
 
@@ -210,7 +214,7 @@ fn phase(
     } else {
         (vec![delivered, intx_eois], msi_irqs)
     };
-    let page = driver(s).exerciser().map(|(p, _)| p);
+    let page = driver(s)?.exerciser().map(|(p, _)| p);
     let pending = match page {
         Some(p) => p.read32(EDU_STATUS)?,
         None => 0,
@@ -293,7 +297,7 @@ fn enable_msi(s: &mut Session<'_>) -> Result<EventFd, SoakError> {
     s.vm.vm
         .register_irqfd(&ev, msi::MSI_GSI)
         .map_err(kvm_err("register the MSI irqfd"))?;
-    let d = driver(s);
+    let d = driver(s)?;
     let fd = d.device_fd().map_err(|source| SoakError::Eventfd {
         what: "copy the VFIO device fd",
         source,
@@ -307,10 +311,12 @@ fn enable_msi(s: &mut Session<'_>) -> Result<EventFd, SoakError> {
 
 /// Disables the function's MSI (`count = 0`) and deassigns its irqfd.
 fn disable_msi(s: &mut Session<'_>, ev: &EventFd) -> Result<(), SoakError> {
-    let fd = driver(s).device_fd().map_err(|source| SoakError::Eventfd {
-        what: "copy the VFIO device fd",
-        source,
-    })?;
+    let fd = driver(s)?
+        .device_fd()
+        .map_err(|source| SoakError::Eventfd {
+            what: "copy the VFIO device fd",
+            source,
+        })?;
     crate::vfio::set_msi(s.wiring.device(), fd.as_fd(), None)?;
     s.vm.vm
         .unregister_irqfd(ev, msi::MSI_GSI)
