@@ -77,6 +77,9 @@ fn edu_goes_through_intx_msi_suspend_resume_reset_and_a_gsi_move_in_a_qemu_guest
             .arg(&initrd)
             .arg("240")
             .env("INTXD_QEMU_ARGS", QEMU_ARGS)
+            // The IO-APIC timer check at boot fails now and then under TCG
+            // on a loaded host (a panic, tests/qemu/README.md); skip it.
+            .env("INTXD_QEMU_APPEND", "no_timer_check")
             .env("INTXD_QEMU_LOG", cache.join("lifecycle.log")),
     );
     let log = text(&out);
