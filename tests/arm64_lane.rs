@@ -14,7 +14,8 @@
 //! It is part of the README's test command (`cargo test --release --workspace`), as
 //! `tests/qemu_vfio.rs` is. `INTXD_ARM64_SUITES` (default `host`, the host's release) lists the
 //! Debian releases whose kernels the lane boots, e.g. `host,trixie`; `INTXD_ARM64_TIMEOUT`
-//! (default 480) is each boot's hard timeout in seconds. Needs an x86_64 Debian host and root
+//! (default 480 × the 1-minute load per core, between 1× and 4×) is each boot's hard timeout
+//! in seconds. Needs an x86_64 Debian host and root
 //! (or everything installed). With `CI=true` a missing prerequisite is a failure; elsewhere the
 //! test prints a `SKIPPED (NOT RUN)` line to the real stderr and returns.
 
@@ -46,8 +47,8 @@ const BENCH_ROUNDS: u64 = 2;
 /// The test's name, for the line that says it did not run.
 const TEST: &str = "intxd_builds_soaks_and_passes_its_tests_on_arm64";
 /// The test binaries that do not run in the guest, and why: an x86 guest kernel
-/// (`qemu_vfio`, `qemu_lifecycle`), this lane itself, a systemd (`systemd`), a headless Chromium (`lab`: the
-/// busybox guest has neither it nor apt to install it) or much time (`bench`: the lane runs
+/// (`qemu_vfio`, `qemu_shared`, `qemu_systemd`, `qemu_lifecycle`), this lane itself, a systemd (`systemd`), a
+/// headless Chromium (`lab`: the busybox guest has neither it nor apt to install it) or much time (`bench`: the lane runs
 /// `intxd bench` itself; `relay`: its limiter test counts storm windows in wall time, which the
 /// emulated host does not reach, and its other test's wall-clock soaks took 125 s here, more
 /// than a binary's bound; `multi_soak`: 24 000 cycles over three devices, minutes at the
@@ -55,6 +56,8 @@ const TEST: &str = "intxd_builds_soaks_and_passes_its_tests_on_arm64";
 /// in scans of a native host's rate).
 const SKIP: &[&str] = &[
     "qemu_vfio",
+    "qemu_shared",
+    "qemu_systemd",
     "qemu_lifecycle",
     "arm64_lane",
     "systemd",
@@ -343,11 +346,17 @@ fn boot(repo: &Path, build: &Build, suite: &str) -> String {
     });
 
     // The whole boot's hard timeout; each guest step gets half of it. 480 s fits a quiet 2-core
-    // host with room; a heavily loaded one (load 10+) slows TCG 10-30x and needs more.
+    // host with room; a loaded one slows TCG by about its load per core, so the default scales
+    // with that (two busy loops beside the suite on 2 cores: ~1.5-2x). A guard, not a figure.
     let timeout: u64 = std::env::var("INTXD_ARM64_TIMEOUT")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(480);
+        .unwrap_or_else(|| {
+            let per_core = load_per_core();
+            let t = (480.0 * per_core.clamp(1.0, 4.0)) as u64;
+            eprintln!("{LANE} [{suite}]: load {per_core:.2} per core: the boot's bound is {t} s (INTXD_ARM64_TIMEOUT overrides)");
+            t
+        });
     // Each soak step may take half of it, each test binary and the bench a quarter.
     let step = timeout / 2;
     let quarter = timeout / 4;
@@ -431,6 +440,16 @@ fn boot(repo: &Path, build: &Build, suite: &str) -> String {
 }
 
 /// Every file below `dir`.
+/// The 1-minute load average per online CPU (1.0 when it cannot be read).
+fn load_per_core() -> f64 {
+    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(1.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    load / cpus as f64
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).expect("read_dir").flatten() {

@@ -50,6 +50,8 @@ fn bad_durations_and_zero_counts_are_refused_with_exit_2() {
         (&["soak", "--duration", "1e300"], "--duration"),
         (&["soak", "--duration", "0"], "--duration"),
         (&["soak", "--cycles", "0"], "--cycles"),
+        (&["soak", "--stall", "0"], "--stall"),
+        (&["soak", "--stall", "nan"], "--stall"),
         (&["attach", "sim0", nowhere, "--hold=-1"], "--hold"),
         (&["attach", "sim0", nowhere, "--hold", "nan"], "--hold"),
         (&["attach", "sim0", nowhere, "--hold", "inf"], "--hold"),

@@ -464,3 +464,136 @@ fn write_config() -> tempfile::NamedTempFile {
     .expect("write config");
     f
 }
+
+#[test]
+fn an_ebusy_at_the_intx_enable_is_a_failure_naming_the_other_device_and_driver() {
+    // Masking not known from the reads: the EBUSY settles it.
+    let f = shared_line_host(false, "virtio0");
+    let host = f.host();
+    let addr = EDU.parse().expect("address");
+    assert_eq!(
+        shared_line_diagnosis(&host, "edu0", addr).map(|d| d.status),
+        Some(Status::Warn)
+    );
+
+    let d = doctor::ebusy_diagnosis(&host, "edu0", addr).expect("a diagnosis");
+
+    assert_eq!(d.status, Status::Fail);
+    for part in [
+        "host IRQ 21 of 0000:00:05.0 is shared with 0000:00:06.0 (virtio-pci: virtio0)",
+        "the enable's EBUSY shows vfio-pci does not mask it",
+        "genirq: Flags mismatch irq 21",
+    ] {
+        assert!(d.found.contains(part), "`{part}` missing from: {}", d.found);
+    }
+    assert_eq!(d.fixes.len(), 2, "{:?}", d.fixes);
+    assert!(d.fixes[0].starts_with("move the card"), "{:?}", d.fixes);
+    assert!(
+        d.fixes[1].contains("echo 0000:00:06.0 > /sys/bus/pci/drivers/virtio-pci/unbind"),
+        "{:?}",
+        d.fixes
+    );
+
+    // With nointxmask, what doctor predicted is what the attach says.
+    let f = shared_line_host(true, "virtio0");
+    let host = f.host();
+    assert_eq!(
+        doctor::ebusy_diagnosis(&host, "edu0", addr),
+        shared_line_diagnosis(&host, "edu0", addr)
+    );
+}
+
+#[test]
+fn an_ebusy_on_a_line_that_shows_no_other_user_still_names_the_line_and_a_fix() {
+    let f = shared_line_host(false, "");
+    f.k.set_attr(VIRTIO, "irq", b"22\n");
+    let host = f.host();
+
+    let d = doctor::ebusy_diagnosis(&host, "edu0", EDU.parse().expect("a")).expect("a diagnosis");
+
+    assert_eq!(d.status, Status::Fail);
+    let (head, _) = d.found.split_once(" (EBUSY)").expect("EBUSY named");
+    assert_eq!(
+        head,
+        "vfio-pci could not request host IRQ 21 of 0000:00:05.0"
+    );
+    assert_eq!(d.fixes.len(), 1, "{:?}", d.fixes);
+}
+
+/// A daemon on the fake tree (its sysfs and procfs roots) with edu0
+/// configured, and its state directory.
+fn daemon_on(f: &Fake) -> (common::DaemonProc, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("state dir");
+    let extra = format!(
+        "sysfs_root = \"{}\"\nproc_root = \"{}\"\nstate_dir = \"{}\"",
+        f.k.sys_root().display(),
+        f.k.proc_root().display(),
+        state.path().display()
+    );
+    let devices = format!("[[device]]\nname = \"edu0\"\npci = \"{EDU}\"\n");
+    (common::DaemonProc::start_with(&devices, &extra, &[]), state)
+}
+
+/// The daemon, on the fake tree (edu already on vfio-pci, which VFIO cannot
+/// open here, so it stays `bound`): the open's warning names the other
+/// device and driver and the fixes, in the log and in `status`, and is
+/// doctor's finding word for word.
+#[test]
+fn the_daemon_warns_at_open_of_a_function_whose_intx_set_up_will_fail() {
+    let f = shared_line_host(true, "virtio0");
+    let (d, _state) = daemon_on(&f);
+    let want = shared_line_diagnosis(&f.host(), "edu0", EDU.parse().expect("a"))
+        .expect("a diagnosis")
+        .message();
+
+    let s = d.device("edu0");
+
+    assert_eq!(s.state.to_string(), "bound", "{s:?}");
+    assert_eq!(s.warning.as_deref(), Some(want.as_str()), "{s:?}");
+    // `intxd status` shows the warning and the failure under the device's row.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_intxd"))
+        .args(["status", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .expect("intxd status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = table
+        .lines()
+        .position(|l| l.starts_with("edu0 "))
+        .expect("edu0's row");
+    let under: Vec<&str> = table.lines().skip(row + 1).take(2).collect();
+    assert!(
+        under.iter().any(|l| *l == format!("  warning: {want}")),
+        "{table}"
+    );
+    assert!(
+        under.iter().any(|l| l.starts_with("  failure: ")),
+        "{table}"
+    );
+    let log = d.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("its INTx set-up at attach will fail"))
+        .unwrap_or_else(|| panic!("no open warning in the log:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.ends_with(&format!(
+            "edu0 0000:00:05.0: its INTx set-up at attach will fail: {want}"
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_daemon_says_nothing_at_open_of_a_function_on_a_line_of_its_own() {
+    let f = shared_line_host(true, "");
+    f.k.set_attr(VIRTIO, "irq", b"22\n");
+    let (d, _state) = daemon_on(&f);
+
+    let s = d.device("edu0");
+
+    assert_eq!(s.warning, None, "{s:?}");
+    let log = d.stop();
+    assert!(!log.contains("its INTx set-up at attach"), "{log}");
+}

@@ -401,6 +401,7 @@ fn escaped_label_values_survive_the_reference_parser() {
         owner: None,
         facts: None,
         failure: None,
+        warning: None,
         intx: None,
         counters: DeviceCounters {
             host_interrupts: 7,

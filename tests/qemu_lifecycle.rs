@@ -20,11 +20,7 @@
 #[path = "qemu/harness.rs"]
 mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
-
-use harness::{field, line, num, text};
+use harness::{field, line, num};
 
 /// Cycles per phase.
 const CYCLES: u64 = 1000;
@@ -42,58 +38,27 @@ const PHASES: &[(&str, &str)] = &[
 
 #[test]
 fn edu_goes_through_intx_msi_suspend_resume_reset_and_a_gsi_move_in_a_qemu_guest() {
-    let missing = harness::x86_missing_prerequisite();
-    if !harness::may_run("qemu_lifecycle", missing.clone()) {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "test edu_goes_through_intx_msi_suspend_resume_reset_and_a_gsi_move_in_a_qemu_guest: SKIPPED (NOT RUN): {}; with CI=true this is a failure",
-            missing.unwrap_or_default()
-        );
+    if !harness::may_run_test(
+        "qemu_lifecycle",
+        "edu_goes_through_intx_msi_suspend_resume_reset_and_a_gsi_move_in_a_qemu_guest",
+        harness::x86_lane_missing(),
+    ) {
         return;
     }
-    let t0 = Instant::now();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let intxd = Path::new(env!("CARGO_BIN_EXE_intxd"));
-    let cache = std::env::var_os("INTXD_QEMU_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/qemu-cache"));
-    let initrd = cache.join("lifecycle.cpio.gz");
-    let edu_toml = repo.join("config/examples/edu.toml");
-    harness::x86_initrd(
+    let log = harness::boot_x86(
         "qemu_lifecycle",
-        repo,
-        intxd,
-        &cache,
-        "lifecycle.sh",
-        &initrd,
-        &[format!("{}:/edu.toml", edu_toml.display())],
-    );
-    let out = harness::run(
-        "qemu_lifecycle",
-        "run.sh (boot, lifecycle, power-off)",
-        Command::new(repo.join("tests/qemu/run.sh"))
-            .arg(&cache)
-            .arg(&initrd)
-            .arg("240")
-            .env("INTXD_QEMU_ARGS", QEMU_ARGS)
+        "lifecycle",
+        &[],
+        &[
+            ("INTXD_QEMU_ARGS", QEMU_ARGS),
             // The IO-APIC timer check at boot fails now and then under TCG
             // on a loaded host (a panic, tests/qemu/README.md); skip it.
-            .env("INTXD_QEMU_APPEND", "no_timer_check")
-            .env("INTXD_QEMU_LOG", cache.join("lifecycle.log")),
+            ("INTXD_QEMU_APPEND", "no_timer_check"),
+        ],
     );
-    let log = text(&out);
-    for l in log.lines().filter(|l| {
-        l.contains("lifecycle: ") || l.contains("lifecycle-sh: ") || l.starts_with("run: guest")
-    }) {
+    for l in log.lines().filter(|l| l.contains("lifecycle-sh: ")) {
         eprintln!("qemu_lifecycle: {l}");
     }
-    eprintln!("qemu_lifecycle: total {:.1}s", t0.elapsed().as_secs_f64());
-    assert!(
-        out.status.success(),
-        "the guest test failed ({}); its output:\n{log}",
-        out.status
-    );
 
     let edu = field(line(&log, "lifecycle-sh: edu at"), "reset_method");
     assert_eq!(edu, Some("bus"), "the soaked edu can be reset");

@@ -19,90 +19,20 @@
 #[path = "qemu/harness.rs"]
 mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
-
-use harness::{field, line, num, text};
+use harness::{field, line, num};
 
 const CYCLES: u64 = 3000;
 
-fn run(step: &str, cmd: &mut Command) -> std::process::Output {
-    harness::run("qemu_vfio", step, cmd)
-}
-
 #[test]
 fn edu_goes_through_vfio_pci_and_back_in_a_qemu_guest() {
-    let missing = harness::x86_missing_prerequisite();
-    if !harness::may_run("qemu_vfio", missing.clone()) {
-        // Past the harness's output capture (which hides a passing test's
-        // eprintln!), so the run's own log says this test did not run.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "test edu_goes_through_vfio_pci_and_back_in_a_qemu_guest: SKIPPED (NOT RUN): {}; with CI=true this is a failure",
-            missing.unwrap_or_default()
-        );
+    if !harness::may_run_test(
+        "qemu_vfio",
+        "edu_goes_through_vfio_pci_and_back_in_a_qemu_guest",
+        harness::x86_lane_missing(),
+    ) {
         return;
     }
-    let t0 = Instant::now();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let intxd = Path::new(env!("CARGO_BIN_EXE_intxd"));
-    let harness = repo.join("tests/qemu");
-    let cache = std::env::var_os("INTXD_QEMU_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/qemu-cache"));
-    let initrd = cache.join("vfio-e2e.cpio.gz");
-
-    let out = run(
-        "prepare.sh",
-        Command::new(harness.join("prepare.sh")).arg(&cache),
-    );
-    assert!(
-        out.status.success(),
-        "tests/qemu/prepare.sh failed:\n{}",
-        text(&out)
-    );
-
-    let out = run(
-        "mkinitrd.sh",
-        Command::new(harness.join("mkinitrd.sh"))
-            .arg(&cache)
-            .arg(intxd)
-            .arg(harness.join("vfio-e2e.sh"))
-            .arg(&initrd)
-            .arg(format!(
-                "{}:/edu.toml",
-                repo.join("config/examples/edu.toml").display()
-            )),
-    );
-    assert!(
-        out.status.success(),
-        "tests/qemu/mkinitrd.sh failed:\n{}",
-        text(&out)
-    );
-
-    let out = run(
-        "run.sh (boot, test, power-off)",
-        Command::new(harness.join("run.sh"))
-            .arg(&cache)
-            .arg(&initrd)
-            .arg("150")
-            .env("INTXD_QEMU_LOG", cache.join("vfio-e2e.log")),
-    );
-    let log = text(&out);
-    for l in log
-        .lines()
-        .filter(|l| l.contains("vfio-e2e: ") || l.starts_with("run: guest"))
-    {
-        eprintln!("qemu_vfio: {l}");
-    }
-    eprintln!("qemu_vfio: total {:.1}s", t0.elapsed().as_secs_f64());
-    assert!(
-        out.status.success(),
-        "the guest test failed ({}); its output:\n{log}",
-        out.status
-    );
+    let log = harness::boot_x86("qemu_vfio", "vfio-e2e", &[], &[]);
 
     // 1. bound through the real sysfs, from no driver.
     let before = line(&log, "vfio-e2e: sysfs before:");

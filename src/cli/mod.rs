@@ -197,6 +197,11 @@ pub struct SoakArgs {
     /// Seconds per report interval.
     #[arg(long, default_value_t = 10.0, requires = "report")]
     interval: f64,
+    /// Seconds without an interrupt before a run counts as stalled
+    /// (default 10). A relay route waits while its daemon restarts: soaking
+    /// through a restart that takes longer (a slow host) needs more.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = run_seconds)]
+    stall: Option<f64>,
     /// The guest lifecycle instead of plain runs (x86_64, a real function
     /// with an exerciser, in-kernel irqchip): in one VM and one attach, per
     /// mode, INTx soak, suspend_intx, MSI soak (a KVM irqfd on an MSI

@@ -54,6 +54,9 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
             (None, None) => Some(DEFAULT_CYCLES),
         },
         duration: args.duration.map(Duration::from_secs_f64),
+        stall: args
+            .stall
+            .map_or(intxd::soak::guest::STALL_BOUND, Duration::from_secs_f64),
         bars: tty.then(MultiProgress::new),
     };
     let interval = Duration::from_secs_f64(args.interval.max(0.1));

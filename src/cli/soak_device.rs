@@ -25,6 +25,8 @@ pub struct Plan {
     pub cycles: Option<u64>,
     /// Time per run.
     pub duration: Option<Duration>,
+    /// No interrupt for this long: the run stalled.
+    pub stall: Duration,
     /// Progress bars on a terminal, one per running device.
     pub bars: Option<MultiProgress>,
 }
@@ -81,7 +83,7 @@ pub fn soak(plan: &Plan, d: DeviceSoak) -> Outcome {
                 irqchip,
                 cycles: plan.cycles,
                 duration: plan.duration,
-                stall: intxd::soak::guest::STALL_BOUND,
+                stall: plan.stall,
             };
             let label = format!("{device} {mode}/{irqchip}");
             if let Some(r) = recorder.as_mut() {

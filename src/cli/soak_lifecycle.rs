@@ -36,11 +36,15 @@ pub fn run(args: &SoakArgs, config: &Config, devices: &[String]) -> CmdResult {
         ModeArg::All => vec![Mode::Direct, Mode::Relay],
     };
     let cycles = args.cycles.unwrap_or(DEFAULT_CYCLES);
+    let stall = args.stall.map_or(
+        intxd::soak::guest::STALL_BOUND,
+        std::time::Duration::from_secs_f64,
+    );
     let exerciser = config.device(device).and_then(|d| d.exerciser);
     let mut reports = Vec::new();
     for mode in modes {
         let mut w = DaemonWiring::connect(&socket, device)?.with_exerciser(exerciser);
-        let r = run_lifecycle(&mut w, mode, cycles, intxd::soak::guest::STALL_BOUND)?;
+        let r = run_lifecycle(&mut w, mode, cycles, stall)?;
         if !args.json {
             for p in &r.phases {
                 println!(

@@ -50,6 +50,13 @@ pub fn status(socket: &Path, json: bool) -> CmdResult {
                 .map(|r| r.storms.to_string())
                 .unwrap_or_else(|| "-".into()),
         );
+        // Why a device is not usable, and what its open found about its line: under its row,
+        // as a person reads the table.
+        for (what, text) in [("failure", &d.failure), ("warning", &d.warning)] {
+            if let Some(text) = text {
+                println!("  {what}: {}", intxd::config::escape(text));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -246,7 +246,9 @@ impl Daemon {
         }
         let cfg = dev.cfg.clone();
         let state = match (cfg.pci, bound.and_then(|d| d.bound)) {
-            (_, Some((bcfg, result))) if bcfg.name == cfg.name => open_bound(&cfg, result, None),
+            (_, Some((bcfg, result))) if bcfg.name == cfg.name => {
+                open_bound(&cfg, result, None, &self.binder.binder().host())
+            }
             (PciAddr::Sim(n), _) => {
                 let at = SimPlace {
                     host: &self.sim,

@@ -229,6 +229,48 @@ pub fn shared_line_diagnosis(host: &Host, name: &str, addr: PciAddr) -> Option<F
     diagnose(host, name, &info, &line, &masking(host, &info, Some(&line)))
 }
 
+/// The diagnosis after vfio-pci's INTx enable of `addr` failed with
+/// `EBUSY`: the failure is a fact now, so the finding is [`Status::Fail`],
+/// and masking the reads could not settle is known to be off (vfio-pci
+/// requests the line exclusively only without it). Names every other
+/// device and driver on the line and the fixes, as
+/// [`shared_line_diagnosis`] does; when the line shows no other user, says
+/// that the exclusive request met a handler the host does not show, with
+/// the fix that always applies (another slot). `None` only when the
+/// function or its legacy IRQ cannot be read.
+pub fn ebusy_diagnosis(host: &Host, name: &str, addr: PciAddr) -> Option<Finding> {
+    let info = pci::identify(&*host.sys, name, addr).ok()?;
+    let line = host_line(host, &info)?;
+    let masking = match masking(host, &info, Some(&line)) {
+        Masking::Unknown(_) | Masking::Works(_) => Masking::Broken {
+            reason: "the enable's EBUSY shows vfio-pci does not mask it: the PCI core found its DisINTx bit broken".to_string(),
+            param: false,
+        },
+        m => m,
+    };
+    if let Some(mut f) = diagnose(host, name, &info, &line, &masking) {
+        f.status = Status::Fail;
+        return Some(f);
+    }
+    Some(
+        Finding::new(
+            name,
+            "shared line",
+            Status::Fail,
+            format!(
+                "vfio-pci could not request host IRQ {} of {} (EBUSY): another handler holds it in a way sysfs and /proc/interrupts do not show (the kernel logs \"genirq: Flags mismatch irq {}\")",
+                line.irq, info.addr, line.irq
+            ),
+        )
+        .fix(move_fix(line.irq)),
+    )
+}
+
+/// The fix that always applies to a busy line.
+fn move_fix(irq: u32) -> String {
+    format!("move the card to a slot whose INTx line no other device uses (IRQ {irq} is the host line now)")
+}
+
 /// [`shared_line_diagnosis`] on facts already read.
 pub(crate) fn diagnose(
     host: &Host,
@@ -268,10 +310,7 @@ pub(crate) fn diagnose(
         who.join(", "),
         line.irq
     );
-    let mut f = Finding::new(name, "shared line", status, found).fix(format!(
-        "move the card to a slot whose INTx line no other device uses (IRQ {} is the host line now)",
-        line.irq
-    ));
+    let mut f = Finding::new(name, "shared line", status, found).fix(move_fix(line.irq));
     match masking {
         Masking::Broken { param: true, .. } => {
             f = f.fix("enable INTx masking: drop `vfio_pci.nointxmask=1` (/etc/modprobe.d/ or the kernel command line) and load vfio-pci again with no function bound (`modprobe -r vfio-pci && modprobe vfio-pci`)");

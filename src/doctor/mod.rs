@@ -31,7 +31,9 @@ use crate::pci::SysfsIo;
 
 pub use facts::{parse_version as parse_systemd_version, KvmFacts, SystemdFacts};
 pub use host::Host;
-pub use line::{host_line, masking, shared_line_diagnosis, HostLine, LineUser, Masking};
+pub use line::{
+    ebusy_diagnosis, host_line, masking, shared_line_diagnosis, HostLine, LineUser, Masking,
+};
 
 /// How a finding bears on intxd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -291,6 +291,7 @@ mod tests {
             owner: None,
             facts: None,
             failure: None,
+            warning: None,
             intx: None,
             counters: DeviceCounters::default(),
         }

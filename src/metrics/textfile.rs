@@ -5,6 +5,11 @@
 //! Nothing here can wait for a peer: the temporary file is created new
 //! (`O_CREAT | O_EXCL`, so never a FIFO or a symlink someone left there),
 //! and the collector only ever reads the renamed result.
+//!
+//! The file is not fsynced: the rename is what makes a scrape see whole
+//! files, the file is rewritten every period, and an `fsync` on a slow or
+//! stalled disk would hold up the daemon's loop. After a power loss the
+//! collector may find the last file empty until the next period.
 
 use std::fs::{OpenOptions, Permissions};
 use std::io::Write;

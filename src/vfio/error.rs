@@ -1,8 +1,9 @@
 //! What can go wrong with a real function, in words a user can act on:
 //! the open and adopt errors ([`VfioError`], with `vfio-ioctls`' errors
-//! split into a hint and their cause), and the two errno mappings of INTx
-//! actions that are not plain failures (a removed device, and a disable of
-//! INTx that is already off).
+//! split into a hint and their cause), and the errno mappings of INTx
+//! actions that are not plain failures (a removed device, a disable of
+//! INTx that is already off, and an enable refused with `EBUSY` on a busy
+//! host line).
 
 use std::io;
 
@@ -175,6 +176,17 @@ pub(super) fn explain(e: vfio_ioctls::VfioError) -> (String, Cause) {
     }
 }
 
+impl IntxError {
+    /// Whether the kernel refused the action with `EBUSY`: at the INTx
+    /// enable, vfio-pci's request of the host line met another driver's
+    /// handler it cannot share the line with (no PCI 2.3 masking; the
+    /// kernel logs "genirq: Flags mismatch irq N"). The daemon answers it
+    /// with the shared-line diagnosis (`doctor::ebusy_diagnosis`).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, IntxError::Action { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
+    }
+}
+
 /// Turns the errno of a failed INTx action into an [`IntxError`].
 ///
 /// `ENODEV` with the function's sysfs node gone is a removal: the device is
@@ -275,6 +287,18 @@ mod tests {
             e.to_string().starts_with("nic0: could not mask INTx"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn only_an_action_refused_with_ebusy_is_a_busy_line() {
+        let mut gone = false;
+        let busy = act(IntxOp::SetTrigger, libc::EBUSY, &mut gone, true);
+        assert!(busy.is_busy(), "{busy}");
+        assert!(!act(IntxOp::SetTrigger, libc::EINVAL, &mut gone, true).is_busy());
+        let gone = IntxError::Gone {
+            device: "nic0".into(),
+        };
+        assert!(!gone.is_busy());
     }
 
     #[test]

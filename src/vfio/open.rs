@@ -27,6 +27,25 @@ use crate::vfio::IntxInfo;
 const DEVICE_FD_LINK: &str = "anon_inode:[vfio-device]";
 /// Link text of a VFIO container fd.
 const CONTAINER_FD_LINK: &str = "/dev/vfio/vfio";
+/// The VFIO container's character device: the misc major and `VFIO_MINOR`
+/// (`include/linux/miscdevice.h`).
+const CONTAINER_RDEV: (u64, u64) = (10, 196);
+
+/// Whether `mode`/`rdev` (of an `fstat`) are the VFIO container's device.
+fn is_container_node(mode: u32, rdev: u64) -> bool {
+    mode & libc::S_IFMT == libc::S_IFCHR
+        && (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)) == CONTAINER_RDEV
+}
+
+/// Whether `fd` is a VFIO container fd. Its link text is not enough: a
+/// path is shown relative to the caller's root only when the fd's mount is
+/// one of the caller's; opened in another mount namespace (the last daemon
+/// of a unit with `ProtectSystem=`: each start gets a namespace of its own)
+/// it reads `/vfio/vfio`, relative to its devtmpfs.
+fn is_container(fd: std::os::fd::BorrowedFd<'_>, link: &str) -> bool {
+    link == CONTAINER_FD_LINK
+        || nix::sys::stat::fstat(fd).is_ok_and(|st| is_container_node(st.st_mode, st.st_rdev))
+}
 
 /// The `vfio-ioctls` objects behind a device this process opened itself.
 /// They close after [`VfioIntx`]'s own duplicates (field order), so that
@@ -111,22 +130,23 @@ impl VfioIntx {
     ) -> Result<VfioIntx, VfioError> {
         let bdf = bdf_of(name, addr)?;
         let probe = Probe::new(HostFs::real(), &bdf);
-        for (role, fd, expected, want) in [
+        let device_link = probe.fd_link(device_fd.as_fd());
+        let container_link = probe.fd_link(container_fd.as_fd());
+        for (role, expected, ok, found) in [
             (
                 "device",
-                device_fd.as_fd(),
                 "VFIO device fd",
-                DEVICE_FD_LINK,
+                device_link == DEVICE_FD_LINK,
+                device_link,
             ),
             (
                 "container",
-                container_fd.as_fd(),
                 "VFIO container fd",
-                CONTAINER_FD_LINK,
+                is_container(container_fd.as_fd(), &container_link),
+                container_link,
             ),
         ] {
-            let found = probe.fd_link(fd);
-            if found != want {
+            if !ok {
                 return Err(VfioError::WrongFd {
                     device: name.to_string(),
                     addr,
@@ -222,5 +242,29 @@ fn bdf_of(name: &str, addr: PciAddr) -> Result<String, VfioError> {
             device: name.to_string(),
             addr,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::stat::makedev;
+
+    #[test]
+    fn the_container_is_known_by_its_device_number() {
+        let (mode, vfio) = (libc::S_IFCHR | 0o666, makedev(10, 196));
+        assert!(is_container_node(mode, vfio));
+        assert!(
+            !is_container_node(libc::S_IFBLK | 0o666, vfio),
+            "a block device"
+        );
+        assert!(!is_container_node(mode, makedev(10, 232)), "/dev/kvm");
+        assert!(!is_container_node(libc::S_IFREG | 0o644, 0), "a file");
+    }
+
+    #[test]
+    fn an_fd_of_another_kind_is_no_container_whatever_its_link_reads() {
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        assert!(!is_container(null.as_fd(), "/vfio/vfio"));
     }
 }

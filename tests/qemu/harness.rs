@@ -1,4 +1,4 @@
-//! Helpers shared by the QEMU lanes (`tests/qemu_vfio.rs`, `tests/arm64_lane.rs`): the CI
+//! Helpers shared by the QEMU lanes (`tests/qemu_vfio.rs`, `tests/qemu_shared.rs`, `tests/arm64_lane.rs`): the CI
 //! switch, timed steps, tool lookup, and reading the `key=value` lines guests print.
 #![allow(dead_code)]
 
@@ -82,8 +82,8 @@ pub fn num(line: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key}= number in `{line}`"))
 }
 
-/// Why an x86 QEMU lane cannot run here, if it cannot.
-pub fn x86_missing_prerequisite() -> Option<String> {
+/// Why an x86_64 QEMU lane (`qemu_vfio`, `qemu_shared`) cannot run here, if it cannot.
+pub fn x86_lane_missing() -> Option<String> {
     if !cfg!(target_arch = "x86_64") {
         return Some(
             "the QEMU harness boots an amd64 guest kernel; this is not an x86_64 host".into(),
@@ -95,31 +95,73 @@ pub fn x86_missing_prerequisite() -> Option<String> {
     None
 }
 
-/// `tests/qemu/prepare.sh` into `cache`, then `mkinitrd.sh` with `intxd`,
-/// the guest `script` and `extras` (`SRC:/DEST`) into `initrd`.
-pub fn x86_initrd(
+/// [`may_run`] for test `test` of `lane`; when it may not, also says so past the harness's
+/// output capture (which hides a passing test's eprintln!), so the run's own log shows
+/// that the test did not run.
+pub fn may_run_test(lane: &str, test: &str, missing: Option<String>) -> bool {
+    if may_run(lane, missing.clone()) {
+        return true;
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "test {test}: SKIPPED (NOT RUN): {}; with CI=true this is a failure",
+        missing.unwrap_or_default()
+    );
+    false
+}
+
+/// Boots the x86 guest with `tests/qemu/NAME.sh` as its test (initrd `NAME.cpio.gz` and log
+/// `NAME.log` in the cache, `config/examples/edu.toml` as `/edu.toml`): prepare.sh, mkinitrd.sh
+/// (with `mk_env`), run.sh with a 150 s timeout (with `run_env`). Echoes the guest's lines that
+/// hold `NAME: ` and the total time, asserts the guest test passed, and returns its output.
+pub fn boot_x86(
     lane: &str,
-    repo: &std::path::Path,
-    intxd: &std::path::Path,
-    cache: &std::path::Path,
-    script: &str,
-    initrd: &std::path::Path,
-    extras: &[String],
-) {
+    name: &str,
+    mk_env: &[(&str, &str)],
+    run_env: &[(&str, &str)],
+) -> String {
+    use std::path::{Path, PathBuf};
+    let t0 = Instant::now();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let harness = repo.join("tests/qemu");
-    run_ok(
-        lane,
-        "prepare.sh",
-        Command::new(harness.join("prepare.sh")).arg(cache),
+    let cache = std::env::var_os("INTXD_QEMU_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/qemu-cache"));
+    let initrd = cache.join(format!("{name}.cpio.gz"));
+    let prepare = harness.join("prepare.sh");
+    run_ok(lane, "prepare.sh", Command::new(prepare).arg(&cache));
+    let mut mk = Command::new(harness.join("mkinitrd.sh"));
+    mk.arg(&cache)
+        .arg(env!("CARGO_BIN_EXE_intxd"))
+        .arg(harness.join(format!("{name}.sh")))
+        .arg(&initrd)
+        .arg(format!(
+            "{}:/edu.toml",
+            repo.join("config/examples/edu.toml").display()
+        ))
+        .envs(mk_env.iter().copied());
+    run_ok(lane, "mkinitrd.sh", &mut mk);
+    let mut boot = Command::new(harness.join("run.sh"));
+    boot.arg(&cache)
+        .arg(&initrd)
+        .arg("150")
+        .env("INTXD_QEMU_LOG", cache.join(format!("{name}.log")))
+        .envs(run_env.iter().copied());
+    let out = run(lane, "run.sh (boot, test, power-off)", &mut boot);
+    let log = text(&out);
+    let tag = format!("{name}: ");
+    for l in log
+        .lines()
+        .filter(|l| l.contains(&tag) || l.starts_with("run: guest"))
+    {
+        eprintln!("{lane}: {l}");
+    }
+    eprintln!("{lane}: total {:.1}s", t0.elapsed().as_secs_f64());
+    assert!(
+        out.status.success(),
+        "the guest test failed ({}); its output:\n{log}",
+        out.status
     );
-    run_ok(
-        lane,
-        "mkinitrd.sh",
-        Command::new(harness.join("mkinitrd.sh"))
-            .arg(cache)
-            .arg(intxd)
-            .arg(harness.join(script))
-            .arg(initrd)
-            .args(extras),
-    );
+    log
 }

@@ -15,6 +15,8 @@
 # Run prepare.sh CACHE_DIR first (tests/arm64/prepare.sh for an arm64 guest: its env sets
 # ARCH=aarch64, CROSS_LIBDIR (libraries come from there, found with readelf, not ldd), EXTRA_LIBS
 # and MODULES, the module list; x86's KVM vendor modules are then left out).
+# INTXD_QEMU_MODULES_EXTRA: more modules (comma-separated, as MODULES) loaded after those, e.g.
+# virtio_pci,virtio_rng for the shared-line scenario's guest driver.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -143,7 +145,7 @@ install_modules() { # order-file
 }
 
 O=$R/lib/modules/intxd-qemu
-COMMON=$(resolve_modules "${MODULES:-irqbypass,vfio,vfio_iommu_type1,vfio_pci_core,vfio_pci,kvm}" "") ||
+COMMON=$(resolve_modules "${MODULES:-irqbypass,vfio,vfio_iommu_type1,vfio_pci_core,vfio_pci,kvm}${INTXD_QEMU_MODULES_EXTRA:+,$INTXD_QEMU_MODULES_EXTRA}" "") ||
     die "cannot resolve modules in $MODDIR/modules.dep"
 EXCL=$(printf '%s\n' "$COMMON" | cut -d' ' -f1 | paste -sd,)
 AMD= INTEL=

@@ -101,6 +101,14 @@ pub struct DeviceStatus {
     /// Why the device is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// What may stop its attach although it opened: the shared-line
+    /// diagnosis (the function's host INTx line is held by another driver
+    /// and vfio-pci may not be able to mask the function itself, so the
+    /// INTx set-up fails with `EBUSY`), naming the other devices and
+    /// drivers on the line and the fixes. Absent when there is nothing to
+    /// say, and from daemons before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// Counters.
     pub counters: DeviceCounters,
     /// The route's INTx while attached: `enabled`, `suspended` (by

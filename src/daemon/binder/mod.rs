@@ -24,7 +24,7 @@ mod worker;
 pub use worker::{BindWorker, Done, Job};
 
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::config::{Config, DeviceConfig, PciAddr};
@@ -73,7 +73,7 @@ pub enum BinderError {
 
 /// Binds and releases real functions for one config.
 pub struct Binder {
-    sys: Box<dyn SysfsIo>,
+    sys: Arc<dyn SysfsIo>,
     proc: DirIo,
     state_dir: PathBuf,
     peers: Mutex<Vec<PciAddr>>,
@@ -102,7 +102,7 @@ impl Binder {
     /// proc root and state directory.
     pub fn with_sysfs(config: &Config, sys: Box<dyn SysfsIo>) -> Binder {
         Binder {
-            sys,
+            sys: Arc::from(sys),
             proc: DirIo::new(&config.daemon.proc_root),
             state_dir: config.daemon.state_dir.clone(),
             peers: Mutex::new(real_addrs(&config.devices)),
@@ -271,5 +271,16 @@ impl Binder {
     /// The sysfs access, for identify.
     pub fn sysfs(&self) -> &dyn SysfsIo {
         &*self.sys
+    }
+
+    /// The host as doctor reads it (this binder's sysfs and procfs), for the
+    /// shared-line diagnosis at open and at an attach's `EBUSY`.
+    pub fn host(&self) -> crate::doctor::Host {
+        crate::doctor::Host {
+            sys: self.sys.clone(),
+            proc: Arc::new(self.proc.clone()),
+            dev: Arc::new(DirIo::new("/dev")),
+            arch: std::env::consts::ARCH,
+        }
     }
 }

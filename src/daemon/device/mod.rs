@@ -138,6 +138,7 @@ impl DeviceSlot {
             owner: self.holder().map(|h| h.owner),
             facts: open.map(|o| o.backend.facts()),
             failure: self.state.error().map(str::to_string),
+            warning: self.state.warning().map(crate::doctor::Finding::message),
             counters: DeviceCounters {
                 host_interrupts: open.map_or(0, |o| o.backend.host_count()),
                 attaches: self.attaches,

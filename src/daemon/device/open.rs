@@ -8,6 +8,7 @@ use std::path::Path;
 use super::state::{Lifecycle, Open};
 use crate::config::{DeviceConfig, PciAddr};
 use crate::daemon::binder::{Binder, BinderError};
+use crate::doctor::{self, Finding, Host, Status};
 use crate::pci::{BindRecord, SysfsIo};
 use crate::sim::remote::RemoteSim;
 use crate::sim::SimHost;
@@ -34,7 +35,7 @@ pub struct SimPlace<'a> {
 /// Opens an emulated device (adopting `parked`, the connection a previous
 /// daemon left in the fd store, if there is one).
 pub fn open_sim(cfg: &DeviceConfig, n: u32, at: SimPlace<'_>, parked: Option<Parked>) -> Lifecycle {
-    let opened = |b: Box<dyn IntxDevice>| Lifecycle::Opened(with_request(cfg, b, None));
+    let opened = |b: Box<dyn IntxDevice>| Lifecycle::Opened(with_request(cfg, b, None, None));
     let failed = |error| Lifecycle::Failed {
         error,
         bound: None,
@@ -61,11 +62,13 @@ pub fn open_sim(cfg: &DeviceConfig, n: u32, at: SimPlace<'_>, parked: Option<Par
 
 /// Opens a real function once binding it is done (`bind` is what the binder
 /// said), or takes back the fds a previous daemon parked (a VFIO group opens
-/// only once).
+/// only once). `host` is read for the shared-line diagnosis
+/// ([`line_warning`]).
 pub fn open_bound(
     cfg: &DeviceConfig,
     bind: Result<BindRecord, BinderError>,
     parked: Option<Parked>,
+    host: &Host,
 ) -> Lifecycle {
     let record = match bind {
         Ok(r) => r,
@@ -84,12 +87,17 @@ pub fn open_bound(
         }) => VfioIntx::adopt(&cfg.name, cfg.pci, dev, container),
         _ => VfioIntx::open(&cfg.name, cfg.pci),
     };
+    // After the open: the PCI core routes the function's pin (ACPI) when
+    // it is first enabled, and until then sysfs `irq` may be the firmware's
+    // PIC line, not the host line vfio-pci will request.
+    let warning = line_warning(cfg, host);
     match dev {
-        Ok(d) => Lifecycle::Opened(with_request(cfg, Box::new(d), Some(record))),
+        Ok(d) => Lifecycle::Opened(with_request(cfg, Box::new(d), Some(record), warning)),
         Err(e) => Lifecycle::Bound {
             record,
             error: chain(&e),
             tries: 1,
+            warning,
         },
     }
 }
@@ -132,11 +140,13 @@ pub fn reopen_bound(
     }
     match VfioIntx::open(&cfg.name, cfg.pci) {
         Ok(d) => {
-            let Lifecycle::Bound { record, .. } = std::mem::replace(state, Lifecycle::Binding)
+            let Lifecycle::Bound {
+                record, warning, ..
+            } = std::mem::replace(state, Lifecycle::Binding)
             else {
                 return Reopen::NotBound;
             };
-            *state = Lifecycle::Opened(with_request(cfg, Box::new(d), Some(record)));
+            *state = Lifecycle::Opened(with_request(cfg, Box::new(d), Some(record), warning));
             log::info!("{} {}: opened at {when} (try {tries})", cfg.name, cfg.pci);
             Reopen::Opened
         }
@@ -168,7 +178,7 @@ pub fn open_now(
 ) -> Lifecycle {
     let state = match cfg.pci {
         PciAddr::Sim(n) => open_sim(cfg, n, sim, parked),
-        PciAddr::Bdf { .. } => open_bound(cfg, binder.bind(cfg), parked),
+        PciAddr::Bdf { .. } => open_bound(cfg, binder.bind(cfg), parked, &binder.host()),
     };
     log_outcome(cfg, &state);
     state
@@ -182,11 +192,36 @@ pub fn log_outcome(cfg: &DeviceConfig, state: &Lifecycle) {
     }
 }
 
+/// The shared-line diagnosis of a function just bound to vfio-pci, when
+/// it says the INTx set-up will fail (`Fail`) or may (`Warn`): logged once
+/// as a warning (the device, the others on the line and their drivers, the
+/// fixes) and kept for `status`. vfio-pci requests the line only at the
+/// attach, so this is the one warning before it.
+pub fn line_warning(cfg: &DeviceConfig, host: &Host) -> Option<Finding> {
+    let f = doctor::shared_line_diagnosis(host, &cfg.name, cfg.pci)?;
+    if f.status < Status::Warn {
+        return None;
+    }
+    let will = if f.status == Status::Fail {
+        "will fail"
+    } else {
+        "may fail"
+    };
+    log::warn!(
+        "{} {}: its INTx set-up at attach {will}: {}",
+        cfg.name,
+        cfg.pci,
+        f.message()
+    );
+    Some(f)
+}
+
 /// An open backend, with a request eventfd if it takes one.
 fn with_request(
     cfg: &DeviceConfig,
     mut backend: Box<dyn IntxDevice>,
     bound: Option<BindRecord>,
+    warning: Option<Finding>,
 ) -> Open {
     let request = match crate::util::fd::new_eventfd() {
         Ok(ev) => match backend.set_request(Some(&ev)) {
@@ -210,5 +245,6 @@ fn with_request(
         backend,
         bound,
         request,
+        warning,
     }
 }

@@ -14,6 +14,7 @@
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::proto::{DeviceState, Owner};
+use crate::doctor::Finding;
 use crate::pci::BindRecord;
 use crate::relay::RelayPath;
 use crate::route::{Irqchip, Route};
@@ -39,6 +40,10 @@ pub struct Open {
     /// The request eventfd the device signals when it is going away
     /// (`None` when the backend could not take one).
     pub request: Option<EventFd>,
+    /// The shared-line diagnosis at open (`doctor::shared_line_diagnosis`):
+    /// the INTx set-up will or may fail with `EBUSY`. Cleared once an
+    /// attach enabled INTx beside the line's other handlers.
+    pub warning: Option<Finding>,
 }
 
 /// What an attached device holds besides its backend.
@@ -61,6 +66,8 @@ pub enum Lifecycle {
         error: String,
         /// How many times opening it was tried.
         tries: u32,
+        /// The shared-line diagnosis at the bind (see [`Open::warning`]).
+        warning: Option<Finding>,
     },
     /// Open, never attached since it was opened.
     Opened(Open),
@@ -160,6 +167,14 @@ impl Lifecycle {
                 Some("a reload is binding it to vfio-pci; retry once status lists it")
             }
             _ => None,
+        }
+    }
+
+    /// The shared-line diagnosis, in the states that keep one.
+    pub fn warning(&self) -> Option<&Finding> {
+        match self {
+            Lifecycle::Bound { warning, .. } => warning.as_ref(),
+            _ => self.open().and_then(|o| o.warning.as_ref()),
         }
     }
 

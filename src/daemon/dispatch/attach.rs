@@ -3,11 +3,13 @@
 
 use std::os::fd::OwnedFd;
 
+use crate::config::DeviceConfig;
 use crate::control::proto::{ErrorCode, ModeRequest, Owner, Reply};
 use crate::daemon::device::{choose_mode, AttachOrigin, Attachment, Holder};
 use crate::daemon::ownership::check_vmm_fds;
 use crate::daemon::Daemon;
-use crate::route::{self, Irqchip, VmmLine};
+use crate::doctor::{self, Host};
+use crate::route::{self, Irqchip, RouteError, Step, VmmLine};
 use crate::util::error::chain;
 use crate::util::fd::owned_into_eventfd;
 
@@ -97,8 +99,9 @@ impl Daemon {
         let mut route = match route::attach(backend, mode, vmm, &dev.cfg.relay, &mut reg) {
             Ok(r) => r,
             Err(e) => {
-                log::error!("{tag}: {}", chain(&e));
-                return fail(Reply::error(ErrorCode::DeviceError, chain(&e)));
+                let message = attach_error(&e, &dev.cfg, &self.binder.binder().host());
+                log::error!("{tag}: {message}");
+                return fail(Reply::error(ErrorCode::DeviceError, message));
             }
         };
         let device_fds = match backend.vmm_fds() {
@@ -145,6 +148,15 @@ impl Daemon {
             peer.pid,
             peer.uid
         );
+        if let Some(open) = dev.state.open_mut().filter(|o| o.warning.is_some()) {
+            // INTx is enabled now: the diagnosis sees whether vfio-pci shares
+            // the line (which it does only with PCI 2.3 masking).
+            let host = self.binder.binder().host();
+            if doctor::shared_line_diagnosis(&host, name, dev.cfg.pci).is_none() {
+                log::info!("{tag}: INTx enabled beside the line's other handlers: PCI 2.3 masking works; the open's shared-line warning is cleared");
+                open.warning = None;
+            }
+        }
         let reply = Reply::Attached {
             device: name.to_string(),
             mode,
@@ -219,5 +231,26 @@ impl Daemon {
             Some(Err(e)) => Reply::error(ErrorCode::DeviceError, chain(&e)),
             None => Reply::error(ErrorCode::DeviceError, format!("{name}: not open")),
         }
+    }
+}
+
+/// The message of an attach whose route could not be set up (its steps
+/// rolled back). An INTx enable refused with `EBUSY` is the shared-line
+/// failure: the message is its diagnosis (`doctor::ebusy_diagnosis`: the
+/// other devices and drivers on the host line, the fixes), read from `host`
+/// now; any other failure is its error chain.
+pub(crate) fn attach_error(e: &RouteError, cfg: &DeviceConfig, host: &Host) -> String {
+    let busy =
+        matches!(e, RouteError::Intx { step: Step::EnableTrigger, source, .. } if source.is_busy());
+    match busy
+        .then(|| doctor::ebusy_diagnosis(host, &cfg.name, cfg.pci))
+        .flatten()
+    {
+        Some(f) => format!(
+            "{}. (The attach failed at step `{}` with EBUSY; earlier steps were rolled back and the device stays free.)",
+            f.message(),
+            Step::EnableTrigger.describe()
+        ),
+        None => chain(e),
     }
 }
