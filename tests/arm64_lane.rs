@@ -47,7 +47,7 @@ const BENCH_ROUNDS: u64 = 2;
 /// The test's name, for the line that says it did not run.
 const TEST: &str = "intxd_builds_soaks_and_passes_its_tests_on_arm64";
 /// The test binaries that do not run in the guest, and why: an x86 guest kernel
-/// (`qemu_vfio`, `qemu_shared`, `qemu_systemd`, `qemu_lab`), this lane itself, a systemd (`systemd`), a
+/// (`qemu_vfio`, `qemu_shared`, `qemu_systemd`, `qemu_lab`, `qemu_lifecycle`), this lane itself, a systemd (`systemd`), a
 /// headless Chromium (`lab`: the busybox guest has neither it nor apt to install it) or much time (`bench`: the lane runs
 /// `intxd bench` itself; `relay`: its limiter test counts storm windows in wall time, which the
 /// emulated host does not reach, and its other test's wall-clock soaks took 125 s here, more
@@ -59,6 +59,7 @@ const SKIP: &[&str] = &[
     "qemu_shared",
     "qemu_systemd",
     "qemu_lab",
+    "qemu_lifecycle",
     "arm64_lane",
     "systemd",
     "lab",

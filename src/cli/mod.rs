@@ -9,6 +9,7 @@ mod metrics_cmd;
 mod soak_cmd;
 mod soak_device;
 mod soak_gone;
+mod soak_lifecycle;
 mod status_cmd;
 mod version;
 
@@ -201,6 +202,15 @@ pub struct SoakArgs {
     /// through a restart that takes longer (a slow host) needs more.
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = run_seconds)]
     stall: Option<f64>,
+    /// The guest lifecycle instead of plain runs (x86_64, a real function
+    /// with an exerciser, in-kernel irqchip): in one VM and one attach, per
+    /// mode, INTx soak, suspend_intx, MSI soak (a KVM irqfd on an MSI
+    /// route), MSI off, resume_intx, INTx soak, reset, INTx soak, the line
+    /// moved to GSI 11 with one held level, INTx soak; --cycles per phase
+    /// (default 1000). Prints one `lifecycle:` line per phase; exit 1 unless
+    /// every count is exact and nothing is left pending.
+    #[arg(long, conflicts_with_all = ["duration", "report"])]
+    lifecycle: bool,
 }
 
 /// The mode `intxd attach` asks for.

@@ -31,15 +31,10 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         None => intxd::config::load_str("<built-in config>".as_ref(), intxd::config::BUILTIN)?,
     };
     let devices = pick_devices(&config, args.connect.as_deref(), args.device.as_deref())?;
-    let inproc = match &args.connect {
-        Some(_) => None,
-        None => Some(InProcessDaemon::start(config.clone())?),
-    };
-    let socket = match (&args.connect, &inproc) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => d.socket().to_path_buf(),
-        (None, None) => unreachable!("one of the two is set"),
-    };
+    if args.lifecycle {
+        return super::soak_lifecycle::run(args, &config, &devices);
+    }
+    let (inproc, socket) = daemon(args, &config)?;
     let tty = std::io::stderr().is_terminal() && !args.json;
     let plan = Plan {
         socket: socket.clone(),
@@ -170,6 +165,22 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// The daemon to soak through: the one at `--connect`, or an in-process
+/// one with `config` (kept alive by the first value), and its socket.
+pub(super) fn daemon(
+    args: &SoakArgs,
+    config: &Config,
+) -> Result<(Option<InProcessDaemon>, std::path::PathBuf), Box<dyn std::error::Error>> {
+    Ok(match &args.connect {
+        Some(p) => (None, p.clone()),
+        None => {
+            let d = InProcessDaemon::start(config.clone())?;
+            let socket = d.socket().to_path_buf();
+            (Some(d), socket)
+        }
     })
 }
 

@@ -44,6 +44,20 @@ pub enum SoakError {
         /// The device.
         device: String,
     },
+    /// A lifecycle request where no daemon serves it.
+    #[error("{device}: suspend_intx, resume_intx and reset go through a daemon; soak it with --connect or the in-process daemon")]
+    NoLifecycle {
+        /// The device.
+        device: String,
+    },
+    /// The lifecycle soak needs what the device or the run does not have.
+    #[error("{device}: the lifecycle soak {why}")]
+    Lifecycle {
+        /// The device.
+        device: String,
+        /// What is missing.
+        why: String,
+    },
     /// A real function came without the registers to drive it.
     #[error("{device} is a real PCI function: the soak raises and acks it through the [device.exerciser] table of its config; pass that config with --config")]
     NoExerciser {

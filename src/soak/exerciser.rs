@@ -24,6 +24,7 @@ use crate::vfio::{enable_memory_and_intx, is_bar_register, BarPage, RegionError,
 pub struct DeviceDriver {
     page: Option<Arc<BarPage>>,
     exerciser: Option<Exerciser>,
+    pci: String,
     // Kept open for the session, as a VMM keeps them for its guest's life.
     device: OwnedFd,
     _container: OwnedFd,
@@ -41,6 +42,7 @@ impl DeviceDriver {
             return Ok(DeviceDriver {
                 page: None,
                 exerciser: None,
+                pci: attached.pci,
                 device: attached.device,
                 _container: attached.container,
             });
@@ -64,6 +66,7 @@ impl DeviceDriver {
         let driver = DeviceDriver {
             page: Some(Arc::new(page)),
             exerciser: Some(ex),
+            pci: attached.pci,
             device: attached.device,
             _container: attached.container,
         };
@@ -75,6 +78,11 @@ impl DeviceDriver {
     /// (`None` for a loopback-driven function).
     pub fn exerciser(&self) -> Option<(Arc<BarPage>, &Exerciser)> {
         Some((Arc::clone(self.page.as_ref()?), self.exerciser.as_ref()?))
+    }
+
+    /// The function's PCI address.
+    pub fn pci(&self) -> &str {
+        &self.pci
     }
 
     /// A copy of the device fd, for the loopback driver.

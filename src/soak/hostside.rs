@@ -53,8 +53,9 @@ pub struct HostSide {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     loopback: bool,
-    // Registered with KVM as the counting irqfd; never written.
-    _irq: Option<EventFd>,
+    // Registered with KVM as the counting irqfd (never written), with its
+    // resamplefd (a copy of the one the thread reads).
+    counting: Option<(EventFd, EventFd)>,
 }
 
 /// Host-side figures so far.
@@ -98,7 +99,8 @@ impl HostSide {
                 vm.vm
                     .register_irqfd_with_resample(&irq, &eoi, super::guest::GSI)
                     .map_err(kvm_err("register the EOI-counting resampling irqfd"))?;
-                (EoiSource::Resample(eoi), Some(irq))
+                let copy = eoi.try_clone().map_err(ev)?;
+                (EoiSource::Resample(eoi), Some((irq, copy)))
             }
             (_, Some(c)) => (EoiSource::Chip(c), None),
             (_, None) => (EoiSource::Chip(Arc::default()), None),
@@ -117,8 +119,24 @@ impl HostSide {
             shared,
             thread: Some(thread),
             loopback: is_loopback,
-            _irq: irq,
+            counting: irq,
         })
+    }
+
+    /// Moves the EOI-counting irqfd from GSI `from` to `to`, as the VMM
+    /// moves its own when the guest re-routes its line (in-kernel irqchip;
+    /// nothing to do with the userspace one).
+    pub fn move_gsi(&self, vm: &SoakVm, from: u32, to: u32) -> Result<(), SoakError> {
+        let Some((irq, eoi)) = &self.counting else {
+            return Ok(());
+        };
+        vm.vm
+            .unregister_irqfd(irq, from)
+            .map_err(kvm_err("deassign the EOI-counting irqfd"))?;
+        vm.vm
+            .register_irqfd_with_resample(irq, eoi, to)
+            .map_err(kvm_err("register the EOI-counting irqfd on the new GSI"))?;
+        Ok(())
     }
 
     /// Whether the device is driven by loopback.

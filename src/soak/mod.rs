@@ -15,13 +15,17 @@
 //! - [`run`]: one run (mode × irqchip) and its figures;
 //! - [`stall`]: where a stalled run's interrupt sat;
 //! - [`report`]: the summary table and the JSON;
-//! - [`tally`]: a soak of several devices, per device and in total.
+//! - [`tally`]: a soak of several devices, per device and in total;
+//! - `lifecycle` (x86_64): a real function through INTx, MSI, suspend,
+//!   resume, reset and a GSI move, with exact counts per phase.
 
 pub mod arch;
 pub mod error;
 pub mod exerciser;
 pub mod hostside;
 pub mod inproc;
+#[cfg(target_arch = "x86_64")]
+pub mod lifecycle;
 pub mod report;
 pub mod run;
 pub mod stall;

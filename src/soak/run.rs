@@ -40,7 +40,7 @@ pub struct RunSpec {
 }
 
 /// The device side of a session.
-enum Side {
+pub(super) enum Side {
     /// An emulated device: its doorbell asks for cycles.
     Sim(Attached),
     /// A real function, raised through its BAR.
@@ -49,16 +49,16 @@ enum Side {
 
 /// A VM with the device attached and its vCPU running.
 pub struct Session<'w> {
-    wiring: &'w mut dyn Wiring,
+    pub(super) wiring: &'w mut dyn Wiring,
     runner: Option<VcpuRunner>,
     mode: Mode,
     reason: String,
-    side: Side,
-    vm: SoakVm,
-    host: Option<HostSide>,
+    pub(super) side: Side,
+    pub(super) vm: SoakVm,
+    pub(super) host: Option<HostSide>,
     detached: bool,
-    _irq: EventFd,
-    _resample: EventFd,
+    pub(super) _irq: EventFd,
+    pub(super) _resample: EventFd,
 }
 
 impl<'w> Session<'w> {

@@ -102,7 +102,8 @@ impl GuestRam {
         let start = self.offset(gpa);
         assert!(start + bytes.len() <= self.size, "guest write out of range");
         // SAFETY: the range is inside the mapping (checked above) and the
-        // guest is not running yet when code is loaded.
+        // guest is not running yet when code is loaded, or does not touch
+        // the range (`load_idle`).
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(start), bytes.len())
         }
@@ -180,6 +181,13 @@ impl GuestRam {
     pub fn set_target(&self, n: u32) {
         self.atomic_u32(guest::TARGET_ADDR)
             .store(n, Ordering::SeqCst);
+    }
+
+    /// Loads code at `gpa` while the guest runs, where it executes nothing
+    /// yet (an ISR whose vector cannot arrive before the VMM routes it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn load_idle(&self, gpa: u64, bytes: &[u8]) {
+        self.write(gpa, bytes);
     }
 
     /// Stores a 32-bit word of the guest's data before it runs.

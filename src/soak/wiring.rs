@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::run::SoakError;
 use crate::config::Exerciser;
 use crate::control::client::{Client, ClientError};
-use crate::control::proto::{Event, ModeRequest, Reply};
+use crate::control::proto::{Event, IntxState, ModeRequest, Reply};
 use crate::route::{Irqchip, Mode};
 use crate::util::fd::owned_into_eventfd;
 use crate::vfio::SimCounters;
@@ -43,6 +43,19 @@ pub struct VfioAttached {
     /// How to raise and ack the device through its BAR (none: the soak
     /// drives it by vfio-pci's loopback).
     pub exerciser: Option<Exerciser>,
+    /// Its PCI address (the attach's `facts.pci`).
+    pub pci: String,
+}
+
+/// A guest-lifecycle request (docs/protocol.md, "Guest lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleOp {
+    /// `suspend_intx`.
+    Suspend,
+    /// `resume_intx`.
+    Resume,
+    /// `reset`.
+    Reset,
 }
 
 /// What an attach gave the VMM, by kind of device.
@@ -117,6 +130,14 @@ pub trait Wiring {
     }
     /// Current figures.
     fn snapshot(&mut self) -> Result<Snapshot, SoakError>;
+    /// A lifecycle request for the attached device; returns how INTx was
+    /// left. Only a daemon serves them.
+    fn lifecycle(&mut self, op: LifecycleOp) -> Result<IntxState, SoakError> {
+        let _ = op;
+        Err(SoakError::NoLifecycle {
+            device: self.device().to_string(),
+        })
+    }
     /// Undoes the attach.
     fn detach(&mut self) -> Result<(), SoakError>;
     /// The device's name.
@@ -238,6 +259,7 @@ impl Wiring for DaemonWiring {
             mode,
             reason,
             fds: roles,
+            facts,
             ..
         } = reply
         else {
@@ -262,6 +284,7 @@ impl Wiring for DaemonWiring {
                 device: first,
                 container: second,
                 exerciser: self.exerciser,
+                pci: facts.pci,
             })),
             _ => Ok(AttachedDevice::Sim(Attached {
                 mode,
@@ -308,6 +331,16 @@ impl Wiring for DaemonWiring {
             daemon_pid: Some(daemon.pid),
             host_interrupts: dev.counters.host_interrupts,
         })
+    }
+
+    fn lifecycle(&mut self, op: LifecycleOp) -> Result<IntxState, SoakError> {
+        let d = self.device.clone();
+        let r = match op {
+            LifecycleOp::Suspend => self.client.suspend_intx(&d).map(|_| IntxState::Suspended),
+            LifecycleOp::Resume => self.client.resume_intx(&d).map(|()| IntxState::Enabled),
+            LifecycleOp::Reset => self.client.reset(&d),
+        };
+        r.map_err(|e| self.failed(e))
     }
 
     fn detach(&mut self) -> Result<(), SoakError> {

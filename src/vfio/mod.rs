@@ -34,5 +34,6 @@ pub use intx::{
     ParkedFd, SimCounters, SimLineState, VmmFd,
 };
 pub use region::{
-    enable_memory_and_intx, intx_loopback, is_bar_register, BarPage, RegionError, BAR_PAGE,
+    enable_bus_master, enable_memory_and_intx, intx_loopback, is_bar_register, set_msi, BarPage,
+    RegionError, BAR_PAGE,
 };

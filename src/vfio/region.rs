@@ -6,13 +6,14 @@
 
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
 use nix::sys::mman::{MapFlags, ProtFlags};
 use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_WRITE,
 };
 
 use super::ioctl;
@@ -21,6 +22,8 @@ use super::ioctl;
 const PCI_COMMAND: u64 = 0x04;
 /// Memory Space Enable.
 const PCI_COMMAND_MEMORY: u16 = 0x0002;
+/// Bus Master Enable.
+const PCI_COMMAND_MASTER: u16 = 0x0004;
 /// Interrupt Disable (DisINTx).
 const PCI_COMMAND_INTX_DISABLE: u16 = 0x0400;
 
@@ -98,6 +101,17 @@ pub enum RegionError {
         #[source]
         source: io::Error,
     },
+    /// `VFIO_DEVICE_SET_IRQS` on the MSI index failed.
+    #[error("{device}: could not {what} MSI through the VFIO device fd (VFIO_DEVICE_SET_IRQS on VFIO_PCI_MSI_IRQ_INDEX); vfio-pci refuses MSI while INTx is enabled: suspend INTx first")]
+    Msi {
+        /// Device name.
+        device: String,
+        /// `enable` or `disable`.
+        what: &'static str,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
     /// A register offset outside the mapped page, or not 4-byte aligned.
     #[error("{device}: offset {offset:#x} of BAR {bar} is not a 4-byte register within its first {BAR_PAGE} bytes")]
     Offset {
@@ -121,11 +135,55 @@ pub fn intx_loopback(device: &str, fd: BorrowedFd<'_>) -> Result<(), RegionError
     })
 }
 
+/// Enables the function's MSI (one vector) with `trigger` as its eventfd
+/// (`ACTION_TRIGGER|DATA_EVENTFD`, count 1: vfio-pci enables the MSI
+/// capability in hardware), or with `None` disables it (count 0).
+pub fn set_msi(
+    device: &str,
+    fd: BorrowedFd<'_>,
+    trigger: Option<RawFd>,
+) -> Result<(), RegionError> {
+    let flags = VFIO_IRQ_SET_ACTION_TRIGGER
+        | if trigger.is_some() {
+            VFIO_IRQ_SET_DATA_EVENTFD
+        } else {
+            VFIO_IRQ_SET_DATA_NONE
+        };
+    let count = u32::from(trigger.is_some());
+    ioctl::set_irqs(fd, VFIO_PCI_MSI_IRQ_INDEX, flags, count, trigger).map_err(|source| {
+        RegionError::Msi {
+            device: device.to_string(),
+            what: if trigger.is_some() {
+                "enable"
+            } else {
+                "disable"
+            },
+            source,
+        }
+    })
+}
+
 /// Sets Memory Space Enable and clears Interrupt Disable in the function's
 /// command register, through VFIO's config region, as a guest's driver
 /// would before it uses a memory BAR and INTx. (vfio-pci virtualizes
 /// DisINTx: with it set, vfio-pci itself keeps INTx masked.)
 pub fn enable_memory_and_intx(device: &str, fd: BorrowedFd<'_>) -> Result<(), RegionError> {
+    update_command(device, fd, PCI_COMMAND_MEMORY, PCI_COMMAND_INTX_DISABLE)
+}
+
+/// Sets Bus Master Enable, as a guest's driver does before the function
+/// may write memory, which includes its MSI messages.
+pub fn enable_bus_master(device: &str, fd: BorrowedFd<'_>) -> Result<(), RegionError> {
+    update_command(device, fd, PCI_COMMAND_MASTER, 0)
+}
+
+/// Sets the `set` bits and clears the `clear` bits of the command register.
+fn update_command(
+    device: &str,
+    fd: BorrowedFd<'_>,
+    set: u16,
+    clear: u16,
+) -> Result<(), RegionError> {
     let cfg = ioctl::region_info(fd, VFIO_PCI_CONFIG_REGION_INDEX).map_err(|source| {
         RegionError::Info {
             device: device.to_string(),
@@ -143,7 +201,7 @@ pub fn enable_memory_and_intx(device: &str, fd: BorrowedFd<'_>) -> Result<(), Re
     let mut raw = [0u8; 2];
     ioctl::read_at(fd, &mut raw, cfg.offset + PCI_COMMAND).map_err(cmd_err("read"))?;
     let cmd = u16::from_le_bytes(raw);
-    let want = (cmd | PCI_COMMAND_MEMORY) & !PCI_COMMAND_INTX_DISABLE;
+    let want = (cmd | set) & !clear;
     if want != cmd {
         ioctl::write_at(fd, &want.to_le_bytes(), cfg.offset + PCI_COMMAND)
             .map_err(cmd_err("write"))?;

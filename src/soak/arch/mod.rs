@@ -20,7 +20,7 @@ pub use aarch64::{chip, guest, setup};
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
-pub use x86_64::{chip, guest, setup};
+pub use x86_64::{chip, guest, msi, setup};
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("the soak's guest exists for x86_64 and aarch64 only");

@@ -229,7 +229,7 @@ pub const RAISE_VALUE_ADDR: u64 = 0x51C;
 /// 1096: 66 58              pop  eax
 /// 1098: cf                 iret
 /// ```
-const EXERCISER_ISR: &[u8] = &[
+pub(super) const EXERCISER_ISR: &[u8] = &[
     0x66, 0x50, 0x53, 0x06, // 1055 isr
     0xb8, 0x00, 0xe0, 0x8e, 0xc0, // 1059
     0x80, 0x3e, 0x04, 0x05, 0x00, 0x74, 0x0c, // 105e

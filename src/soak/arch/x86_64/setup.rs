@@ -1,10 +1,11 @@
 //! x86_64 VM and vCPU set-up: the in-kernel irqchip (`KVM_CREATE_IRQCHIP`:
 //! PIC pair, IOAPIC, LAPIC), then one vCPU in real mode at the guest's load
-//! address.
+//! address; with the in-kernel irqchip its local APIC software-enabled and
+//! FS on the APIC's page, for MSI ([`super::msi`]).
 
 use kvm_ioctls::{VcpuFd, VmFd};
 
-use super::guest;
+use super::{guest, msi};
 use crate::route::Irqchip;
 use crate::soak::vm::{kvm_err, GuestRam, VmError};
 
@@ -33,6 +34,12 @@ pub fn build(vm: &VmFd, _ram: &GuestRam, irqchip: Irqchip) -> Result<(VcpuFd, Ar
     for seg in [&mut sregs.cs, &mut sregs.ds, &mut sregs.es, &mut sregs.ss] {
         seg.base = 0;
         seg.selector = 0;
+    }
+    if irqchip == Irqchip::Kernel {
+        // The MSI ISR's window on the local APIC (`super::msi`); the guests
+        // never load FS.
+        sregs.fs.base = msi::LAPIC_BASE;
+        msi::enable_lapic(&vcpu)?;
     }
     vcpu.set_sregs(&sregs)
         .map_err(kvm_err("set the vCPU's segment registers"))?;
