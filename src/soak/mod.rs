@@ -14,6 +14,7 @@
 //! - [`error`]: what can go wrong, typed;
 //! - [`run`]: one run (mode × irqchip) and its figures;
 //! - [`stall`]: where a stalled run's interrupt sat;
+//! - [`recover`]: the VMM's answer to an overdue delivery;
 //! - [`report`]: the summary table and the JSON;
 //! - [`tally`]: a soak of several devices, per device and in total.
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod exerciser;
 pub mod hostside;
 pub mod inproc;
+pub mod recover;
 pub mod report;
 pub mod run;
 pub mod stall;

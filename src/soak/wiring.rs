@@ -121,6 +121,12 @@ pub trait Wiring {
     fn detach(&mut self) -> Result<(), SoakError>;
     /// The device's name.
     fn device(&self) -> &str;
+    /// The `delivery_overdue` events for the device since the last call
+    /// (their `waited_ms`), when the soak is to recover them
+    /// (`super::recover`). Without a daemon there are none.
+    fn overdue(&mut self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// Through the daemon's control socket, as any VMM would.
@@ -128,6 +134,10 @@ pub struct DaemonWiring {
     client: Client,
     device: String,
     exerciser: Option<Exerciser>,
+    /// Whether `delivery_overdue` events are handed to the soak to recover.
+    recover: bool,
+    /// A `device_gone` met while reading `delivery_overdue` events.
+    gone: Option<String>,
 }
 
 impl DaemonWiring {
@@ -139,7 +149,17 @@ impl DaemonWiring {
             client,
             device: device.to_string(),
             exerciser: None,
+            recover: super::recover::enabled_by_env(),
+            gone: None,
         })
+    }
+
+    /// Whether the soak recovers overdue deliveries (`delivery_overdue`) by
+    /// asserting the guest's line itself; on by default, off with
+    /// `INTXD_SOAK_RECOVER=off` (to see what a VMM without it gets).
+    pub fn with_recovery(mut self, recover: bool) -> DaemonWiring {
+        self.recover = recover;
+        self
     }
 
     /// Drives a real PCI function through `exerciser` (its config's
@@ -153,6 +173,9 @@ impl DaemonWiring {
     /// Why the device is gone, if it is: the `device_gone` event queued on
     /// this connection, or the connection closed.
     fn gone(&mut self) -> Option<String> {
+        if let Some(reason) = self.gone.take() {
+            return Some(reason);
+        }
         loop {
             match self.client.next_event(std::time::Duration::ZERO) {
                 Ok(Some(Event::DeviceGone { device, reason })) if device == self.device => {
@@ -302,6 +325,28 @@ impl Wiring for DaemonWiring {
             Ok(_) => Ok(()),
             Err(e) => Err(self.failed(e)),
         }
+    }
+
+    fn overdue(&mut self) -> Vec<u64> {
+        let mut waits = Vec::new();
+        while let Ok(Some(ev)) = self.client.next_event(std::time::Duration::ZERO) {
+            match ev {
+                Event::DeliveryOverdue {
+                    device, waited_ms, ..
+                } if device == self.device => {
+                    if !self.recover {
+                        log::warn!("{device}: delivery overdue for {waited_ms} ms; not recovered (INTXD_SOAK_RECOVER=off)");
+                        continue;
+                    }
+                    waits.push(waited_ms);
+                }
+                Event::DeviceGone { device, reason } if device == self.device => {
+                    self.gone = Some(reason);
+                }
+                _ => {}
+            }
+        }
+        waits
     }
 
     fn device(&self) -> &str {

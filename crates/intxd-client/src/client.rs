@@ -116,6 +116,9 @@ fn sorter(events: &mut VecDeque<Event>) -> impl FnMut(&Packet) -> Frame<Decoded>
             Frame::Other
         }
         Ok(Incoming::Reply(r)) => Frame::Reply(None, Ok(r)),
+        // An event this client does not know (a newer daemon's): skipped,
+        // as docs/protocol.md asks, never taken for the awaited reply.
+        Err(_) if Incoming::is_event(&p.data) => Frame::Other,
         Err(e) => Frame::Reply(None, Err(e)),
     }
 }
