@@ -380,6 +380,16 @@ mod tests {
     }
 
     #[test]
+    fn a_deadline_already_passed_still_reads_what_is_queued() {
+        let (chan, peer) = pair();
+        answer(&peer, b"queued");
+        let mut other = |_: &Packet| Frame::Other;
+        chan.next_other(Instant::now(), &mut other).unwrap();
+        let e = chan.next_other(Instant::now(), &mut other).unwrap_err();
+        assert!(matches!(e, ChannelError::Timeout), "{e}");
+    }
+
+    #[test]
     fn a_closed_peer_ends_the_wait() {
         let (chan, peer) = pair();
         let id = chan.send(|_| b"x".to_vec(), &[], later()).unwrap();
