@@ -67,6 +67,7 @@ const SKIP: &[&str] = &[
     "relay",
     "multi_soak",
     "stuck",
+    "recovery",
 ];
 /// Single tests of the guest's binaries left out, and why: x86's in-kernel irqchip, a
 /// wall-clock rate of a native host, which the emulated arm64 host (TCG, 3-10x slower, at

@@ -319,7 +319,7 @@ fn hello_reports_the_version_and_the_hosts_capabilities() {
         panic!()
     };
 
-    assert_eq!(version, 1);
+    assert_eq!(version, 2, "min(the client's version, the daemon's)");
     assert_eq!(daemon_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(capabilities.kvm, std::path::Path::new("/dev/kvm").exists());
     assert_eq!(

@@ -1,8 +1,13 @@
 //! The one rate limit on owner events: storms, missing EOIs and direct-route
 //! storms each tell a device's owner (and the log) at most once per window,
-//! and count what they held back.
+//! and count what they held back. And the `delivery_overdue` event, which
+//! goes only to owners that speak protocol version 2.
 
 use std::time::{Duration, Instant};
+
+use super::Daemon;
+use crate::control::proto::Event;
+use crate::route::Mode;
 
 /// Lets one event through per `window`.
 #[derive(Debug, Clone)]
@@ -35,6 +40,48 @@ impl EventLimiter {
         }
         self.last = Some(now);
         Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+/// The protocol version that brought `delivery_overdue`.
+pub const OVERDUE_VERSION: u32 = 2;
+
+impl Daemon {
+    /// An interrupt handed to device `i`'s VMM has waited `waited` without
+    /// coming back as a resample: tells its owner, whose VMM can assert the
+    /// guest's line itself (docs/interrupts.md, "Overdue deliveries"). Its
+    /// callers fire at most once per bound (the relay's EOI watchdog, one
+    /// health scan), so this needs no limiter of its own. A version-1 owner
+    /// is not sent it: that client takes an unknown event for a broken
+    /// reply.
+    pub(super) fn delivery_overdue(&mut self, i: usize, mode: Mode, waited: Duration) {
+        let Some(dev) = self.devices.get(i) else {
+            return;
+        };
+        let version = dev
+            .holder()
+            .and_then(|h| self.conns.slot_of(h.conn_id))
+            .and_then(|ci| self.conns.get(ci))
+            .map_or(0, |c| c.version);
+        let told = version >= OVERDUE_VERSION;
+        log::warn!(
+            "{}: an interrupt handed to the VMM's irq eventfd has not come back as a resample for {} ms ({mode}); {}",
+            dev.tag(),
+            waited.as_millis(),
+            if told {
+                "told the owner (delivery_overdue), whose VMM can assert the guest's line itself"
+            } else {
+                "the owner speaks protocol version 1 and is not told (delivery_overdue needs 2)"
+            }
+        );
+        if told {
+            let ev = Event::DeliveryOverdue {
+                device: dev.cfg.name.clone(),
+                mode,
+                waited_ms: waited.as_millis() as u64,
+            };
+            self.send_event(i, &ev);
+        }
     }
 }
 

@@ -21,6 +21,11 @@
 //!   INTx is disabled instead of left masked, and the owner is told. A busy
 //!   VMM's next signal is often there at each scan: the wait only goes on
 //!   while nothing was read (a read empties the count; see `observe`);
+//! - **an overdue delivery on a direct route** (`health_overdue.rs`): the
+//!   emulated device's line high and INTx masked, with the in-kernel
+//!   irqchip, for two scans without an ack or an unmask: the interrupt is
+//!   in KVM's late `irqfd_inject` work; the owner is told, so its VMM can
+//!   assert the line itself;
 //! - **a stuck line on a direct route** (`health_stuck.rs`): the function's
 //!   PCI status shows its interrupt asserted scan after scan while the
 //!   device makes no progress; reported in status and as an event;
@@ -31,6 +36,7 @@
 use std::time::{Duration, Instant};
 
 use super::events::EventLimiter;
+use super::health_overdue::OverdueWatch;
 use super::health_stuck::{StuckChange, StuckWatch, STATUS_READS};
 use super::Daemon;
 use crate::control::proto::{Event, IntxState};
@@ -62,6 +68,8 @@ pub struct Health {
     /// A function gone from vfio-pci whose sysfs node the scan has seen
     /// missing (removed): its return (a rescan) brings it up anew.
     pub removed: bool,
+    /// The overdue-delivery watch of a direct route (`health_overdue.rs`).
+    pub overdue: OverdueWatch,
 }
 
 impl Default for Health {
@@ -76,6 +84,7 @@ impl Default for Health {
             safety_unmasks: 0,
             stuck: StuckWatch::default(),
             removed: false,
+            overdue: OverdueWatch::default(),
         }
     }
 }
@@ -184,6 +193,7 @@ impl Daemon {
         let mut storms = Vec::new();
         let mut blocking = Vec::new();
         let mut stuck = Vec::new();
+        let mut overdue = Vec::new();
         for (i, dev) in self.devices.iter_mut().enumerate() {
             let tag = format!("{} {}", dev.cfg.name, dev.cfg.pci);
             let Some((open, att)) = dev
@@ -221,6 +231,20 @@ impl Daemon {
                 // Progress: the emulated device's acks, a real one's hard
                 // interrupts (`health_stuck.rs`).
                 let progress = sim.as_ref().map_or(host_count, |c| c.acked);
+                if let (Some(c), Irqchip::Kernel) = (&sim, att.irqchip) {
+                    let waiting = c.state.enabled && c.state.masked && c.state.high;
+                    let waiting = waiting && sample.irq_unread == 0;
+                    if let Some(w) = dev
+                        .health
+                        .overdue
+                        .observe(waiting, (c.acked, c.unmasks), now)
+                    {
+                        // No unmask came either: not a line re-fired at
+                        // every EOI (a stuck one), one never delivered.
+                        overdue.push((i, w));
+                        continue;
+                    }
+                }
                 // The emulated device's counters already hold its status
                 // bit (its line's level); a real one is read a few times.
                 let asserted = match &sim {
@@ -260,6 +284,9 @@ impl Daemon {
             if let Some(waited) = found.irqfd_lost {
                 lost.push((i, waited));
             }
+        }
+        for (i, waited) in overdue {
+            self.delivery_overdue(i, Mode::Direct, waited);
         }
         for (i, seconds) in stuck {
             let ev = Event::StuckLine {

@@ -32,6 +32,7 @@ mod dispatch;
 mod event_loop;
 mod events;
 mod health;
+mod health_overdue;
 mod health_stuck;
 mod intx_watch;
 mod listener;

@@ -17,6 +17,7 @@ use super::event_loop::SCAN_INTERVAL;
 use super::Daemon;
 use crate::control::proto::Event;
 use crate::relay::{RelayDevice, ResampleOutcome, TimerOutcome, WatchdogPolicy};
+use crate::route::Mode;
 use crate::vfio::IntxDevice;
 
 /// A route's backend, as the relay's hot path sees it.
@@ -115,6 +116,7 @@ impl Daemon {
         }
         self.lp.timers.set_scan(next);
         for (i, waited, policy) in fired {
+            self.delivery_overdue(i, Mode::Relay, waited);
             let dev = &mut self.devices[i];
             if dev.watchdog_events.admit(now).is_none() {
                 continue;

@@ -9,6 +9,8 @@
 //! [`RelayPath::on_resample`]). On top it counts, times, limits storms and
 //! watches for lost EOIs.
 
+#[cfg(feature = "test-hooks")]
+pub mod late;
 mod latency;
 mod path;
 mod storm;

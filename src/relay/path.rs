@@ -74,6 +74,8 @@ pub struct RelayPath {
     last_turn: u64,
     syscalls: u64,
     latency: EoiLatency,
+    #[cfg(feature = "test-hooks")]
+    late: super::late::LateInjection,
 }
 
 impl RelayPath {
@@ -97,6 +99,8 @@ impl RelayPath {
             last_turn: u64::MAX,
             syscalls: 0,
             latency: EoiLatency::new(),
+            #[cfg(feature = "test-hooks")]
+            late: super::late::LateInjection::from_env(super::late::RELAY_VAR),
         }
     }
 
@@ -121,9 +125,15 @@ impl RelayPath {
             Err(e) => return Err(e),
         }
         self.syscalls += 1;
+        #[cfg(feature = "test-hooks")]
+        let held = self.late.drops();
+        #[cfg(not(feature = "test-hooks"))]
+        let held = false;
         // The VMM may have cleared O_NONBLOCK since the attach: a write
         // that sleeps is broken off (`unblock`), and the route ends.
-        guarded(|| write_eventfd(&self.vmm.irq, 1))?;
+        if !held {
+            guarded(|| write_eventfd(&self.vmm.irq, 1))?;
+        }
         self.relayed += 1;
         self.watchdog.armed(now);
         Ok(true)
@@ -159,6 +169,8 @@ impl RelayPath {
             return Ok(ResampleOutcome::Idle);
         };
         self.eois += 1;
+        #[cfg(feature = "test-hooks")]
+        self.late.resampled();
         self.latency.record(now.saturating_duration_since(sent));
         if let Some(until) = self.backoff_until {
             return Ok(ResampleOutcome::Backoff(until));

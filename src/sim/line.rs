@@ -23,6 +23,9 @@ pub struct IntxLine {
     pub refires: u64,
     /// Loopback triggers so far.
     pub loopbacks: u64,
+    /// The test hook's late-injection model (`relay/late.rs`).
+    #[cfg(feature = "test-hooks")]
+    late: crate::relay::late::LateInjection,
 }
 
 impl IntxLine {
@@ -44,6 +47,10 @@ impl IntxLine {
     /// Enables INTx with `trigger`. A line that is already high fires now,
     /// as the host irq handler would the moment it is requested.
     pub fn enable(&mut self, trigger: EventFd) {
+        #[cfg(feature = "test-hooks")]
+        {
+            self.late = crate::relay::late::LateInjection::from_env(crate::relay::late::SIM_VAR);
+        }
         self.trigger = Some(trigger);
         if !self.enabled {
             self.enabled = true;
@@ -84,6 +91,8 @@ impl IntxLine {
             return;
         }
         self.unmasks += 1;
+        #[cfg(feature = "test-hooks")]
+        self.late.resampled();
         if !self.masked {
             return;
         }
@@ -109,6 +118,11 @@ impl IntxLine {
     }
 
     fn signal(&mut self) {
+        #[cfg(feature = "test-hooks")]
+        if self.late.drops() {
+            self.triggers += 1;
+            return;
+        }
         if let Some(t) = &self.trigger {
             // As the kernel's eventfd_signal: never blocks. A full counter
             // already says "asserted", so nothing is lost; an fd its holder

@@ -14,6 +14,7 @@
 //! - [`error`]: what can go wrong, typed;
 //! - [`run`]: one run (mode × irqchip) and its figures;
 //! - [`stall`]: where a stalled run's interrupt sat;
+//! - [`recover`]: the VMM's answer to an overdue delivery;
 //! - [`report`]: the summary table and the JSON;
 //! - [`tally`]: a soak of several devices, per device and in total;
 //! - `lifecycle` (x86_64): a real function through INTx, MSI, suspend,
@@ -26,6 +27,7 @@ pub mod hostside;
 pub mod inproc;
 #[cfg(target_arch = "x86_64")]
 pub mod lifecycle;
+pub mod recover;
 pub mod report;
 pub mod run;
 pub mod stall;

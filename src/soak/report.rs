@@ -79,9 +79,27 @@ pub struct RunReport {
     /// own thread (aarch64 with the userspace irqchip).
     #[serde(default)]
     pub vcpu_kicks: u64,
+    /// Overdue deliveries (`delivery_overdue`) the soak recovered by
+    /// asserting the guest's line itself (`soak::recover`).
+    #[serde(default)]
+    pub recovered: u64,
+    /// Acks of a low line explained by a recovery: the late `irqfd_inject`
+    /// that still came after it (at most one per recovery; not in
+    /// `spurious`).
+    #[serde(default)]
+    pub late_injections: u64,
     /// Set when the run stopped making progress: where its interrupt sat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stall: Option<Stall>,
+}
+
+/// `syscalls` per relayed interrupt (0 with none relayed: direct mode).
+pub fn per_relayed(syscalls: u64, relayed: u64) -> f64 {
+    if relayed == 0 {
+        0.0
+    } else {
+        syscalls as f64 / relayed as f64
+    }
 }
 
 impl RunReport {
@@ -181,6 +199,12 @@ impl SoakReport {
                 out.push_str(&format!(
                     "{}/{}: {} timer interrupts through device_irq_level, {} vCPU kicks\n",
                     r.mode, r.irqchip, r.timer_interrupts, r.vcpu_kicks
+                ));
+            }
+            if r.recovered > 0 {
+                out.push_str(&format!(
+                    "RECOVERED {}/{}: {} overdue deliveries (delivery_overdue) asserted by the soak VMM itself; {} late injections after them (acks of a low line, not in spur)\n",
+                    r.mode, r.irqchip, r.recovered, r.late_injections
                 ));
             }
             if let Some(s) = &r.stall {

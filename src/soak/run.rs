@@ -7,6 +7,7 @@
 //! ([`super::hostside`]); the guest's count is checked against the host's
 //! own count of EOIs (and of loopback triggers).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ pub use super::error::SoakError;
 use super::exerciser::DeviceDriver;
 use super::guest;
 use super::hostside::{cross_check, HostCounts, HostSide, RealRun};
-use super::report::{Latency, RunReport};
+use super::recover::Recovery;
+use super::report::{per_relayed, Latency, RunReport};
 use super::stall::StallInput;
 use super::vcpu::{ChipCounters, UserChipFds, VcpuError, VcpuRunner};
 use super::vm::{GuestRam, SoakVm};
@@ -275,7 +277,7 @@ impl<'w> Session<'w> {
     pub fn vcpu_exits(&self) -> u64 {
         self.runner
             .as_ref()
-            .map(|r| r.chip.exits.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|r| r.chip.exits.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
 
@@ -288,7 +290,7 @@ impl<'w> Session<'w> {
     pub fn chip_eois(&self) -> u64 {
         self.runner
             .as_ref()
-            .map(|r| r.chip.eois.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|r| r.chip.eois.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
 }
@@ -307,7 +309,7 @@ pub fn run_one(
     let exits_before = s.vcpu_exits();
     let timer_before = s.ram().timer_count();
     let chip = s.chip().unwrap_or_default();
-    let kicks_before = chip.kicks.load(std::sync::atomic::Ordering::SeqCst);
+    let kicks_before = chip.kicks.load(Ordering::SeqCst);
     let limit = spec.cycles.unwrap_or(u64::MAX);
     // Keep the device's budget ahead of the guest so it never idles, but
     // bounded, so a duration run ends with nothing outstanding: 4096 cycles
@@ -320,6 +322,7 @@ pub fn run_one(
     let mut last = 0u64;
     let mut moved = Instant::now();
     let mut stalled = false;
+    let mut recovery = Recovery::default();
     loop {
         std::thread::sleep(Duration::from_micros(500));
         let count = u64::from(s.ram().count());
@@ -341,6 +344,7 @@ pub fn run_one(
         if count >= requested && (time_up || requested >= limit) {
             break;
         }
+        recovery.poll(&mut s, moved.elapsed())?;
         if moved.elapsed() >= spec.stall {
             stalled = true;
             break;
@@ -392,7 +396,7 @@ pub fn run_one(
     };
     // An emulated device counts what it raised and what the guest acked; a
     // real one is checked against the host's own counts.
-    let (lost, spurious, triggered) = if real {
+    let (lost, spurious_acks, triggered) = if real {
         let hard = d(after.host_interrupts, before.host_interrupts);
         let run = RealRun {
             requested,
@@ -410,6 +414,7 @@ pub fn run_one(
             d(after.sim.triggers, before.sim.triggers),
         )
     };
+    let (spurious, late_injections) = recovery.split(spurious_acks);
     let wakeups = d(after.loop_wakeups, before.loop_wakeups);
     Ok(RunReport {
         mode,
@@ -432,19 +437,14 @@ pub fn run_one(
         },
         loop_wakeups: wakeups,
         loop_wakeups_per_irq: wakeups as f64 / delivered.max(1) as f64,
-        relay_syscalls_per_irq: {
-            let relayed = d(after.relayed, before.relayed);
-            if relayed == 0 {
-                0.0
-            } else {
-                (d(after.relay_syscalls, before.relay_syscalls) + wakeups) as f64 / relayed as f64
-            }
-        },
-        timer_interrupts,
-        vcpu_kicks: d(
-            chip.kicks.load(std::sync::atomic::Ordering::SeqCst),
-            kicks_before,
+        relay_syscalls_per_irq: per_relayed(
+            d(after.relay_syscalls, before.relay_syscalls) + wakeups,
+            d(after.relayed, before.relayed),
         ),
+        timer_interrupts,
+        vcpu_kicks: d(chip.kicks.load(Ordering::SeqCst), kicks_before),
+        recovered: recovery.recovered,
+        late_injections,
         stall,
     })
 }

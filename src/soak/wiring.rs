@@ -149,6 +149,12 @@ pub trait Wiring {
     fn check_gone(&mut self) -> Result<(), SoakError> {
         Ok(())
     }
+    /// The `delivery_overdue` events for the device since the last call
+    /// (their `waited_ms`), when the soak is to recover them
+    /// (`super::recover`). Without a daemon there are none.
+    fn overdue(&mut self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// Through the daemon's control socket, as any VMM would.
@@ -156,6 +162,12 @@ pub struct DaemonWiring {
     client: Client,
     device: String,
     exerciser: Option<Exerciser>,
+    /// Whether `delivery_overdue` events are handed to the soak to recover.
+    recover: bool,
+    /// A `device_gone` read from the connection and not yet reported.
+    gone: Option<String>,
+    /// The `waited_ms` of `delivery_overdue` events read and not yet taken.
+    overdue: Vec<u64>,
 }
 
 impl DaemonWiring {
@@ -167,7 +179,18 @@ impl DaemonWiring {
             client,
             device: device.to_string(),
             exerciser: None,
+            recover: super::recover::enabled_by_env(),
+            gone: None,
+            overdue: Vec::new(),
         })
+    }
+
+    /// Whether the soak recovers overdue deliveries (`delivery_overdue`) by
+    /// asserting the guest's line itself; on by default, off with
+    /// `INTXD_SOAK_RECOVER=off` (to see what a VMM without it gets).
+    pub fn with_recovery(mut self, recover: bool) -> DaemonWiring {
+        self.recover = recover;
+        self
     }
 
     /// Drives a real PCI function through `exerciser` (its config's
@@ -187,18 +210,39 @@ impl DaemonWiring {
     /// [`gone`](Self::gone), reading the socket for up to `wait` (a zero
     /// wait looks at the events already read only).
     fn gone_within(&mut self, wait: std::time::Duration) -> Option<String> {
+        self.pump(wait);
+        self.gone.take()
+    }
+
+    /// Reads the events that came, waiting up to `wait` for the first: a
+    /// `device_gone` of this device is kept for [`gone`](Self::gone), its
+    /// `delivery_overdue` waits for [`Wiring::overdue`]; every other event
+    /// is dropped. The connection closing counts as the daemon gone.
+    fn pump(&mut self, mut wait: std::time::Duration) {
         loop {
             match self.client.next_event(wait) {
                 Ok(Some(Event::DeviceGone { device, reason })) if device == self.device => {
-                    return Some(reason)
+                    self.gone = Some(reason);
                 }
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
+                Ok(Some(Event::DeliveryOverdue {
+                    device, waited_ms, ..
+                })) if device == self.device => {
+                    if self.recover {
+                        self.overdue.push(waited_ms);
+                    } else {
+                        log::warn!("{device}: delivery overdue for {waited_ms} ms; not recovered (INTXD_SOAK_RECOVER=off)");
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return,
                 Err(e) => {
-                    return super::error::connection_closed(&e)
-                        .then(|| super::error::DAEMON_WENT_AWAY.to_string())
+                    if super::error::connection_closed(&e) {
+                        self.gone = Some(super::error::DAEMON_WENT_AWAY.to_string());
+                    }
+                    return;
                 }
             }
+            wait = std::time::Duration::ZERO;
         }
     }
 
@@ -348,6 +392,11 @@ impl Wiring for DaemonWiring {
             Ok(_) => Ok(()),
             Err(e) => Err(self.failed(e)),
         }
+    }
+
+    fn overdue(&mut self) -> Vec<u64> {
+        self.pump(std::time::Duration::ZERO);
+        std::mem::take(&mut self.overdue)
     }
 
     fn device(&self) -> &str {

@@ -165,6 +165,14 @@ impl Vmm {
                 // INTx was changed behind intxd's back (by this VMM's own
                 // SET_IRQS, most likely): suspend_intx, then resume_intx.
                 Event::IntxChanged { reason, .. } => eprintln!("INTx changed: {reason}"),
+                // An interrupt has not reached the guest (KVM's late
+                // irqfd_inject): a VMM with the in-kernel irqchip asserts
+                // the GSI itself once if its guest's interrupt controller
+                // shows nothing pending (docs/interrupts.md, "Overdue
+                // deliveries"). This example has no guest.
+                Event::DeliveryOverdue { waited_ms, .. } => {
+                    eprintln!("delivery overdue for {waited_ms} ms")
+                }
                 other => eprintln!("event: {other:?}"),
             }
             self.events.push(ev);

@@ -255,15 +255,19 @@ impl<R> Channel<R> {
         }
     }
 
+    /// Waits for `flags` until `deadline`. A deadline already passed (a
+    /// zero timeout) still looks once, so that what is already queued is
+    /// read.
     fn wait(&self, flags: PollFlags, deadline: Instant) -> Result<(), ChannelError> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ChannelError::Timeout);
-            }
-            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            let ms = match left.as_millis() {
+                0 if left.is_zero() => 0,
+                n => u16::try_from(n.max(1)).unwrap_or(u16::MAX),
+            };
             let mut p = [PollFd::new(self.sock.as_fd(), flags)];
             match poll(&mut p, PollTimeout::from(ms)) {
+                Ok(0) if ms == 0 => return Err(ChannelError::Timeout),
                 Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => return Ok(()),
                 Err(e) => return Err(ChannelError::Recv(e.into())),
@@ -373,6 +377,16 @@ mod tests {
         answer(&peer, b"nobody asked");
         let e = chan.next_other(later(), &mut text).unwrap_err();
         assert!(matches!(e, ChannelError::Unexpected(1)), "{e}");
+    }
+
+    #[test]
+    fn a_deadline_already_passed_still_reads_what_is_queued() {
+        let (chan, peer) = pair();
+        answer(&peer, b"queued");
+        let mut other = |_: &Packet| Frame::Other;
+        chan.next_other(Instant::now(), &mut other).unwrap();
+        let e = chan.next_other(Instant::now(), &mut other).unwrap_err();
+        assert!(matches!(e, ChannelError::Timeout), "{e}");
     }
 
     #[test]

@@ -116,6 +116,9 @@ fn sorter(events: &mut VecDeque<Event>) -> impl FnMut(&Packet) -> Frame<Decoded>
             Frame::Other
         }
         Ok(Incoming::Reply(r)) => Frame::Reply(None, Ok(r)),
+        // An event this client does not know (a newer daemon's): skipped,
+        // as docs/protocol.md asks, never taken for the awaited reply.
+        Err(_) if Incoming::is_event(&p.data) => Frame::Other,
         Err(e) => Frame::Reply(None, Err(e)),
     }
 }
@@ -387,4 +390,45 @@ fn connect(path: &Path) -> io::Result<OwnedFd> {
     )?;
     socket::connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
     Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(data: &[u8]) -> Packet {
+        Packet {
+            data: data.to_vec(),
+            fds: Vec::new(),
+            truncated: false,
+            ctrl_truncated: false,
+        }
+    }
+
+    #[test]
+    fn an_unknown_event_is_skipped_and_never_taken_for_a_reply() {
+        let mut events = VecDeque::new();
+        let (unknown, known, broken) = {
+            let mut sort = sorter(&mut events);
+            (
+                sort(&packet(br#"{"event":"from_the_future","device":"d"}"#)),
+                sort(&packet(
+                    br#"{"event":"delivery_overdue","device":"d","mode":"relay","waited_ms":7}"#,
+                )),
+                sort(&packet(br#"{"reply":"no_such_reply"}"#)),
+            )
+        };
+
+        assert!(matches!(unknown, Frame::Other));
+        assert!(matches!(known, Frame::Other));
+        assert!(matches!(broken, Frame::Reply(None, Err(_))));
+        assert_eq!(
+            events.into_iter().collect::<Vec<_>>(),
+            vec![Event::DeliveryOverdue {
+                device: "d".into(),
+                mode: crate::types::Mode::Relay,
+                waited_ms: 7
+            }]
+        );
+    }
 }

@@ -22,5 +22,8 @@ pub mod status;
 pub mod types;
 pub mod wire;
 
-/// The control protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The control protocol version this build speaks. Version 2 adds the
+/// `delivery_overdue` event, which the daemon sends only to clients that
+/// said `hello` with version 2 or later (a version-1 client, which takes an
+/// unknown event for a broken reply, never sees it).
+pub const PROTOCOL_VERSION: u32 = 2;

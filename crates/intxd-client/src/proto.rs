@@ -336,6 +336,24 @@ pub enum Event {
         /// How long the line had been seen asserted without progress.
         seconds: u64,
     },
+    /// Protocol version 2: an interrupt that went to the VMM's irq eventfd
+    /// has not come back as a resample within the bound (relay: the EOI
+    /// watchdog's `eoi_timeout_ms`; direct, emulated device: the line high
+    /// and INTx masked with no ack and no unmask for two health scans).
+    /// The usual cause with the in-kernel irqchip is KVM's late
+    /// `irqfd_inject` kworker: the VMM should assert the guest's line itself
+    /// once, if the guest's interrupt controller shows nothing pending or in
+    /// service for it (docs/interrupts.md, "Overdue deliveries"). Sent only
+    /// to connections that said `hello` with version 2 or later, at most
+    /// once per device per bound.
+    DeliveryOverdue {
+        /// Device name.
+        device: String,
+        /// The route's mode.
+        mode: Mode,
+        /// How long the interrupt has waited, milliseconds.
+        waited_ms: u64,
+    },
 }
 
 /// Anything the daemon sends.
@@ -356,6 +374,14 @@ impl Incoming {
         } else {
             Ok(Incoming::Reply(serde_json::from_value(v)?))
         }
+    }
+}
+
+impl Incoming {
+    /// Whether `bytes` is an event (an object with an `event` key), known to
+    /// this client or not.
+    pub fn is_event(bytes: &[u8]) -> bool {
+        serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| v.get("event").is_some())
     }
 }
 

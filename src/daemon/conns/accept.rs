@@ -126,6 +126,7 @@ impl Daemon {
             sock,
             peer,
             hello: false,
+            version: 0,
             outbox: Default::default(),
             want_write: false,
             parked: false,

@@ -30,6 +30,9 @@ pub struct Conn {
     pub peer: Peer,
     /// `hello` done.
     pub hello: bool,
+    /// The protocol version its last `hello` agreed (0 before one): 2 and
+    /// later get the `delivery_overdue` event.
+    pub version: u32,
     /// Packets the socket would not take yet.
     pub outbox: VecDeque<Outgoing>,
     /// Whether WRITABLE interest is registered.

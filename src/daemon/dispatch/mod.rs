@@ -97,12 +97,13 @@ impl Daemon {
         if version < 1 {
             return Reply::error(
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {version} is not supported; this daemon speaks 1"),
+                format!("protocol version {version} is not supported; this daemon speaks 1 to {PROTOCOL_VERSION}"),
             );
         }
         self.park_conn(i);
         if let Some(c) = self.conns.get_mut(i) {
             c.hello = true;
+            c.version = version.min(PROTOCOL_VERSION);
             log::debug!(
                 "connection {}: hello from {}",
                 c.id,

@@ -133,6 +133,7 @@ impl Daemon {
                 groups: c.groups.clone(),
             },
             hello: c.hello,
+            version: c.version,
             outbox: Default::default(),
             want_write: false,
             parked: true,
@@ -349,6 +350,7 @@ impl Daemon {
                     gid: c.peer.gid,
                     groups: c.peer.groups.clone(),
                     hello: c.hello,
+                    version: c.version,
                 })
                 .collect(),
             routes: self

@@ -37,6 +37,14 @@ pub struct ConnRecord {
     pub groups: Vec<u32>,
     /// Whether it said hello.
     pub hello: bool,
+    /// The protocol version its hello agreed (absent from older records:
+    /// read as 1, the only version then).
+    #[serde(default = "version_one")]
+    pub version: u32,
+}
+
+fn version_one() -> u32 {
+    1
 }
 
 /// A live route.
@@ -382,6 +390,7 @@ mod tests {
                 gid: 0,
                 groups: vec![1, 2, 3],
                 hello: true,
+                version: 2,
             })
             .collect();
         f.write(&rec(1)).unwrap();
