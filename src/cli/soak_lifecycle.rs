@@ -2,8 +2,6 @@
 //! (INTx, suspend, MSI, resume, reset, a GSI move) in each requested mode,
 //! one `lifecycle:` line per phase ([`intxd::soak::lifecycle`]).
 
-use std::process::ExitCode;
-
 use super::{CmdResult, SoakArgs};
 use intxd::config::Config;
 
@@ -22,6 +20,7 @@ pub fn run(args: &SoakArgs, config: &Config, devices: &[String]) -> CmdResult {
     use intxd::route::Mode;
     use intxd::soak::lifecycle::run_lifecycle;
     use intxd::soak::DaemonWiring;
+    use std::process::ExitCode;
 
     let [device] = devices else {
         return Err("--lifecycle soaks one device: name it with --device".into());
