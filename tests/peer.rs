@@ -173,9 +173,17 @@ fn a_relay_vmm_that_makes_its_full_irq_eventfd_blocking_hangs_nothing_and_is_det
     fill(&att.irq);
     set_nonblocking(&att.irq, false);
 
-    att.client.trigger("sim0").unwrap();
-
-    gone_and_the_daemon_answers(&d, &mut att, "blocked");
+    match att.client.trigger("sim0") {
+        // The relay's write met the full blocking counter and was cut off.
+        Ok(_) => gone_and_the_daemon_answers(&d, &mut att, "blocked"),
+        // On a slow host the health scan (once a second) can see the
+        // cleared O_NONBLOCK between the two calls above and detach first:
+        // the trigger then finds INTx torn down. Nothing hangs either way.
+        Err(e) => {
+            eprintln!("the health scan detached sim0 before the trigger came ({e})");
+            gone_and_the_daemon_answers(&d, &mut att, "O_NONBLOCK cleared");
+        }
+    }
     assert_eq!(
         eventfd_count(att.irq.as_raw_fd()),
         Some(0xffff_ffff_ffff_fffe),
