@@ -24,11 +24,9 @@
 #[path = "qemu/harness.rs"]
 mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::path::Path;
 
-use harness::{line, num, text};
+use harness::{line, num};
 use intxd::soak::SoakReport;
 use serde_json::Value;
 
@@ -194,55 +192,18 @@ fn two_edu_and_an_e1000_soak_at_once_and_the_host_takes_one_back() {
     ) {
         return;
     }
-    let t0 = Instant::now();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let harness_dir = repo.join("tests/qemu");
-    let cache = std::env::var_os("INTXD_QEMU_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/qemu-cache"));
-    let initrd = cache.join("lab.cpio.gz");
-    let step = |what: &str, cmd: &mut Command| harness::run_ok("qemu_lab", what, cmd);
-
-    step(
-        "prepare.sh",
-        Command::new(harness_dir.join("prepare.sh")).arg(&cache),
-    );
-    step(
-        "mkinitrd.sh",
-        Command::new(harness_dir.join("mkinitrd.sh"))
-            .arg(&cache)
-            .arg(env!("CARGO_BIN_EXE_intxd"))
-            .arg(harness_dir.join("lab.sh"))
-            .arg(&initrd)
-            .arg(format!(
-                "{}:/lab.toml",
-                harness_dir.join("lab.toml").display()
-            )),
-    );
     // run.sh has one edu of its own.
-    let out = harness::run(
+    let log = harness::boot_x86_with(
         "qemu_lab",
-        "run.sh (boot, scenarios, power-off)",
-        Command::new(harness_dir.join("run.sh"))
-            .arg(&cache)
-            .arg(&initrd)
-            .arg("400")
-            .env("INTXD_QEMU_ARGS", "-device edu -device e1000")
-            .env("INTXD_QEMU_LOG", cache.join("lab.log")),
-    );
-    // The serial breaks (run.sh) reach the guest's tty as NULs, which it
-    // echoes as `^@` into the console lines.
-    let log = text(&out).replace("^@", "");
-    for l in log.lines().filter(|l| {
-        (l.contains("lab: ") && !l.contains("lab: json")) || l.starts_with("run: guest")
-    }) {
-        eprintln!("qemu_lab: {l}");
-    }
-    eprintln!("qemu_lab: total {:.1}s", t0.elapsed().as_secs_f64());
-    assert!(
-        out.status.success(),
-        "the guest test failed ({}); its output:\n{log}",
-        out.status
+        "lab",
+        &[],
+        &[("INTXD_QEMU_ARGS", "-device edu -device e1000")],
+        &[format!(
+            "{}:/lab.toml",
+            repo.join("tests/qemu/lab.toml").display()
+        )],
+        400,
     );
 
     // 1. three functions at once, by their exercisers and by loopback.

@@ -121,6 +121,20 @@ pub fn boot_x86(
     mk_env: &[(&str, &str)],
     run_env: &[(&str, &str)],
 ) -> String {
+    boot_x86_with(lane, name, mk_env, run_env, &[], 150)
+}
+
+/// [`boot_x86`] with more `SRC:/DEST` files in the initramfs (`extras`) and run.sh's timeout.
+/// The serial breaks (run.sh) reach the guest's tty as NULs, which it echoes as `^@` into the
+/// console lines: the returned log has them taken out.
+pub fn boot_x86_with(
+    lane: &str,
+    name: &str,
+    mk_env: &[(&str, &str)],
+    run_env: &[(&str, &str)],
+    extras: &[String],
+    timeout_s: u32,
+) -> String {
     use std::path::{Path, PathBuf};
     let t0 = Instant::now();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -140,16 +154,17 @@ pub fn boot_x86(
             "{}:/edu.toml",
             repo.join("config/examples/edu.toml").display()
         ))
+        .args(extras)
         .envs(mk_env.iter().copied());
     run_ok(lane, "mkinitrd.sh", &mut mk);
     let mut boot = Command::new(harness.join("run.sh"));
     boot.arg(&cache)
         .arg(&initrd)
-        .arg("150")
+        .arg(timeout_s.to_string())
         .env("INTXD_QEMU_LOG", cache.join(format!("{name}.log")))
         .envs(run_env.iter().copied());
     let out = run(lane, "run.sh (boot, test, power-off)", &mut boot);
-    let log = text(&out);
+    let log = text(&out).replace("^@", "");
     let tag = format!("{name}: ");
     for l in log
         .lines()
