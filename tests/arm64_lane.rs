@@ -434,9 +434,9 @@ fn boot(repo: &Path, build: &Build, suite: &str) -> String {
     }
     assert!(
         out.status.success(),
-        "the arm64 guest ({suite}) failed ({}); log: {}",
-        out.status,
-        cache.join("lane.log").display()
+        "the arm64 guest ({suite}), log {}: {}",
+        cache.join("lane.log").display(),
+        harness::guest_failed(&out.status, &log)
     );
     log
 }

@@ -291,3 +291,70 @@ fn a_stuck_device_fails_the_soak_and_the_report_names_its_first_interval() {
     assert!(text_of(&dom, "r0-status").starts_with("FAIL ("));
     assert!(dom.contains("id=\"failing-table\""));
 }
+
+/// A pause shorter than the soak's stall bound is a host's, not a device's:
+/// the intervals in it show no delivery and fail nothing (issue 11: beside
+/// two busy loops KVM ran an injection 0.85 s late and a 0.25 s interval
+/// failed the soak). The pause here is a real one: the daemon's test hook
+/// holds the 100th relayed interrupt as a late `irqfd_inject` would, the
+/// relay's EOI watchdog gives up on it after 700 ms, and the soak VMM
+/// asserts the line itself (`delivery_overdue`); the daemon's control loop
+/// keeps answering the recorder throughout.
+#[test]
+fn a_pause_shorter_than_the_stall_bound_shows_in_the_intervals_and_fails_nothing() {
+    common::require_kvm();
+    let d = common::DaemonProc::start_with(
+        "[[device]]\nname = \"sim0\"\npci = \"sim:0\"\nmode = \"relay\"\n[device.relay]\neoi_timeout_ms = 700\n",
+        "",
+        &[("INTXD_TEST_HOOKS", "1"), ("INTXD_TEST_LATE_IRQFD", "100")],
+    );
+    let dir = tempfile::tempdir().expect("report dir");
+    let out = soak(
+        &[
+            "--connect",
+            d.socket.to_str().expect("utf-8"),
+            "--config",
+            d.config.to_str().expect("utf-8"),
+            "--device",
+            "sim0",
+            "--mode",
+            "relay",
+            "--irqchip",
+            "kernel",
+            "--duration",
+            "2",
+            "--interval",
+            "0.2",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "soak failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (records, summary) = read_report(dir.path());
+    assert_eq!(summary.first_failure, None, "{records:?}");
+    let run = &summary.soak.runs[0];
+    assert!(
+        run.recovered >= 1,
+        "the held interrupt was recovered: {run:?}"
+    );
+    // The pause: intervals within the run without a delivery, at least two
+    // of the 0.2 s in the watchdog's 700 ms.
+    let quiet: Vec<&IntervalRecord> = records[..records.len() - 1]
+        .iter()
+        .filter(|r| r.delivered == 0)
+        .collect();
+    assert!(
+        quiet.len() >= 2,
+        "intervals without a delivery: {records:?}"
+    );
+    assert!(quiet.iter().all(|r| r.failures.is_empty()), "{quiet:?}");
+    assert_eq!(
+        records.iter().map(|r| r.delivered).sum::<u64>(),
+        run.delivered
+    );
+    assert_eq!((run.lost, run.spurious), (0, 0), "{run:?}");
+}

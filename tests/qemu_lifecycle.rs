@@ -50,10 +50,8 @@ fn edu_goes_through_intx_msi_suspend_resume_reset_and_a_gsi_move_in_a_qemu_guest
         "lifecycle",
         &[],
         &[
+            // (run.sh skips the IO-APIC timer check at boot, no_timer_check)
             ("INTXD_QEMU_ARGS", QEMU_ARGS),
-            // The IO-APIC timer check at boot fails now and then under TCG
-            // on a loaded host (a panic, tests/qemu/README.md); skip it.
-            ("INTXD_QEMU_APPEND", "no_timer_check"),
         ],
     );
     for l in log.lines().filter(|l| l.contains("lifecycle-sh: ")) {

@@ -114,27 +114,25 @@ fn kill_9_of_the_daemon_mid_soak_of_edu_under_systemd_loses_nothing() {
             ])
             .args(extras(repo, intxd)),
     );
-    let out = harness::run(
+    let out = harness::run_guest(
         LANE,
         "run.sh (boot, systemd, two soaks with a kill -9 each, power-off)",
-        Command::new(qemu.join("run.sh"))
-            .arg(&cache)
-            .arg(&initrd)
-            .arg("480")
-            // The soak's vCPU holds one guest CPU while its VM runs (a
-            // direct route's guest never idles); systemd and the restarting
-            // daemon get the other, as on a real host.
-            .env("INTXD_QEMU_SMP", "2")
-            // The guest's timers run late while the soak's vCPU runs; a
-            // break every 0.2 s keeps the guest script's clock and pauses
-            // near time (tests/qemu/README.md).
-            .env("INTXD_QEMU_BREAK_SECS", "0.2")
-            // On a loaded host the kernel's early check that the timer
-            // ticks through the remapped IO-APIC can miss its window and
-            // panic ("timer doesn't work through Interrupt-remapped
-            // IO-APIC"), seen once beside three other guests and a build.
-            .env("INTXD_QEMU_APPEND", "no_timer_check")
-            .env("INTXD_QEMU_LOG", cache.join("qemu-systemd.log")),
+        || {
+            let mut c = Command::new(qemu.join("run.sh"));
+            c.arg(&cache)
+                .arg(&initrd)
+                .arg("480")
+                // The soak's vCPU holds one guest CPU while its VM runs (a
+                // direct route's guest never idles); systemd and the restarting
+                // daemon get the other, as on a real host.
+                .env("INTXD_QEMU_SMP", "2")
+                // The guest's timers run late while the soak's vCPU runs; a
+                // break every 0.2 s keeps the guest script's clock and pauses
+                // near time (tests/qemu/README.md).
+                .env("INTXD_QEMU_BREAK_SECS", "0.2")
+                .env("INTXD_QEMU_LOG", cache.join("qemu-systemd.log"));
+            c
+        },
     );
     let log = text(&out);
     let figures: Vec<&str> = log
@@ -148,7 +146,10 @@ fn kill_9_of_the_daemon_mid_soak_of_edu_under_systemd_loses_nothing() {
         t0.elapsed().as_secs_f64()
     );
     if !out.status.success() {
-        panic!("the guest test failed ({}); its output:\n{log}", out.status);
+        panic!(
+            "{}",
+            harness::guest_failed(&out.status, &log.replace("^@", ""))
+        );
     }
 
     // 1. a real systemd, and socket activation by the soak's connection.

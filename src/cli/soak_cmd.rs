@@ -67,7 +67,11 @@ pub fn soak(args: &SoakArgs) -> CmdResult {
         // from the config, or else by vfio-pci's loopback; an emulated one
         // by its doorbell.
         let recorder = match &args.report {
-            Some(_) => Some(intxd::lab::Recorder::connect(&socket, interval)?.starting_at(t0)),
+            Some(_) => Some(
+                intxd::lab::Recorder::connect(&socket, interval)?
+                    .starting_at(t0)
+                    .with_stall(plan.stall),
+            ),
             None => None,
         };
         soaks.push(DeviceSoak {

@@ -43,6 +43,8 @@ struct RunState {
     last_elapsed: f64,
     seen_count: u64,
     seen_elapsed: f64,
+    /// The run's elapsed time at its last delivery (its start before one).
+    moved_elapsed: f64,
     first: usize,
 }
 
@@ -53,6 +55,9 @@ struct RunState {
 pub struct Recorder {
     client: Client,
     interval: Duration,
+    /// How long without a delivery an interval must end before it fails
+    /// as stalled: the soak's own stall bound.
+    stall: Duration,
     t0: Instant,
     records: Vec<IntervalRecord>,
     cur: Option<RunState>,
@@ -66,6 +71,7 @@ impl Recorder {
         Ok(Recorder {
             client,
             interval,
+            stall: crate::soak::guest::STALL_BOUND,
             t0: Instant::now(),
             records: Vec::new(),
             cur: None,
@@ -76,6 +82,17 @@ impl Recorder {
     /// recorder per device, all on the same clock).
     pub fn starting_at(mut self, t0: Instant) -> Recorder {
         self.t0 = t0;
+        self
+    }
+
+    /// Fails an interval as stalled only once the run has gone `stall`
+    /// without a delivery (the soak's `--stall`, whose default is
+    /// [`STALL_BOUND`](crate::soak::guest::STALL_BOUND)): an interval without
+    /// a delivery that is shorter than that is a host's pause (a loaded
+    /// machine's scheduler, a page-cache flush), which its `delivered` of 0
+    /// shows, not a device's failure.
+    pub fn with_stall(mut self, stall: Duration) -> Recorder {
+        self.stall = stall;
         self
     }
 
@@ -113,6 +130,7 @@ impl Recorder {
             last_elapsed: 0.0,
             seen_count: 0,
             seen_elapsed: 0.0,
+            moved_elapsed: 0.0,
             first: self.records.len(),
         });
     }
@@ -121,6 +139,9 @@ impl Recorder {
     /// elapsed time. Writes a record when an interval boundary has passed.
     pub fn progress(&mut self, count: u64, elapsed: Duration) {
         let Some(st) = self.cur.as_mut() else { return };
+        if count > st.seen_count {
+            st.moved_elapsed = elapsed.as_secs_f64();
+        }
         st.seen_count = count;
         st.seen_elapsed = elapsed.as_secs_f64();
         if st.seen_elapsed >= st.next {
@@ -191,9 +212,12 @@ impl Recorder {
             daemon_fds: now.fds,
             failures: Vec::new(),
         };
-        if end.is_none() && delivered == 0 {
-            r.failures
-                .push("stalled: no interrupt delivered in the interval".to_string());
+        let quiet = st.seen_elapsed - st.moved_elapsed;
+        if end.is_none() && delivered == 0 && quiet >= self.stall.as_secs_f64() {
+            r.failures.push(format!(
+                "stalled: no interrupt delivered for {quiet:.1} s (the stall bound is {:.1} s)",
+                self.stall.as_secs_f64()
+            ));
         }
         let acked = now
             .acked

@@ -22,6 +22,10 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 hostname intxd-qemu
+# run.sh's serial breaks (INTXD_QEMU_BREAK_SECS) are there for the UART interrupt they raise; the
+# tty ignores them (by default every second one becomes a NUL read from the console, echoed as
+# `^@` into whatever line the guest is writing)
+stty -F /dev/console ignbrk 2>/dev/null || stty ignbrk 2>/dev/null
 
 up() { cut -d' ' -f1 /proc/uptime; }
 say() { echo "intxd-qemu: $*"; }

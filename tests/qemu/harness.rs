@@ -52,6 +52,31 @@ pub fn run_ok(lane: &str, step: &str, cmd: &mut Command) -> Output {
     out
 }
 
+/// run.sh's exit status when QEMU ended without the guest's `INTXD-QEMU-RESULT` line: the
+/// guest died (a kernel panic, a triple fault of the emulated machine) before the test's verdict.
+pub const GUEST_DIED: i32 = 125;
+
+/// Runs a guest boot (`step`, the command `make` builds), and once more if the guest died
+/// before its verdict ([`GUEST_DIED`]): an emulated machine's crash (TCG with nested KVM) is not
+/// the test's verdict, but it is said, with the first boot's last lines, past the test harness's
+/// capture so that a passing run's log shows it too. A test's own failure is never retried.
+pub fn run_guest(lane: &str, step: &str, make: impl Fn() -> Command) -> Output {
+    let out = run(lane, step, &mut make());
+    if out.status.code() != Some(GUEST_DIED) {
+        return out;
+    }
+    use std::io::Write;
+    let log = text(&out).replace("^@", "");
+    let lines: Vec<&str> = log.lines().collect();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{lane}: RETRY: the guest died before its verdict ({}); booting it once more. Its last lines:\n{}",
+        out.status,
+        lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+    );
+    run(lane, &format!("{step}, second boot"), &mut make())
+}
+
 /// A command's stdout and stderr.
 pub fn text(out: &Output) -> String {
     format!(
@@ -60,6 +85,21 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The panic message of a failed guest run: its status, then the last lines of its output first
+/// (a CI log shows a failure's beginning: a guest that died shows it at the end), then all of it.
+pub fn guest_failed(status: &std::process::ExitStatus, log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(TAIL_LINES)..];
+    format!(
+        "the guest test failed ({status}); its last {} lines:\n{}\n---- its whole output ----\n{log}",
+        tail.len(),
+        tail.join("\n")
+    )
+}
+
+/// How many of a failed guest's last lines [`guest_failed`] puts first.
+const TAIL_LINES: usize = 60;
 
 /// The value of `key=` in a guest's line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -157,13 +197,15 @@ pub fn boot_x86_with(
         .args(extras)
         .envs(mk_env.iter().copied());
     run_ok(lane, "mkinitrd.sh", &mut mk);
-    let mut boot = Command::new(harness.join("run.sh"));
-    boot.arg(&cache)
-        .arg(&initrd)
-        .arg(timeout_s.to_string())
-        .env("INTXD_QEMU_LOG", cache.join(format!("{name}.log")))
-        .envs(run_env.iter().copied());
-    let out = run(lane, "run.sh (boot, test, power-off)", &mut boot);
+    let out = run_guest(lane, "run.sh (boot, test, power-off)", || {
+        let mut boot = Command::new(harness.join("run.sh"));
+        boot.arg(&cache)
+            .arg(&initrd)
+            .arg(timeout_s.to_string())
+            .env("INTXD_QEMU_LOG", cache.join(format!("{name}.log")))
+            .envs(run_env.iter().copied());
+        boot
+    });
     let log = text(&out).replace("^@", "");
     let tag = format!("{name}: ");
     for l in log
@@ -173,10 +215,6 @@ pub fn boot_x86_with(
         eprintln!("{lane}: {l}");
     }
     eprintln!("{lane}: total {:.1}s", t0.elapsed().as_secs_f64());
-    assert!(
-        out.status.success(),
-        "the guest test failed ({}); its output:\n{log}",
-        out.status
-    );
+    assert!(out.status.success(), "{}", guest_failed(&out.status, &log));
     log
 }

@@ -128,6 +128,7 @@ elapsed() { local us=$(( ${EPOCHREALTIME/./} - T0 )); printf '%3d.%02d' $((us / 
 RESULT= RESULT_AT=
 while IFS= read -r line || [ -n "$line" ]; do
     line=${line//$'\r'/}
+    line=${line//^@/}   # a serial break's NUL, echoed by a guest tty that does not ignore breaks
     line=${line//$'\e'\[*([0-9;?])[a-zA-Z]/}   # SeaBIOS' terminal control sequences
     el=$(elapsed)
     printf '[%s] %s\n' "$el" "$line"

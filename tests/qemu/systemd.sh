@@ -103,21 +103,27 @@ say "before: service=$(show ActiveState) socket=$(ns systemctl show -P ActiveSta
 # Builtins only in its loop (a fork costs milliseconds here, and the soak's vCPU shares the one
 # CPU). The guest's timers run late while the soak's vCPU runs (tests/qemu/README.md): the
 # test sends QEMU's serial breaks every 0.2 s (INTXD_QEMU_BREAK_SECS) to keep them near time.
-# vm_count: the soak VM's injected interrupts so far in $c (its debugfs file in $vm, found once;
-# one VM at a time: the soak's, named by the tid of its device thread); empty before the VM
+# vm_count SOAKPID: the soak VM's injected interrupts so far in $c (its debugfs file in $vm,
+# found once: the VM directory is named TID-FD by the thread that created it, a thread of the
+# soak); empty before the VM and after it is gone (the soak's last moments, its VM dropped): then
+# $vm is looked for again, quietly
 vm_count() {
     c=
     if [ -z "$vm" ]; then
-        for x in /sys/kernel/debug/kvm/*-*/irq_injections; do [ -r "$x" ] && vm=$x; done
+        for x in /sys/kernel/debug/kvm/*-*/irq_injections; do
+            t=${x#/sys/kernel/debug/kvm/}; t=${t%%-*}
+            [ -r "$x" ] && [ -d "/proc/$1/task/$t" ] && vm=$x
+        done
     fi
-    [ -n "$vm" ] && read -r c < "$vm" 2>/dev/null
+    [ -n "$vm" ] && { read -r c < "$vm"; } 2>/dev/null
+    [ -n "$c" ] || vm=
 }
 # sampler SOAKPID OUT: appends "CS COUNT" to OUT at each change of vm_count (CS: centiseconds of
 # guest uptime) until the soak has exited
 sampler() {
     last= vm=
     while kill -0 "$1" 2>/dev/null; do
-        vm_count
+        vm_count "$1"
         if [ -n "$c" ] && [ "$c" != "$last" ]; then
             now; echo "$now $c" >> "$2"; last=$c
         fi
@@ -146,7 +152,7 @@ phase() { # mode
     smp=$!
     i=0 c=
     while kill -0 "$spid" 2>/dev/null && [ "${c:-0}" -lt "$KILL_AT" ] && [ $i -lt 6000 ]; do
-        pause 0.01; vm_count; i=$((i + 1))
+        pause 0.01; vm_count "$spid"; i=$((i + 1))
     done
     # The service's cgroup holds its main process only (intxd never forks); read in our pid
     # namespace, it gives the pid that kill -9 needs here, without a fork.
