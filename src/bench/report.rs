@@ -55,6 +55,9 @@ pub struct BenchReport {
     pub ratios: Ratios,
     /// Scale steps.
     pub scale: Vec<ScaleStep>,
+    /// How the relay carried interrupts on this host (io_uring, or read +
+    /// write and why): what its syscalls per interrupt rest on.
+    pub relay_carry: String,
     /// What the figures do not show (printed under the ratios).
     pub caveats: Vec<&'static str>,
     /// Every sample, for whoever wants the spread.
@@ -115,6 +118,13 @@ impl BenchReport {
             },
             variants,
             scale,
+            relay_carry: {
+                let c = crate::relay::Carrier::new();
+                match c.fallback_reason() {
+                    None => c.describe().to_string(),
+                    Some(why) => format!("{} ({why})", c.describe()),
+                }
+            },
             caveats: CAVEATS.to_vec(),
             samples,
         }
@@ -165,6 +175,7 @@ impl BenchReport {
             "\nratios (median of per-round ratios): direct/baseline {:.3}   relay-kernel/direct {:.3}   relay-user/direct {:.3}\n",
             self.ratios.direct_over_baseline, self.ratios.relay_kernel_over_direct, self.ratios.relay_user_over_direct
         ));
+        o.push_str(&format!("relay: {}\n", self.relay_carry));
         for c in &self.caveats {
             o.push_str(&format!("note: {c}\n"));
         }

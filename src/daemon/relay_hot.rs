@@ -7,8 +7,10 @@
 //! the guest EOIs; `Tok::Resample(i)` → [`Daemon::on_resample`] →
 //! `RelayPath::on_resample` (unmask INTx through the backend's
 //! `VFIO_DEVICE_SET_IRQS`, read the trigger it may have re-fired, write the
-//! VMM's irq). In steady state that is one wakeup and four syscalls per
-//! interrupt: `epoll_wait`, the unmask, the trigger read, the irq write.
+//! VMM's irq). In steady state that is one wakeup and three syscalls per
+//! interrupt: `epoll_wait`, the unmask, and one `io_uring_enter` for the
+//! trigger read and the irq write linked to it (`relay::Carrier`; four
+//! where io_uring is refused: the read and the write).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -42,7 +44,7 @@ impl Daemon {
             return;
         };
         path.woken(self.lp.stats.wakeups);
-        match path.on_trigger(now) {
+        match path.on_trigger(now, &mut self.lp.carrier) {
             Ok(_) => self.lp.timers.scan_soon(now),
             // A full counter (EAGAIN) or any other failure: the VMM's fd,
             // not the daemon, ends; only this device is detached.
@@ -58,7 +60,7 @@ impl Daemon {
             return;
         };
         path.woken(self.lp.stats.wakeups);
-        match path.on_resample(now, &mut Backend(&mut open.backend)) {
+        match path.on_resample(now, &mut Backend(&mut open.backend), &mut self.lp.carrier) {
             Ok(ResampleOutcome::Refired) => self.lp.timers.scan_soon(now),
             Ok(ResampleOutcome::Backoff(until)) => {
                 let storms = path.stats().storms;

@@ -38,6 +38,12 @@ impl LateInjection {
         }
     }
 
+    /// Whether the model is on (`N` was given): the relay then carries
+    /// with read + write, so that it can drop a signal after the read.
+    pub fn active(&self) -> bool {
+        self.at != 0
+    }
+
     /// A signal is about to go out: whether the model drops it.
     pub fn drops(&mut self) -> bool {
         self.seen += 1;

@@ -5,13 +5,12 @@ use std::time::{Duration, Instant};
 
 pub use intxd_client::types::RelayStats;
 
+use super::carry::{Carried, Carrier};
 use super::latency::EoiLatency;
 use super::storm::StormLimiter;
 use super::watchdog::{EoiWatchdog, Overdue, WatchdogPolicy};
 use super::RelayConfig;
 use crate::route::{VfioLine, VmmLine};
-use crate::util::fd::write_eventfd;
-use crate::util::unblock::guarded;
 
 /// What to do after a resample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,9 +114,27 @@ impl RelayPath {
         }
     }
 
-    /// The trigger fired: drain it and signal the VMM.
+    /// The trigger fired: drain it and signal the VMM (`carrier`: one
+    /// `io_uring_enter`, or a read and a write).
     #[inline]
-    pub fn on_trigger(&mut self, now: Instant) -> io::Result<bool> {
+    pub fn on_trigger(&mut self, now: Instant, carrier: &mut Carrier) -> io::Result<bool> {
+        #[cfg(feature = "test-hooks")]
+        if self.late.active() {
+            return self.on_trigger_modelled(now);
+        }
+        match carrier.carry(&self.vfio.trigger, &self.vmm.irq, &mut self.syscalls)? {
+            Carried::Empty => return Ok(false),
+            Carried::Sent => {}
+        }
+        self.relayed += 1;
+        self.watchdog.armed(now);
+        Ok(true)
+    }
+
+    /// [`on_trigger`](Self::on_trigger) with the late-injection model on:
+    /// read, let the model drop the signal, write.
+    #[cfg(feature = "test-hooks")]
+    fn on_trigger_modelled(&mut self, now: Instant) -> io::Result<bool> {
         self.syscalls += 1;
         match self.vfio.trigger.read() {
             Ok(_) => {}
@@ -125,14 +142,8 @@ impl RelayPath {
             Err(e) => return Err(e),
         }
         self.syscalls += 1;
-        #[cfg(feature = "test-hooks")]
-        let held = self.late.drops();
-        #[cfg(not(feature = "test-hooks"))]
-        let held = false;
-        // The VMM may have cleared O_NONBLOCK since the attach: a write
-        // that sleeps is broken off (`unblock`), and the route ends.
-        if !held {
-            guarded(|| write_eventfd(&self.vmm.irq, 1))?;
+        if !self.late.drops() {
+            crate::util::unblock::guarded(|| crate::util::fd::write_eventfd(&self.vmm.irq, 1))?;
         }
         self.relayed += 1;
         self.watchdog.armed(now);
@@ -157,12 +168,15 @@ impl RelayPath {
     /// high, vfio-pci signals the trigger before the call returns, so the
     /// next interrupt is read and carried in this same wakeup instead of the
     /// next one. That read is the one the relay cannot drop: it is how it
-    /// learns, without another wakeup, that the unmask re-fired.
+    /// learns, without another wakeup, that the unmask re-fired. With
+    /// io_uring the read and the write it gates go in one syscall
+    /// ([`Carrier`]): three per interrupt with the unmask and the wakeup.
     #[inline]
     pub fn on_resample(
         &mut self,
         now: Instant,
         dev: &mut dyn RelayDevice,
+        carrier: &mut Carrier,
     ) -> io::Result<ResampleOutcome> {
         let Some(sent) = self.watchdog.eoi() else {
             self.stale_resamples += 1;
@@ -186,7 +200,7 @@ impl RelayPath {
             self.watchdog.armed(sent);
             return Err(e);
         }
-        let refired = self.on_trigger(now)?;
+        let refired = self.on_trigger(now, carrier)?;
         self.storm.unmasked(refired);
         Ok(if refired {
             ResampleOutcome::Refired

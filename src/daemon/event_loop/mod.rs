@@ -71,6 +71,8 @@ pub struct EventLoop {
     pub stats: LoopStats,
     /// The timers.
     pub timers: Timers,
+    /// How relay routes carry an interrupt (io_uring, or read + write).
+    pub carrier: crate::relay::Carrier,
 }
 
 impl EventLoop {
@@ -92,6 +94,7 @@ impl EventLoop {
             stop: Arc::new(AtomicBool::new(false)),
             stats: LoopStats::default(),
             timers: Timers::new(Instant::now(), pings),
+            carrier: crate::relay::Carrier::new(),
         })
     }
 
