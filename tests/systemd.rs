@@ -235,7 +235,10 @@ fn the_first_connection_activates_the_service_which_reports_ready_and_status() {
     sd.assert_logged(&[], "ready: 1 devices");
     // The shipped unit lets the relay's ring in (`SystemCallFilter=io_uring_setup
     // io_uring_enter`): three syscalls per relayed interrupt, not four.
-    sd.assert_logged(&[], "relay: interrupts carried by io_uring: one syscall each");
+    sd.assert_logged(
+        &[],
+        "relay: interrupts carried by io_uring: one syscall each",
+    );
 }
 
 /// What happened to the guest's count around a daemon kill.

@@ -194,11 +194,8 @@ fn ring_carry(ring: &mut IoUring, trigger: &EventFd, irq: &EventFd) -> io::Resul
     for cqe in ring.completion() {
         let res = cqe.result();
         match cqe.user_data() {
-            READ if res == -libc::EAGAIN => {
-                if out.is_ok() {
-                    out = Ok(Carried::Empty);
-                }
-            }
+            READ if res == -libc::EAGAIN && out.is_ok() => out = Ok(Carried::Empty),
+            READ if res == -libc::EAGAIN => {}
             READ if res < 0 => out = Err(io::Error::from_raw_os_error(-res)),
             // Cancelled because the read found nothing: that is all.
             WRITE if res == -libc::ECANCELED => {}
