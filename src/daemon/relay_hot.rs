@@ -7,10 +7,10 @@
 //! the guest EOIs; `Tok::Resample(i)` → [`Daemon::on_resample`] →
 //! `RelayPath::on_resample` (unmask INTx through the backend's
 //! `VFIO_DEVICE_SET_IRQS`, read the trigger it may have re-fired, write the
-//! VMM's irq). In steady state that is one wakeup and three syscalls per
-//! interrupt: `epoll_wait`, the unmask, and one `io_uring_enter` for the
-//! trigger read and the irq write linked to it (`relay::Carrier`; four
-//! where io_uring is refused: the read and the write).
+//! VMM's irq). In steady state that is one wakeup and four syscalls per
+//! interrupt: `epoll_wait`, the unmask, the trigger read, the irq write
+//! (`relay::Carrier`; three with `INTXD_IO_URING=on`: one `io_uring_enter`
+//! for the read and the write linked to it).
 
 use std::io;
 use std::time::{Duration, Instant};

@@ -4,7 +4,10 @@
 //!
 //! Two ways, one picked per daemon by [`Carrier::new`]:
 //!
-//! - **io_uring, one syscall**: a `READ` of the trigger with `RWF_NOWAIT`,
+//! - **read + write, two syscalls**, the default: [`read`](EventFd::read)
+//!   of the trigger, then [`write_eventfd`] guarded against a VMM that made
+//!   its fd blocking ([`guarded`]).
+//! - **io_uring, one syscall**, with `INTXD_IO_URING=on`: a `READ` of the trigger with `RWF_NOWAIT`,
 //!   linked (`IOSQE_IO_LINK`) to a `WRITE` of 1 to the irq eventfd with
 //!   `RWF_NOWAIT`, both `IOSQE_CQE_SKIP_SUCCESS`, in one `io_uring_enter`
 //!   that does not wait. An eventfd read and write complete inline, so when
@@ -15,16 +18,16 @@
 //!   could not take the signal (`-EAGAIN`: a full counter, or a holder who
 //!   cleared `O_NONBLOCK`: `RWF_NOWAIT` refuses to wait or to hand the write
 //!   to a kernel worker, "no retry on NONBLOCK nor RWF_NOWAIT").
-//! - **read + write, two syscalls**: [`read`](EventFd::read) of the
-//!   trigger, then [`write_eventfd`] guarded against a VMM that made its fd
-//!   blocking ([`guarded`]).
 //!
-//! The ring is used only when a self-test at start-up saw exactly the
-//! behaviour above on eventfds of its own (an empty trigger, a signalled
-//! one, a blocking irq fd); otherwise, or where io_uring is refused (a
-//! seccomp filter or a container's, `kernel.io_uring_disabled`, kernels
-//! before 5.17), or with `INTXD_IO_URING=off`, the relay makes the two
-//! syscalls and says why once.
+//! The ring is one syscall fewer per interrupt but not cheaper: on this
+//! project's machines (kernel 6.18) the relay's loop spent about 1 µs more
+//! CPU per interrupt with it (10.5–11.1 µs against 9.4–10.3 µs,
+//! `intxd bench`, docs/performance.md), so it is opt-in. It is used only
+//! when a self-test at start-up saw exactly the behaviour above on eventfds
+//! of its own (an empty trigger, a signalled one, a blocking irq fd);
+//! otherwise, or where io_uring is refused (a seccomp filter or a
+//! container's, `kernel.io_uring_disabled`, kernels before 5.17), the relay
+//! makes the two syscalls and says why.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -36,7 +39,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::util::fd::{borrow_eventfd, is_nonblocking, write_eventfd};
 use crate::util::unblock::guarded;
 
-/// The environment switch that keeps the relay on read + write.
+/// The environment switch that puts the relay on io_uring (`on`).
 pub const IO_URING_VAR: &str = "INTXD_IO_URING";
 
 /// What [`Carrier::carry`] did.
@@ -75,29 +78,41 @@ const READ: u64 = 1;
 const WRITE: u64 = 2;
 
 impl Carrier {
-    /// The ring when io_uring is there and behaves as the relay needs, else
-    /// read + write (logged once, with the reason).
+    /// Read + write, or with `INTXD_IO_URING=on` the ring when io_uring
+    /// is there and behaves as the relay needs (else read + write, logged
+    /// with the reason).
     pub fn new() -> Carrier {
-        let way = if std::env::var(IO_URING_VAR).is_ok_and(|v| v == "off" || v == "0") {
-            Way::Syscalls(format!("{IO_URING_VAR}=off"))
+        let wanted = std::env::var(IO_URING_VAR).is_ok_and(|v| v == "on" || v == "1");
+        let c = if wanted {
+            Carrier::ring()
         } else {
-            match ring_that_works() {
-                Ok(ring) => Way::Ring(Box::new(ring)),
-                Err(why) => Way::Syscalls(why),
-            }
+            Carrier::syscalls_only()
         };
-        let c = Carrier { way };
         match &c.way {
             Way::Ring(_) => log::info!("relay: {}", c.describe()),
-            Way::Syscalls(why) => log::info!("relay: {} ({why})", c.describe()),
+            Way::Syscalls(why) if wanted => log::warn!("relay: {} ({why})", c.describe()),
+            Way::Syscalls(why) => log::debug!("relay: {} ({why})", c.describe()),
         }
         c
     }
 
-    /// read + write, whatever the host has (the tests of both ways).
+    /// The ring if io_uring is there and behaves as the relay needs, else
+    /// read + write with the reason.
+    pub fn ring() -> Carrier {
+        match ring_that_works() {
+            Ok(ring) => Carrier {
+                way: Way::Ring(Box::new(ring)),
+            },
+            Err(why) => Carrier {
+                way: Way::Syscalls(why),
+            },
+        }
+    }
+
+    /// Read + write, whatever the host has: the default.
     pub fn syscalls_only() -> Carrier {
         Carrier {
-            way: Way::Syscalls("asked for".to_string()),
+            way: Way::Syscalls(format!("the default; {IO_URING_VAR}=on for io_uring")),
         }
     }
 
@@ -220,7 +235,10 @@ fn ring_carry(ring: &mut IoUring, trigger: &EventFd, irq: &EventFd) -> io::Resul
 /// A ring, if io_uring is allowed here and its eventfd read and write
 /// behave as [`ring_carry`] needs (inline, never waiting); else why not.
 fn ring_that_works() -> Result<IoUring, String> {
-    let mut ring = IoUring::new(8).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let mut ring = IoUring::builder()
+        .setup_coop_taskrun()
+        .build(8)
+        .map_err(|e| format!("io_uring_setup: {e}"))?;
     let ev = |flags| EventFd::new(flags).map_err(|e| format!("an eventfd for the self-test: {e}"));
     let (trigger, irq) = (ev(libc::EFD_NONBLOCK)?, ev(libc::EFD_NONBLOCK)?);
     let blocking = ev(0)?;
@@ -272,7 +290,7 @@ mod tests {
     }
 
     fn both_ways() -> Vec<Carrier> {
-        let ring = Carrier::new();
+        let ring = Carrier::ring();
         assert!(
             ring.uses_ring() || !ci(),
             "io_uring is not used on this host: {:?}",
@@ -323,7 +341,7 @@ mod tests {
 
     #[test]
     fn the_ring_refuses_an_irq_eventfd_its_holder_made_blocking() {
-        let mut c = Carrier::new();
+        let mut c = Carrier::ring();
         if !c.uses_ring() {
             assert!(!ci(), "{:?}", c.fallback_reason());
             return;

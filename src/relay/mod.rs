@@ -2,10 +2,10 @@
 //!
 //! intxd owns VFIO's trigger and unmask eventfds and carries each interrupt
 //! across: trigger -> the VMM's irq eventfd, the VMM's resample eventfd ->
-//! unmask. One wakeup and three syscalls per interrupt in steady state
-//! (`epoll_wait` returns the EOI; unmask; one `io_uring_enter` that reads
-//! the trigger the unmask re-fired and, linked to it, signals the VMM:
-//! [`Carrier`]; four where io_uring is not allowed): the resample is never
+//! unmask. One wakeup and four syscalls per interrupt in steady state
+//! (`epoll_wait` returns the EOI; unmask; read the trigger the unmask
+//! re-fired; signal the VMM; or, opt-in, three: one `io_uring_enter` for
+//! the read and the write linked to it, [`Carrier`]): the resample is never
 //! read, because every eventfd signal is its own edge-triggered event (see
 //! [`RelayPath::on_resample`]). On top it counts, times, limits storms and
 //! watches for lost EOIs.

@@ -169,8 +169,9 @@ impl RelayPath {
     /// next interrupt is read and carried in this same wakeup instead of the
     /// next one. That read is the one the relay cannot drop: it is how it
     /// learns, without another wakeup, that the unmask re-fired. With
-    /// io_uring the read and the write it gates go in one syscall
-    /// ([`Carrier`]): three per interrupt with the unmask and the wakeup.
+    /// `INTXD_IO_URING=on` the read and the write it gates go in one
+    /// syscall ([`Carrier`]): three per interrupt with the unmask and the
+    /// wakeup.
     #[inline]
     pub fn on_resample(
         &mut self,
