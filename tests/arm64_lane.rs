@@ -348,14 +348,18 @@ fn boot(repo: &Path, build: &Build, suite: &str) -> String {
     });
 
     // The whole boot's hard timeout; each guest step gets half of it. 480 s fits a quiet 2-core
-    // host with room; a loaded one slows TCG by about its load per core, so the default scales
-    // with that (two busy loops beside the suite on 2 cores: ~1.5-2x). A guard, not a figure.
+    // host with room; a loaded one slows TCG by more than its load per core, so the default
+    // scales with twice that: beside two busy loops on 2 cores the emulated host took 1192 s
+    // (2.5x) at a load of 5 (2.5 per core). The load is the larger of the 1-minute average and
+    // the runnable threads now, since the average lags: with the loops started just before the
+    // suite it read 0.25 per core, the bound came out at 480 s and the lane timed out. A guard,
+    // not a figure.
     let timeout: u64 = std::env::var("INTXD_ARM64_TIMEOUT")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| {
             let per_core = load_per_core();
-            let t = (480.0 * per_core.clamp(1.0, 4.0)) as u64;
+            let t = (480.0 * (2.0 * per_core).clamp(1.0, 4.0)) as u64;
             eprintln!("{LANE} [{suite}]: load {per_core:.2} per core: the boot's bound is {t} s (INTXD_ARM64_TIMEOUT overrides)");
             t
         });
@@ -441,17 +445,34 @@ fn boot(repo: &Path, build: &Build, suite: &str) -> String {
     log
 }
 
-/// Every file below `dir`.
-/// The 1-minute load average per online CPU (1.0 when it cannot be read).
+/// The load per online CPU: the larger of the 1-minute load average and the threads runnable
+/// now (`/proc/loadavg`'s fourth field, less this one; the most of ten samples 50 ms apart);
+/// 1.0 when it cannot be read.
 fn load_per_core() -> f64 {
-    let load: f64 = std::fs::read_to_string("/proc/loadavg")
-        .ok()
+    let read = || std::fs::read_to_string("/proc/loadavg").ok();
+    let avg: f64 = read()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(1.0);
+    let mut running = 0.0_f64;
+    for _ in 0..10 {
+        let now: Option<f64> = read().and_then(|s| {
+            let r = s
+                .split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()?
+                .parse::<f64>()
+                .ok()?;
+            Some(r - 1.0)
+        });
+        running = running.max(now.unwrap_or(0.0));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    load / cpus as f64
+    avg.max(running) / cpus as f64
 }
 
+/// Every file below `dir`.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
