@@ -8,28 +8,7 @@ mod common;
 #[test]
 fn bench_json_is_complete_and_every_run_exact() {
     common::require_kvm();
-    let out = std::process::Command::new(common::intxd_bin())
-        .args([
-            "bench",
-            "--json",
-            "--cycles",
-            "3000",
-            "--rounds",
-            "1",
-            "--scale",
-            "1,4",
-            "--scale-secs",
-            "0.3",
-        ])
-        .output()
-        .unwrap();
-
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench(&["--scale", "1,4", "--scale-secs", "0.3"], &[]);
     let names: Vec<&str> = v["variants"]
         .as_array()
         .unwrap()
@@ -113,19 +92,7 @@ fn relay_syscalls(v: &serde_json::Value, carry: &str, n: f64) {
 #[test]
 fn the_opt_in_ring_relays_with_three_syscalls_per_interrupt() {
     common::require_kvm();
-    let out = std::process::Command::new(common::intxd_bin())
-        .args([
-            "bench", "--json", "--cycles", "3000", "--rounds", "1", "--scale", "",
-        ])
-        .env("INTXD_IO_URING", "on")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench(&["--scale", ""], &[("INTXD_IO_URING", "on")]);
     for x in v["variants"].as_array().unwrap() {
         assert_eq!(x["clean"], true, "{x}");
     }
@@ -139,4 +106,21 @@ fn the_opt_in_ring_relays_with_three_syscalls_per_interrupt() {
         );
         relay_syscalls(&v, "interrupts carried by read + write", 4.0);
     }
+}
+
+/// `intxd bench --json --cycles 3000 --rounds 1` with `args` and `env`, which
+/// must succeed; its JSON.
+fn bench(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let out = std::process::Command::new(common::intxd_bin())
+        .args(["bench", "--json", "--cycles", "3000", "--rounds", "1"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
