@@ -101,8 +101,11 @@ fn a_zero_hold_and_plain_numbers_are_still_accepted() {
 }
 
 /// Runs `cmd` with its stdout a pipe whose read end is already closed.
+/// The pipe is close-on-exec: a child another test forks meanwhile must
+/// not inherit the read end and keep the pipe open (cat then wrote into
+/// it and exited 0 in CI).
 fn with_closed_stdout(mut cmd: Command) -> Output {
-    let (r, w) = nix::unistd::pipe().unwrap();
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     drop(r);
     cmd.stdout(Stdio::from(w));
     bounded(cmd)

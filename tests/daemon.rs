@@ -170,10 +170,10 @@ fn bad_input_is_refused_with_its_code_leaks_nothing_and_disturbs_no_other_client
     );
     let fds_before = d.fd_count();
     let (irq, resample) = (new_eventfd().unwrap(), new_eventfd().unwrap());
-    let (pipe_r, _pipe_w) = nix::unistd::pipe().unwrap();
+    let (pipe_r, _pipe_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let file = tempfile::tempfile().unwrap();
-    let memfd =
-        nix::sys::memfd::memfd_create("intxd-test", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let memfd = nix::sys::memfd::memfd_create("intxd-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .unwrap();
     let (sock_a, _sock_b) = std::os::unix::net::UnixStream::pair().unwrap();
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let vm = kvm.create_vm().unwrap();

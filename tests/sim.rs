@@ -354,7 +354,7 @@ fn surprise_removal_stops_the_line_and_fails_every_later_call() {
 /// request's `id` when the request has one.
 fn late_answering_host(path: &std::path::Path) -> std::thread::JoinHandle<()> {
     use nix::sys::socket::{
-        accept, bind, listen, recv, send, socket, AddressFamily, Backlog, MsgFlags, SockFlag,
+        accept4, bind, listen, recv, send, socket, AddressFamily, Backlog, MsgFlags, SockFlag,
         SockType, UnixAddr,
     };
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -370,7 +370,9 @@ fn late_answering_host(path: &std::path::Path) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         // SAFETY: accept just returned this fd; nothing else owns it.
         #[allow(unsafe_code)]
-        let s = unsafe { OwnedFd::from_raw_fd(accept(l.as_raw_fd()).unwrap()) };
+        let s = unsafe {
+            OwnedFd::from_raw_fd(accept4(l.as_raw_fd(), SockFlag::SOCK_CLOEXEC).unwrap())
+        };
         let next = || {
             let mut buf = vec![0u8; 4096];
             let n = recv(s.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();

@@ -240,8 +240,11 @@ fn ring_that_works() -> Result<IoUring, String> {
         .build(8)
         .map_err(|e| format!("io_uring_setup: {e}"))?;
     let ev = |flags| EventFd::new(flags).map_err(|e| format!("an eventfd for the self-test: {e}"));
-    let (trigger, irq) = (ev(libc::EFD_NONBLOCK)?, ev(libc::EFD_NONBLOCK)?);
-    let blocking = ev(0)?;
+    let (trigger, irq) = (
+        ev(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        ev(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+    );
+    let blocking = ev(libc::EFD_CLOEXEC)?;
     let fail = |what: &str| format!("io_uring self-test: {what}");
     let carry = |ring: &mut IoUring, to: &EventFd| {
         ring_carry(ring, &trigger, to).map_err(|e| fail(&e.to_string()))

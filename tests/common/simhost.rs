@@ -39,7 +39,7 @@ impl SimHostProc {
         let s = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
-            SockFlag::empty(),
+            SockFlag::SOCK_CLOEXEC,
             None,
         )
         .unwrap();
