@@ -692,5 +692,21 @@ fn check(log: &str, suite: &str, build: &Build) {
         f(ratios, "relay_kernel_over_direct"),
         f(ratios, "relay_user_over_direct"),
     );
+    let b = &bench["breakdown"];
+    assert!(
+        f(b, "wakeup_same_cpu_us") > 0.0,
+        "[{suite}] bench breakdown {b}"
+    );
+    say!(
+        "{LANE} [{suite}]: bench breakdown: wakeup {:.1} us on one CPU, {:.1} us across two; read {:.2}, write {:.2}, epoll_wait {:.2}, emulated unmask {:.2} us; ceiling {:.3} / {:.3}",
+        f(b, "wakeup_same_cpu_us"),
+        f(b, "wakeup_other_cpu_us"),
+        f(b, "eventfd_read_us"),
+        f(b, "eventfd_write_us"),
+        f(b, "epoll_wait_ready_us"),
+        f(b, "emulated_unmask_us"),
+        f(b, "ceiling_same_cpu"),
+        f(b, "ceiling_other_cpu"),
+    );
     line(log, "arm64-lane: ALL PASSED");
 }

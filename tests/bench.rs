@@ -63,6 +63,34 @@ fn bench_json_is_complete_and_every_run_exact() {
     assert!(scale[1]["irqs_per_s"].as_f64().unwrap() > 0.0);
     assert!(scale[1]["rss_mib"].as_f64().unwrap() > 0.0);
     assert!(scale[1]["attach_ms_p99"].as_f64().unwrap() > 0.0);
+    // The cost breakdown: every part measured, and the ceiling it implies
+    // follows from them and from direct's measured rate.
+    let b = &v["breakdown"];
+    for k in [
+        "wakeup_same_cpu_us",
+        "wakeup_other_cpu_us",
+        "epoll_wait_ready_us",
+        "eventfd_write_us",
+        "emulated_unmask_us",
+        "relay_parts_us",
+    ] {
+        let x = b[k].as_f64().unwrap_or(-1.0);
+        assert!(x > 0.0, "{k} = {x} in {b}");
+    }
+    let period = 1e6 / v["variants"][1]["rate_per_s"].as_f64().unwrap();
+    assert!(
+        (b["direct_period_us"].as_f64().unwrap() - period).abs() < 1e-6 * period,
+        "{b}"
+    );
+    let added = b["wakeup_same_cpu_us"].as_f64().unwrap()
+        + b["eventfd_read_us"].as_f64().unwrap()
+        + b["eventfd_write_us"].as_f64().unwrap();
+    let ceiling = b["ceiling_same_cpu"].as_f64().unwrap();
+    assert!((ceiling - period / (period + added)).abs() < 1e-9, "{b}");
+    assert_eq!(
+        b["relay_loop_cpu_us"], v["variants"][2]["cpu_us_per_irq"],
+        "{b}"
+    );
     let caveats = v["caveats"].to_string();
     assert!(
         caveats.contains("by construction") && caveats.contains("real vfio-pci"),

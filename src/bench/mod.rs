@@ -7,9 +7,12 @@
 //!   can be measured from `/proc` on its own;
 //! - [`rounds`]: baseline, direct, relay/kernel, relay/user, interleaved;
 //! - [`scale`]: N relay routes, each held by its own client;
+//! - [`breakdown`]: the relay's cost taken apart (the wakeup, each
+//!   syscall, the emulated unmask) and the ceiling the wakeup leaves;
 //! - [`report`]: the figures, as a table or JSON.
 
 pub mod bare;
+pub mod breakdown;
 pub mod proc_daemon;
 pub mod report;
 pub mod rounds;
@@ -31,6 +34,9 @@ pub enum BenchError {
     /// A client call failed.
     #[error("bench client")]
     Client(#[from] crate::control::client::ClientError),
+    /// A part of the cost breakdown could not be measured.
+    #[error("bench cost breakdown: {0}")]
+    Breakdown(#[source] std::io::Error),
 }
 
 /// What to run.
@@ -56,5 +62,12 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
     } else {
         scale::run(opts, progress)?
     };
-    Ok(BenchReport::new(opts, rounds, scale))
+    progress("cost breakdown");
+    let mut report = BenchReport::new(opts, rounds, scale);
+    let of = |name: &str| report.variants.iter().find(|v| v.name == name);
+    let direct = of("direct").map_or(0.0, |v| v.rate_per_s);
+    let relay_cpu = of("relay-kernel").map_or(0.0, |v| v.cpu_us_per_irq);
+    report.breakdown =
+        Some(breakdown::Breakdown::measure(direct, relay_cpu).map_err(BenchError::Breakdown)?);
+    Ok(report)
 }

@@ -60,6 +60,9 @@ pub struct BenchReport {
     pub relay_carry: String,
     /// What the figures do not show (printed under the ratios).
     pub caveats: Vec<&'static str>,
+    /// The relay's cost taken apart, and the ceiling of relay/direct it
+    /// implies (measured after the rounds).
+    pub breakdown: Option<super::breakdown::Breakdown>,
     /// Every sample, for whoever wants the spread.
     pub samples: Vec<Sample>,
 }
@@ -126,6 +129,7 @@ impl BenchReport {
                 }
             },
             caveats: CAVEATS.to_vec(),
+            breakdown: None,
             samples,
         }
     }
@@ -178,6 +182,13 @@ impl BenchReport {
         o.push_str(&format!("relay: {}\n", self.relay_carry));
         for c in &self.caveats {
             o.push_str(&format!("note: {c}\n"));
+        }
+        if let Some(b) = &self.breakdown {
+            o.push_str(&b.table());
+            o.push_str(&format!(
+                "  {:<68} {:>8.3}\n",
+                "measured relay-kernel/direct (above)", self.ratios.relay_kernel_over_direct
+            ));
         }
         if !self.scale.is_empty() {
             o.push_str(&format!(
