@@ -174,8 +174,8 @@ fn a_relay_vmm_that_makes_its_full_irq_eventfd_blocking_hangs_nothing_and_is_det
     set_nonblocking(&att.irq, false);
 
     match att.client.trigger("sim0") {
-        // The relay's write met the full blocking counter: refused at once
-        // (io_uring's RWF_NOWAIT) or, with read + write, cut off.
+        // The relay's write met the full blocking counter and was cut off
+        // (`unblock`).
         Ok(_) => gone_and_the_daemon_answers(&d, &mut att, "blocked"),
         // On a slow host the health scan (once a second) can see the
         // cleared O_NONBLOCK between the two calls above and detach first:

@@ -55,8 +55,8 @@ pub struct BenchReport {
     pub ratios: Ratios,
     /// Scale steps.
     pub scale: Vec<ScaleStep>,
-    /// How the relay carried interrupts on this host (io_uring, or read +
-    /// write and why): what its syscalls per interrupt rest on.
+    /// How the relay carried interrupts on this host (a write alone, the
+    /// trigger watch; or read + write and why): what its syscalls per interrupt rest on.
     pub relay_carry: String,
     /// What the figures do not show (printed under the ratios).
     pub caveats: Vec<&'static str>,

@@ -2,15 +2,17 @@
 //! VMM's resample did (the guest's EOI), and the relay timers (storm
 //! back-offs, overdue EOIs). The data path itself is `relay::RelayPath`.
 //!
-//! One interrupt on a relay route: `Tok::Trigger(i)` → [`Daemon::on_trigger`]
-//! → `RelayPath::on_trigger` (drain VFIO's trigger, write the VMM's irq);
-//! the guest EOIs; `Tok::Resample(i)` → [`Daemon::on_resample`] →
-//! `RelayPath::on_resample` (unmask INTx through the backend's
-//! `VFIO_DEVICE_SET_IRQS`, read the trigger it may have re-fired, write the
-//! VMM's irq). In steady state that is one wakeup and four syscalls per
-//! interrupt: `epoll_wait`, the unmask, the trigger read, the irq write
-//! (`relay::Carrier`; three with `INTXD_IO_URING=on`: one `io_uring_enter`
-//! for the read and the write linked to it).
+//! One interrupt on a relay route: VFIO's trigger fires; the trigger watch
+//! (`relay::TriggerWatch`) posts it to its completion queue and the loop
+//! wakes (`Tok::Watch`, or `epoll_wait`'s `EINTR`), or, without the watch,
+//! `Tok::Trigger(i)` → [`Daemon::on_trigger`] → `RelayPath::on_trigger`
+//! (write the VMM's irq); the guest EOIs; `Tok::Resample(i)` →
+//! [`Daemon::on_resample`] → `RelayPath::on_resample` (unmask INTx through
+//! the backend's `VFIO_DEVICE_SET_IRQS`; if the watch says the unmask
+//! re-fired the trigger, write the VMM's irq). In steady state that is one
+//! wakeup and three syscalls per interrupt: `epoll_wait`, the unmask, the
+//! irq write; four where io_uring is refused, with a read of the trigger
+//! (`relay::Carrier`).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -41,15 +43,28 @@ impl Daemon {
     #[inline]
     pub(super) fn on_trigger(&mut self, i: usize, now: Instant) {
         let Some((_, path)) = self.devices.get_mut(i).and_then(|d| d.state.relay_mut()) else {
+            // No relay there any more: a firing the watch kept is dropped.
+            self.lp.carrier.discard(i);
             return;
         };
         path.woken(self.lp.stats.wakeups);
-        match path.on_trigger(now, &mut self.lp.carrier) {
+        match path.on_trigger(i, now, &mut self.lp.carrier) {
             Ok(_) => self.lp.timers.scan_soon(now),
             // A full counter (EAGAIN) or any other failure: the VMM's fd,
             // not the daemon, ends; only this device is detached.
             Err(e) => self.peer_fd_failed(i, "irq", &format!("could not take a signal ({e})")),
         }
+    }
+
+    /// The trigger watch's firings that no unmask of this turn took (a
+    /// device that raised its line while the loop slept): carry each.
+    pub(super) fn on_watched(&mut self, now: Instant) {
+        let mut fired = std::mem::take(&mut self.lp.fired);
+        self.lp.carrier.fired(&mut fired);
+        for &i in &fired {
+            self.on_trigger(i, now);
+        }
+        self.lp.fired = fired;
     }
 
     /// Device `i`'s VMM resample fired (the guest's EOI): unmask, unless a
@@ -60,7 +75,12 @@ impl Daemon {
             return;
         };
         path.woken(self.lp.stats.wakeups);
-        match path.on_resample(now, &mut Backend(&mut open.backend), &mut self.lp.carrier) {
+        match path.on_resample(
+            i,
+            now,
+            &mut Backend(&mut open.backend),
+            &mut self.lp.carrier,
+        ) {
             Ok(ResampleOutcome::Refired) => self.lp.timers.scan_soon(now),
             Ok(ResampleOutcome::Backoff(until)) => {
                 let storms = path.stats().storms;

@@ -46,7 +46,9 @@ const ALLOWED: &[i64] = &[
     libc::SYS_dup3,
     libc::SYS_ioctl,
     libc::SYS_ppoll,
-    // the relay's carry (relay::Carrier; its ring is set up before the filter)
+    // the relay's trigger watch (relay::TriggerWatch): arming and removing
+    // polls; its ring is made before the filter, and io_uring_setup is not
+    // allowed after it
     libc::SYS_io_uring_enter,
     // files: config reload, /proc (peer groups, fd kinds, counts), sysfs
     libc::SYS_openat,

@@ -2,11 +2,12 @@
 //!
 //! intxd owns VFIO's trigger and unmask eventfds and carries each interrupt
 //! across: trigger -> the VMM's irq eventfd, the VMM's resample eventfd ->
-//! unmask. One wakeup and four syscalls per interrupt in steady state
-//! (`epoll_wait` returns the EOI; unmask; read the trigger the unmask
-//! re-fired; signal the VMM; or, opt-in, three: one `io_uring_enter` for
-//! the read and the write linked to it, [`Carrier`]): the resample is never
-//! read, because every eventfd signal is its own edge-triggered event (see
+//! unmask. One wakeup and three syscalls per interrupt in steady state
+//! (`epoll_wait` returns the EOI; unmask; signal the VMM if the unmask
+//! re-fired, which the trigger watch's completion queue says from shared
+//! memory, [`TriggerWatch`]; four where io_uring is refused, with a read
+//! of the trigger, [`Carrier`]): the resample is never read, because every
+//! eventfd signal is its own edge-triggered event (see
 //! [`RelayPath::on_resample`]). On top it counts, times, limits storms and
 //! watches for lost EOIs.
 
@@ -16,12 +17,14 @@ pub mod late;
 mod latency;
 mod path;
 mod storm;
+mod watch;
 mod watchdog;
 
-pub use carry::{Carried, Carrier, IO_URING_VAR};
+pub use carry::{lock as lock_watch, Carried, Carrier, IO_URING_VAR};
 pub use latency::EoiLatency;
 pub use path::{RelayDevice, RelayPath, RelayStats, ResampleOutcome, TimerOutcome};
 pub use storm::StormLimiter;
+pub use watch::TriggerWatch;
 pub use watchdog::{EoiWatchdog, WatchdogPolicy};
 
 use std::time::Duration;

@@ -114,15 +114,21 @@ impl RelayPath {
         }
     }
 
-    /// The trigger fired: drain it and signal the VMM (`carrier`: one
-    /// `io_uring_enter`, or a read and a write).
+    /// The trigger of the route in `slot` may have fired: if it did,
+    /// signal the VMM (`carrier`: the write alone when the trigger watch
+    /// said so from memory, or a read of the trigger and the write).
     #[inline]
-    pub fn on_trigger(&mut self, now: Instant, carrier: &mut Carrier) -> io::Result<bool> {
+    pub fn on_trigger(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        carrier: &mut Carrier,
+    ) -> io::Result<bool> {
         #[cfg(feature = "test-hooks")]
         if self.late.active() {
-            return self.on_trigger_modelled(now);
+            return self.on_trigger_modelled(slot, now, carrier);
         }
-        match carrier.carry(&self.vfio.trigger, &self.vmm.irq, &mut self.syscalls)? {
+        match carrier.carry(slot, &self.vfio.trigger, &self.vmm.irq, &mut self.syscalls)? {
             Carried::Empty => return Ok(false),
             Carried::Sent => {}
         }
@@ -132,18 +138,21 @@ impl RelayPath {
     }
 
     /// [`on_trigger`](Self::on_trigger) with the late-injection model on:
-    /// read, let the model drop the signal, write.
+    /// take the firing, let the model drop the signal, write.
     #[cfg(feature = "test-hooks")]
-    fn on_trigger_modelled(&mut self, now: Instant) -> io::Result<bool> {
-        self.syscalls += 1;
-        match self.vfio.trigger.read() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
+    fn on_trigger_modelled(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        carrier: &mut Carrier,
+    ) -> io::Result<bool> {
+        if !carrier.take(slot, &self.vfio.trigger, &mut self.syscalls)? {
+            return Ok(false);
         }
-        self.syscalls += 1;
-        if !self.late.drops() {
-            crate::util::unblock::guarded(|| crate::util::fd::write_eventfd(&self.vmm.irq, 1))?;
+        if self.late.drops() {
+            self.syscalls += 1;
+        } else {
+            Carrier::send(&self.vmm.irq, &mut self.syscalls)?;
         }
         self.relayed += 1;
         self.watchdog.armed(now);
@@ -166,15 +175,16 @@ impl RelayPath {
     /// The device's unmask (`VFIO_DEVICE_SET_IRQS`
     /// `ACTION_UNMASK|DATA_NONE`) is synchronous: when the line is still
     /// high, vfio-pci signals the trigger before the call returns, so the
-    /// next interrupt is read and carried in this same wakeup instead of the
-    /// next one. That read is the one the relay cannot drop: it is how it
-    /// learns, without another wakeup, that the unmask re-fired. With
-    /// `INTXD_IO_URING=on` the read and the write it gates go in one
-    /// syscall ([`Carrier`]): three per interrupt with the unmask and the
-    /// wakeup.
+    /// next interrupt is carried in this same wakeup instead of the next
+    /// one. The relay learns that the unmask re-fired from the trigger
+    /// watch's completion queue, posted before the unmask returned, with
+    /// no syscall ([`super::TriggerWatch`]): three per interrupt with the
+    /// unmask and the wakeup; where io_uring is refused, from a read of the
+    /// trigger: four ([`Carrier`]).
     #[inline]
     pub fn on_resample(
         &mut self,
+        slot: usize,
         now: Instant,
         dev: &mut dyn RelayDevice,
         carrier: &mut Carrier,
@@ -201,7 +211,7 @@ impl RelayPath {
             self.watchdog.armed(sent);
             return Err(e);
         }
-        let refired = self.on_trigger(now, carrier)?;
+        let refired = self.on_trigger(slot, now, carrier)?;
         self.storm.unmasked(refired);
         Ok(if refired {
             ResampleOutcome::Refired

@@ -71,8 +71,11 @@ pub struct EventLoop {
     pub stats: LoopStats,
     /// The timers.
     pub timers: Timers,
-    /// How relay routes carry an interrupt (io_uring, or read + write).
+    /// How relay routes carry an interrupt (the trigger watch and a write,
+    /// or read + write).
     pub carrier: crate::relay::Carrier,
+    /// The slots the trigger watch said fired, reused every turn.
+    pub(in crate::daemon) fired: Vec<usize>,
 }
 
 impl EventLoop {
@@ -85,6 +88,12 @@ impl EventLoop {
             .registry()
             .try_clone()
             .map_err(loop_err("share the poll's registry"))?;
+        let carrier = crate::relay::Carrier::new();
+        if let Some(fd) = carrier.watch_fd() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), Tok::Watch.token(), Interest::READABLE)
+                .map_err(loop_err("wait on the relay's trigger watch"))?;
+        }
         Ok(EventLoop {
             poll,
             events: Events::with_capacity(1024),
@@ -94,7 +103,8 @@ impl EventLoop {
             stop: Arc::new(AtomicBool::new(false)),
             stats: LoopStats::default(),
             timers: Timers::new(Instant::now(), pings),
-            carrier: crate::relay::Carrier::new(),
+            carrier,
+            fired: Vec::with_capacity(16),
         })
     }
 
@@ -120,6 +130,7 @@ impl EventLoop {
     pub fn registrar(&self, slot: usize) -> LoopRegistrar {
         LoopRegistrar {
             registry: Arc::clone(&self.registry),
+            watch: self.carrier.watch(),
             slot,
         }
     }
@@ -172,7 +183,13 @@ impl Daemon {
         let lp = &mut self.lp;
         match lp.poll.poll(&mut lp.events, wait) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            // The trigger watch's task work (a trigger that fired while the
+            // loop slept) interrupts the wait; its completion is in now.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                lp.stats.wakeups += 1;
+                self.on_watched(Instant::now());
+                return Ok(());
+            }
             Err(e) => {
                 return Err(DaemonError::Loop {
                     what: "wait for events",
@@ -194,10 +211,13 @@ impl Daemon {
                 Some(Tok::Listener) => self.accept_all(),
                 Some(Tok::Signal) => self.on_signal(),
                 Some(Tok::Waker) => self.on_worker(),
+                // Reaped below with whatever the turn's unmasks left.
+                Some(Tok::Watch) => {}
                 None => log::debug!("ignoring an event for unknown token {token:?}"),
             }
         }
         self.lp.ready = ready;
+        self.on_watched(now);
         if self.lp.timers.scan_due(Instant::now()) {
             self.scan(Instant::now());
         }

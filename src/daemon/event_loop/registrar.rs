@@ -4,20 +4,22 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::Tok;
+use crate::relay::{lock_watch, TriggerWatch};
 use crate::route::{Registration, RelayRegistrar};
 
 /// Registers one device's relay eventfds with the loop.
 pub struct LoopRegistrar {
-    /// The loop's registry (shared with every live registration).
     pub registry: Arc<Registry>,
-    /// The device's slot, which its tokens carry.
+    /// The relay's trigger watch, when the triggers are watched there
+    /// rather than in the loop's epoll set.
+    pub watch: Option<Arc<Mutex<TriggerWatch>>>,
     pub slot: usize,
 }
 
@@ -28,18 +30,29 @@ fn unwatch(registry: &Registry, fd: RawFd) {
 impl RelayRegistrar for LoopRegistrar {
     fn register(&mut self, trigger: &EventFd, resample: &EventFd) -> io::Result<Registration> {
         let (t, r) = (trigger.as_raw_fd(), resample.as_raw_fd());
+        let slot = self.slot;
         let watch = |fd, tok: Tok| {
             self.registry
                 .register(&mut SourceFd(&fd), tok.token(), Interest::READABLE)
         };
-        watch(t, Tok::Trigger(self.slot))?;
-        if let Err(e) = watch(r, Tok::Resample(self.slot)) {
-            unwatch(&self.registry, t);
+        match &self.watch {
+            Some(w) => lock_watch(w).arm(slot, trigger)?,
+            None => watch(t, Tok::Trigger(slot))?,
+        }
+        let disarm = {
+            let (registry, w) = (Arc::clone(&self.registry), self.watch.clone());
+            move || match &w {
+                Some(w) => lock_watch(w).disarm(slot),
+                None => unwatch(&registry, t),
+            }
+        };
+        if let Err(e) = watch(r, Tok::Resample(slot)) {
+            disarm();
             return Err(e);
         }
         let registry = Arc::clone(&self.registry);
         Ok(Registration::new(move || {
-            unwatch(&registry, t);
+            disarm();
             unwatch(&registry, r);
         }))
     }

@@ -12,6 +12,9 @@ pub enum Tok {
     Waker,
     /// The signalfd (SIGTERM, SIGINT, SIGHUP).
     Signal,
+    /// The relay's trigger watch (`relay::TriggerWatch`): completions to
+    /// reap.
+    Watch,
     /// A client connection, by slot.
     Conn(usize),
     /// A relay route's VFIO trigger eventfd, by device slot.
@@ -29,6 +32,7 @@ impl Tok {
             Tok::Listener => 0,
             Tok::Waker => 1,
             Tok::Signal => 2,
+            Tok::Watch => 7,
             Tok::Conn(i) => (i << 3) | 3,
             Tok::Trigger(i) => (i << 3) | 4,
             Tok::Resample(i) => (i << 3) | 5,
@@ -43,6 +47,7 @@ impl Tok {
             (0, _) => Tok::Listener,
             (1, _) => Tok::Waker,
             (2, _) => Tok::Signal,
+            (7, _) => Tok::Watch,
             (_, 3) => Tok::Conn(i),
             (_, 4) => Tok::Trigger(i),
             (_, 5) => Tok::Resample(i),
@@ -62,6 +67,7 @@ mod tests {
             Tok::Listener,
             Tok::Waker,
             Tok::Signal,
+            Tok::Watch,
             Tok::Conn(0),
             Tok::Conn(77),
             Tok::Trigger(0),
@@ -71,6 +77,6 @@ mod tests {
         ] {
             assert_eq!(Tok::from_token(t.token()), Some(t));
         }
-        assert_eq!(Tok::from_token(Token(7)), None);
+        assert_eq!(Tok::from_token(Token(15)), None);
     }
 }
