@@ -134,18 +134,10 @@ impl Carrier {
         }
     }
 
-    /// Polls armed again after the kernel ended them (normally 0).
-    pub fn rearmed(&self) -> u64 {
-        match &self.way {
-            Way::Watched(w) => lock(w).rearmed,
-            Way::Syscalls(_) => 0,
-        }
-    }
-
     /// The slots whose triggers fired and were not carried yet, into
     /// `out` (none without the watch: their trigger events come from the
     /// loop).
-    pub fn fired(&mut self, out: &mut Vec<usize>) {
+    pub fn fired(&self, out: &mut Vec<usize>) {
         out.clear();
         if let Way::Watched(w) = &self.way {
             out.extend_from_slice(lock(w).reap());
@@ -153,7 +145,7 @@ impl Carrier {
     }
 
     /// Drops a firing of `slot` the watch kept (its relay has gone).
-    pub fn discard(&mut self, slot: usize) {
+    pub fn discard(&self, slot: usize) {
         if let Way::Watched(w) = &self.way {
             lock(w).discard(slot);
         }

@@ -38,8 +38,9 @@ impl LateInjection {
         }
     }
 
-    /// Whether the model is on (`N` was given): the relay then carries
-    /// with read + write, so that it can drop a signal after the read.
+    /// Whether the model is on (`N` was given): the relay then takes the
+    /// trigger's firing and writes the irq itself, so that it can drop a
+    /// signal between the two.
     pub fn active(&self) -> bool {
         self.at != 0
     }

@@ -16,10 +16,12 @@ use crate::route::{Registration, RelayRegistrar};
 
 /// Registers one device's relay eventfds with the loop.
 pub struct LoopRegistrar {
+    /// The loop's registry (shared with every live registration).
     pub registry: Arc<Registry>,
     /// The relay's trigger watch, when the triggers are watched there
     /// rather than in the loop's epoll set.
     pub watch: Option<Arc<Mutex<TriggerWatch>>>,
+    /// The device's slot, which its tokens carry.
     pub slot: usize,
 }
 
@@ -31,13 +33,13 @@ impl RelayRegistrar for LoopRegistrar {
     fn register(&mut self, trigger: &EventFd, resample: &EventFd) -> io::Result<Registration> {
         let (t, r) = (trigger.as_raw_fd(), resample.as_raw_fd());
         let slot = self.slot;
-        let watch = |fd, tok: Tok| {
+        let register = |fd, tok: Tok| {
             self.registry
                 .register(&mut SourceFd(&fd), tok.token(), Interest::READABLE)
         };
         match &self.watch {
             Some(w) => lock_watch(w).arm(slot, trigger)?,
-            None => watch(t, Tok::Trigger(slot))?,
+            None => register(t, Tok::Trigger(slot))?,
         }
         let disarm = {
             let (registry, w) = (Arc::clone(&self.registry), self.watch.clone());
@@ -46,7 +48,7 @@ impl RelayRegistrar for LoopRegistrar {
                 None => unwatch(&registry, t),
             }
         };
-        if let Err(e) = watch(r, Tok::Resample(slot)) {
+        if let Err(e) = register(r, Tok::Resample(slot)) {
             disarm();
             return Err(e);
         }
